@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo`, `make test`. Both create .venv as needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench install clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs only when the dependencies change; torch comes from the constraints pin.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+# Queue a short real training run on the embedded data set and watch it in the TUI
+# (without a terminal, wait for it and print the run table instead).
+demo: install
+	$(BIN)/moe-tui submit --name demo -- train-expert --loss ce --preset quick
+	@if [ -t 0 ] && [ -t 1 ]; then $(BIN)/moe-tui; else $(BIN)/moe-tui wait && $(BIN)/moe-tui ls; fi
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Where runs execute. ``local``: detached subprocesses on this machine."""

@@ -1,0 +1,327 @@
+"""``moe-tui``: the manager's command line. With no command it opens the TUI.
+
+Commands import what they need when they run, so ``moe-tui ls`` starts fast
+and nothing here pulls in torch or Textual.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from app.errors import UserError
+
+cli = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Queue, watch and compare Mixture-of-Experts runs. With no command, open the TUI.",
+)
+daemon_cli = typer.Typer(help="The queue daemon of this workspace (started on demand).")
+cli.add_typer(daemon_cli, name="daemon")
+
+WorkspaceOpt = Annotated[
+    Optional[str],
+    typer.Option("--workspace", "-w", help="workspace directory [default: $MOE_TUI_WORKSPACE or the current directory]"),
+]
+_global_workspace: str | None = None
+
+
+def _workspace(explicit: str | None):
+    from app.workspace import Workspace
+
+    return Workspace.open(explicit or _global_workspace)
+
+
+def _refresh(ws) -> None:
+    """What every reading command does first: ingest, and restart the daemon if work is waiting."""
+    from app.ingest import Ingester
+    from app.queue.daemon import ensure_daemon, needs_daemon
+
+    for w in Ingester(ws).run_pass().warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if needs_daemon(ws):
+        ensure_daemon(ws)
+
+
+@cli.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    workspace: WorkspaceOpt = None,
+    no_mouse: Annotated[bool, typer.Option("--no-mouse", help="do not capture the mouse (keeps terminal selection)")] = False,
+) -> None:
+    global _global_workspace
+    _global_workspace = workspace
+    if ctx.invoked_subcommand is None:
+        from app.tui.app import run_tui
+
+        ws = _workspace(None)
+        run_tui(ws, mouse=not no_mouse)
+
+
+@cli.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit(
+    args: Annotated[Optional[list[str]], typer.Argument(help="the engine job and its options, after --")] = None,
+    name: Annotated[Optional[str], typer.Option(help="a name for the run")] = None,
+    priority: Annotated[int, typer.Option(help="higher starts first")] = 0,
+    backend: Annotated[str, typer.Option(help="where to run: local")] = "local",
+    workspace: WorkspaceOpt = None,
+) -> int:
+    """Queue an engine job: moe-tui submit -- train-expert --loss ce --preset quick"""
+    from app.queue.daemon import ensure_daemon
+    from app.queue.submit import submit as do_submit
+
+    if not args:
+        raise UserError("say what to run after --, e.g. moe-tui submit -- train-expert --loss ce --preset quick")
+    ws = _workspace(workspace)
+    run = do_submit(ws, list(args), name=name, backend=backend, priority=priority)
+    started = ensure_daemon(ws)
+    print(f"queued {run.run_id}  {run.name}  ({run.command})" + ("; started the queue daemon" if started else ""))
+    return 0
+
+
+@cli.command("ls")
+def ls_(
+    status: Annotated[Optional[str], typer.Option(help="only runs with this status")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="only runs of this job kind")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", help="the newest N runs")] = None,
+    workspace: WorkspaceOpt = None,
+) -> int:
+    """List runs, oldest first, with progress and the key metric."""
+    from app.queries import duration_s, fmt_duration, list_runs, summaries
+
+    ws = _workspace(workspace)
+    _refresh(ws)
+    with ws.store.read() as s:
+        runs = list_runs(s, status=status, kind=kind, limit=limit)
+        summ = summaries(s, [r.id for r in runs])
+    if not runs:
+        print(f"no runs in {ws.root}; queue one with: moe-tui submit -- train-expert --preset quick")
+        return 0
+    rows = [("ID", "STATUS", "KIND", "NAME", "EPOCH", "KEY METRIC (best)", "TIME", "NOTE")]
+    for r in runs:
+        m = summ.get(r.id, {}).get(r.primary_metric or "")
+        metric = f"{r.primary_metric} {m.best:.4f}" if m and m.best is not None else ""
+        epoch = f"{r.epoch}/{r.total_epochs}" if r.total_epochs else (str(r.epoch) if r.epoch else "")
+        note = (r.error or "")[:60]
+        rows.append((r.run_id, r.status, r.kind, r.name, epoch, metric, fmt_duration(duration_s(r)), note))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+@cli.command()
+def show(run: Annotated[str, typer.Argument(help="run id (or a unique prefix, or name)")], workspace: WorkspaceOpt = None) -> int:
+    """Everything about one run: status, config, metrics, files."""
+    from app.queries import duration_s, find_run, fmt_duration, summaries
+    from app.store.models import IngestState
+
+    ws = _workspace(workspace)
+    _refresh(ws)
+    with ws.store.read() as s:
+        r = find_run(s, run)
+        summ = summaries(s, [r.id]).get(r.id, {})
+        state = s.get(IngestState, r.id)
+    rd = ws.run_dir(r.run_id)
+    print(f"run       {r.run_id}  {r.name}")
+    print(f"status    {r.status}" + (f" (exit code {r.exit_code})" if r.exit_code not in (None, 0) else ""))
+    if r.error:
+        print(f"error     {r.error}")
+    print(f"kind      {r.kind}   backend {r.backend}   host {r.host or '-'}")
+    print(f"progress  epoch {r.epoch}/{r.total_epochs or '?'}   time {fmt_duration(duration_s(r)) or '-'}")
+    print(f"command   {r.command}")
+    print(f"git       {r.git_commit or '-'}" + (" (dirty)" if r.git_dirty else ""))
+    print(f"dir       {rd.path}")
+    if state and state.warning:
+        print(f"warning   {state.warning}")
+    print("config")
+    for k, v in sorted(json.loads(r.config or "{}").items()):
+        print(f"  {k:<16} {v}")
+    if summ:
+        print(f"metrics   {'final':>12} {'best':>12}  best epoch")
+        for k in sorted(summ):
+            m = summ[k]
+            be = "" if m.best_epoch is None else str(m.best_epoch)
+            print(f"  {k:<24} {m.last:>12.5g} {m.best:>12.5g}  {be}")
+    tail = rd.tail_log(2000).splitlines()[-5:]
+    if tail:
+        print("log (last lines of stdout.log)")
+        for line in tail:
+            print(f"  {line}")
+    return 0
+
+
+@cli.command("export")
+def export_(
+    out: Annotated[str, typer.Option("--out", "-o", help="CSV file to write, or - for stdout")],
+    history: Annotated[bool, typer.Option(help="per-epoch long form: run_id, epoch, key, value")] = False,
+    status: Annotated[Optional[str], typer.Option(help="only runs with this status")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="only runs of this job kind")] = None,
+    workspace: WorkspaceOpt = None,
+) -> int:
+    """Export runs to CSV: one row per run, config and final/best metrics as columns."""
+    from app.export import export
+    from app.queries import list_runs
+
+    ws = _workspace(workspace)
+    _refresh(ws)
+    with ws.store.read() as s:
+        runs = list_runs(s, status=status, kind=kind)
+        n = export(s, runs, out, history=history)
+    if out != "-":
+        print(f"wrote {n} rows to {out}", file=sys.stderr)
+    return 0
+
+
+@cli.command()
+def wait(
+    runs: Annotated[Optional[list[str]], typer.Argument(help="runs to wait for [default: every queued or running run]")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="give up after this many seconds")] = None,
+    workspace: WorkspaceOpt = None,
+) -> int:
+    """Wait until runs finish, printing each change; exit 0 only if all succeeded."""
+    from sqlmodel import col, select
+
+    from app.queries import find_run
+    from app.store.models import ACTIVE, Run
+
+    ws = _workspace(workspace)
+    _refresh(ws)
+    with ws.store.read() as s:
+        if runs:
+            pks = [find_run(s, ref).id for ref in runs]
+        else:
+            pks = list(s.exec(select(Run.id).where(col(Run.status).in_(ACTIVE))).all())
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen: dict[int, tuple] = {}
+    while True:
+        with ws.store.read() as s:
+            rows = s.exec(select(Run).where(col(Run.id).in_(pks))).all()
+        for r in rows:
+            now = (r.status, r.epoch)
+            if seen.get(r.id) != now:
+                seen[r.id] = now
+                epoch = f" epoch {r.epoch}/{r.total_epochs}" if r.total_epochs else ""
+                print(f"{r.run_id}  {r.status}{epoch}" + (f"  {r.error}" if r.error else ""), flush=True)
+        if all(r.status not in ACTIVE for r in rows):
+            return 0 if all(r.status == "succeeded" for r in rows) else 1
+        if deadline is not None and time.monotonic() > deadline:
+            raise UserError(f"runs still active after {timeout:.0f}s")
+        time.sleep(1.0)
+        _refresh(ws)
+
+
+@cli.command()
+def reindex(workspace: WorkspaceOpt = None) -> int:
+    """Rebuild experiments.db from the run directories alone."""
+    from app.ingest import Ingester
+    from app.queue.daemon import ensure_daemon, needs_daemon, stop_daemon
+
+    ws = _workspace(workspace)
+    stopped = stop_daemon(ws)  # it holds the old file open; jobs keep running without it
+    if "store" in ws.__dict__:
+        ws.store.close()
+        del ws.__dict__["store"]
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        ws.db_path.with_name(ws.db_path.name + suffix).unlink(missing_ok=True)
+    report = Ingester(ws).run_pass()
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    with ws.store.read() as s:
+        from sqlmodel import func, select
+
+        from app.store.models import Metric, Run
+
+        n_runs = s.exec(select(func.count()).select_from(Run)).one()
+        n_metrics = s.exec(select(func.count()).select_from(Metric)).one()
+    print(f"reindexed {n_runs} runs, {n_metrics} metric rows from {ws.runs}")
+    if stopped or needs_daemon(ws):
+        if needs_daemon(ws):
+            ensure_daemon(ws)
+    return 0
+
+
+@cli.command()
+def ingest(workspace: WorkspaceOpt = None) -> int:
+    """Run one ingest pass now (the daemon and every command do this on their own)."""
+    from app.ingest import Ingester
+
+    ws = _workspace(workspace)
+    report = Ingester(ws).run_pass()
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"{report.runs_updated} runs updated, {report.metrics_added} metric rows added")
+    return 0
+
+
+@daemon_cli.command("start")
+def daemon_start(workspace: WorkspaceOpt = None) -> int:
+    """Start the daemon if none runs."""
+    from app.queue.daemon import daemon_info, ensure_daemon
+
+    ws = _workspace(workspace)
+    started = ensure_daemon(ws)
+    for _ in range(50):
+        info = daemon_info(ws)
+        if info and info.get("pid"):
+            break
+        time.sleep(0.1)
+    info = daemon_info(ws)
+    print(("started" if started else "already running") + f": pid {info.get('pid') if info else '?'}")
+    return 0
+
+
+@daemon_cli.command("stop")
+def daemon_stop(workspace: WorkspaceOpt = None) -> int:
+    """Stop the daemon; running jobs carry on and are picked up by the next one."""
+    from app.queue.daemon import stop_daemon
+
+    pid = stop_daemon(_workspace(workspace))
+    print("no daemon running" if pid is None else f"stopped daemon (pid {pid})")
+    return 0
+
+
+@daemon_cli.command("status")
+def daemon_status(workspace: WorkspaceOpt = None) -> int:
+    """Say whether a daemon serves this workspace."""
+    from app.queue.daemon import daemon_info
+
+    ws = _workspace(workspace)
+    info = daemon_info(ws)
+    if info is None:
+        print(f"no daemon serving {ws.root}")
+        return 3
+    started = info.get("started_at")
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "?"
+    print(f"daemon pid {info.get('pid')} serving {ws.root} since {since}; log: {ws.daemon_log}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        from typer import TyperException as ClickException  # typer >= 0.29 vendors click
+    except ImportError:  # older typer runs on click itself
+        from click import ClickException
+
+    try:
+        rv = cli(args=argv, prog_name="moe-tui", standalone_mode=False)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ClickException as e:
+        ctx = getattr(e, "ctx", None)
+        hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+        print(f"error: {e.format_message()}{hint}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+    except (typer.Abort, KeyboardInterrupt):
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,278 @@
+"""Tail run directories into SQLite: idempotent, offset-tracked, batched.
+
+Exactly-once without coordination: each run is ingested inside a
+``BEGIN IMMEDIATE`` transaction that re-reads the stored offset, reads the
+file from there, inserts the rows and moves the offset, all or nothing. Any
+number of ingesters (the daemon, ``moe-tui ls``, a TUI) may run at once;
+the second one to take the write lock simply finds nothing new.
+
+A partial last line (the job is mid-write) is left for the next pass. A
+malformed line is reported with its file and line number, and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from sqlalchemy import insert
+from sqlmodel import Session, select
+
+from app.lifecycle import settle
+from app.store.models import FINISHED, IngestState, Metric, MetricSummary, Run, next_rev
+from app.workspace import Workspace
+from engine.config import goal_for
+from engine.run import (
+    EVENTS,
+    EXIT_CODE,
+    LAUNCH,
+    RUN_JSON,
+    STATUS,
+    SUBMIT,
+    RunDir,
+    iter_run_dirs,
+    parse_event_lines,
+)
+
+CHUNK_BYTES = 4 << 20  # events read per transaction; bounds how long the write lock is held
+WATCHED = (SUBMIT, LAUNCH, RUN_JSON, STATUS, EVENTS, EXIT_CODE)
+
+
+@dataclass
+class IngestReport:
+    runs_updated: int = 0
+    metrics_added: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def merge(self, other: "IngestReport") -> None:
+        self.runs_updated += other.runs_updated
+        self.metrics_added += other.metrics_added
+        self.warnings += other.warnings
+
+
+def signature(rd: RunDir) -> str:
+    """Sizes and mtimes of the files a pass reads: unchanged means nothing to do."""
+    parts = []
+    for name in WATCHED:
+        try:
+            st = os.stat(rd.path / name)
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        except FileNotFoundError:
+            parts.append("-")
+    return "|".join(parts)
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _read_json(rd: RunDir, name: str) -> dict | None:
+    try:
+        with open(rd.path / name, "rb") as f:
+            data = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _Unreadable(f"{rd.path / name}: malformed JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise _Unreadable(f"{rd.path / name}: expected a JSON object")
+    return data
+
+
+class Ingester:
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self.store = ws.store
+
+    # -- passes ---------------------------------------------------------------
+    def run_pass(self, only: Iterable[str] | None = None) -> IngestReport:
+        """Ingest every run directory that changed since the last pass."""
+        report = IngestReport()
+        with self.store.read() as s:
+            rows = s.exec(
+                select(Run.run_id, Run.status, IngestState.signature).join(
+                    IngestState, IngestState.run == Run.id, isouter=True
+                )
+            ).all()
+        known = {r[0]: (r[1], r[2]) for r in rows}
+        wanted = set(only) if only is not None else None
+        for rd in iter_run_dirs(self.ws.runs):
+            if wanted is not None and rd.run_id not in wanted:
+                continue
+            status, sig = known.get(rd.run_id, (None, None))
+            if status in FINISHED:
+                continue  # a finished run's files do not change
+            if sig is not None and sig == signature(rd) and not self._process_ended(rd, status):
+                continue
+            report.merge(self.ingest_run(rd))
+        return report
+
+    def _process_ended(self, rd: RunDir, status: str | None) -> bool:
+        """A running run whose files did not change may still have lost its process."""
+        if status != "running":
+            return False
+        try:
+            return settle(rd, _read_json(rd, STATUS), _read_json(rd, LAUNCH), rd.read_exit_code()).status != "running"
+        except _Unreadable:
+            return True
+
+    # -- one run --------------------------------------------------------------
+    def ingest_run(self, rd: RunDir) -> IngestReport:
+        report = IngestReport()
+        # Read status before events: the job writes its last events before its
+        # final status, so a final status seen here means every event is on disk.
+        try:
+            status = _read_json(rd, STATUS)
+            launch = _read_json(rd, LAUNCH)
+            submit = _read_json(rd, SUBMIT)
+            run_json = _read_json(rd, RUN_JSON)
+        except _Unreadable as e:
+            report.warnings.append(str(e))
+            return report
+        exit_code = rd.read_exit_code()
+        sig = signature(rd)
+        while True:
+            with self.store.write() as s:
+                run = self._run_row(s, rd, submit, run_json)
+                if run is None:
+                    return report  # a directory still being created
+                state = s.get(IngestState, run.id) or IngestState(run=run.id)
+                done = self._ingest_events(s, rd, run, state, run_json, report)
+                if done:
+                    self._apply_status(rd, run, status, launch, exit_code, state, report)
+                    state.signature = sig
+                run.rev = next_rev(s)
+                s.add(run)
+                s.add(state)
+            if done:
+                report.runs_updated += 1
+                return report
+
+    def _run_row(self, s: Session, rd: RunDir, submit: dict | None, run_json: dict | None) -> Run | None:
+        run = s.exec(select(Run).where(Run.run_id == rd.run_id)).first()
+        if run is None:
+            source = submit or run_json
+            if source is None:
+                return None
+            run = Run(
+                run_id=rd.run_id,
+                name=source.get("name") or "",
+                kind=source.get("kind") or "",
+                status="queued",
+                backend=(submit or {}).get("backend", "headless"),
+                config=json.dumps(source.get("config") or {}, sort_keys=True),
+                argv=json.dumps(source.get("argv") or []),
+                command=source.get("command") or "",
+                run_dir=self.ws.relative(rd.path),
+                created_at=source.get("created_at") or time.time(),
+                priority=(submit or {}).get("priority", 0),
+                total_epochs=source.get("total_epochs"),
+                primary_metric=source.get("primary_metric"),
+                pipeline_id=(submit or {}).get("pipeline_id"),
+            )
+            s.add(run)
+            s.flush()  # assigns run.id
+        if run_json and run.host is None:
+            git = run_json.get("git") or {}
+            run.name = run.name or run_json.get("name") or ""
+            run.kind = run.kind or run_json.get("kind") or ""
+            run.config = json.dumps(run_json.get("config") or {}, sort_keys=True)
+            run.command = run_json.get("command") or run.command
+            run.git_commit, run.git_dirty = git.get("commit"), git.get("dirty")
+            run.host = run_json.get("host")
+            run.total_epochs = run_json.get("total_epochs") or run.total_epochs
+            run.primary_metric = run_json.get("primary_metric") or run.primary_metric
+        return run
+
+    def _ingest_events(self, s: Session, rd: RunDir, run: Run, state: IngestState,
+                       run_json: dict | None, report: IngestReport) -> bool:
+        """Read the next chunk of events.jsonl; True once the end of the file is reached."""
+        try:
+            with open(rd.events, "rb") as f:
+                f.seek(state.events_offset)
+                chunk = f.read(CHUNK_BYTES)
+                at_end = not f.read(1)
+        except FileNotFoundError:
+            return True
+        lines, used = parse_event_lines(chunk, state.events_lines + 1)
+        if used == 0 and len(chunk) == CHUNK_BYTES:
+            used = len(chunk)  # one line longer than a chunk: not an event we can use
+            lines = []
+            self._warn(state, report, f"{rd.events} line {state.events_lines + 1}: longer than {CHUNK_BYTES} bytes; skipped")
+        goals = (run_json or {}).get("metric_goals") or {}
+        rows = []
+        for ln in lines:
+            if ln.event is None:
+                self._warn(state, report, f"{rd.events} line {ln.lineno}: {ln.error}; skipped")
+                continue
+            ev = ln.event
+            if ev["type"] in ("epoch", "summary"):
+                epoch = ev.get("epoch") if ev["type"] == "epoch" else None
+                for key, value in (ev.get("metrics") or {}).items():
+                    if isinstance(value, (int, float)) and value == value:
+                        rows.append({"run": run.id, "epoch": epoch, "step": ev.get("step"), "key": key,
+                                     "value": float(value), "time": ev.get("t", 0.0)})
+                if epoch is not None:
+                    run.epoch = max(run.epoch or 0, int(epoch))
+        if rows:
+            s.execute(insert(Metric), rows)
+            self._update_summaries(s, run.id, rows, goals)
+            report.metrics_added += len(rows)
+        state.events_offset += used
+        state.events_lines += len(lines)
+        return at_end and used == len(chunk)
+
+    def _update_summaries(self, s: Session, run_pk: int, rows: list[dict], goals: dict) -> None:
+        summaries = {m.key: m for m in s.exec(select(MetricSummary).where(MetricSummary.run == run_pk))}
+        for r in rows:
+            key, v, epoch = r["key"], r["value"], r["epoch"]
+            m = summaries.get(key)
+            if m is None:
+                m = summaries[key] = MetricSummary(run=run_pk, key=key, goal=goal_for(key, goals))
+            m.count += 1
+            m.last, m.last_epoch = v, epoch
+            m.min = v if m.min is None else min(m.min, v)
+            m.max = v if m.max is None else max(m.max, v)
+            better = m.best is None or (v > m.best if m.goal == "max" else v < m.best)
+            if better:
+                m.best, m.best_epoch = v, epoch
+            s.add(m)
+
+    def _apply_status(self, rd: RunDir, run: Run, status: dict | None, launch: dict | None,
+                      exit_code: int | None, state: IngestState, report: IngestReport) -> None:
+        settled = settle(rd, status, launch, exit_code)
+        if run.status in ("queued",) and settled.status == "queued":
+            return
+        run.status = settled.status
+        if status:
+            run.pid = status.get("pid") or run.pid
+            run.started_at = status.get("started_at") or run.started_at
+            run.total_epochs = status.get("total_epochs") or run.total_epochs
+            run.epoch = max(run.epoch or 0, status.get("epoch") or 0)
+        if launch:
+            run.launcher_pid = launch.get("launcher_pid") or run.launcher_pid
+            run.started_at = run.started_at or launch.get("launched_at")
+        if settled.status in FINISHED:
+            run.error, run.exit_code = settled.error, settled.exit_code
+            run.ended_at = settled.ended_at or time.time()
+            self._check_truncated_tail(rd, state, report)
+
+    def _check_truncated_tail(self, rd: RunDir, state: IngestState, report: IngestReport) -> None:
+        """Once nothing will write again, bytes after the last newline are a truncated line."""
+        try:
+            size = os.path.getsize(rd.events)
+        except FileNotFoundError:
+            return
+        if size > state.events_offset:
+            self._warn(state, report, f"{rd.events} line {state.events_lines + 1}: truncated "
+                                      f"({size - state.events_offset} bytes, no newline at end of file); skipped")
+            state.events_offset = size
+            state.events_lines += 1
+
+    @staticmethod
+    def _warn(state: IngestState, report: IngestReport, msg: str) -> None:
+        state.warning = msg
+        report.warnings.append(msg)

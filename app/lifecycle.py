@@ -1,0 +1,65 @@
+"""A run's status, derived from its directory and whether its processes live.
+
+One pure function, shared by the ingester and the daemon, so a run reads the
+same however it was started and whoever looks at it (a restarted daemon, a
+TUI with no daemon, ``moe-tui reindex`` after the database was lost).
+
+Order of evidence:
+1. the job's own final status.json (succeeded / failed / cancelled);
+2. a live job or launcher process: running;
+3. the launcher's exit_code file: the job died without a final status
+   (SIGKILL, out of memory), and the code says how;
+4. a job that said "running" and is gone: failed, cause unknown but stated;
+5. a launch record with no process and no exit code: lost;
+6. only a submission: queued.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.run import TERMINAL_STATES, ProcessIdentity, RunDir, boot_id, describe_exit
+
+
+@dataclass
+class Settled:
+    status: str
+    error: str | None = None
+    exit_code: int | None = None
+    ended_at: float | None = None
+
+
+def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int | None) -> Settled:
+    if status and status.get("state") in TERMINAL_STATES:
+        return Settled(status["state"], status.get("error"), status.get("exit_code"), status.get("ended_at"))
+
+    job = ProcessIdentity.from_record(status) if status else None
+    launcher = ProcessIdentity.from_record(launch, "launcher_") if launch else None
+    liveness = [p.alive() for p in (job, launcher) if p is not None]
+    # None: the process is on another host; only its backend can say it is gone.
+    if any(a is True or a is None for a in liveness):
+        return Settled("running" if (status or launch) else "queued")
+
+    where = ""
+    if status and status.get("epoch"):
+        total = status.get("total_epochs")
+        where = f" after epoch {status['epoch']}" + (f"/{total}" if total else "")
+    ended = (status or {}).get("updated_at") or (launch or {}).get("launched_at")
+
+    if exit_code is not None:
+        cause = describe_exit(exit_code)
+        if status:
+            return Settled("failed", f"{cause}{where} before writing a final status; log: {rd.stdout_log}", exit_code, ended)
+        last = rd.last_log_line()
+        detail = f": {last}" if last else f"; log: {rd.stdout_log}"
+        return Settled("failed", f"{cause} before the job started{detail}", exit_code, ended)
+
+    if status:
+        rebooted = job is not None and job.boot_id is not None and job.boot_id != boot_id()
+        why = "the machine rebooted" if rebooted else "killed (SIGKILL or out of memory) or its launcher died"
+        return Settled("failed", f"process {job.pid if job else '?'} ended{where} without a final status: {why}; log: {rd.stdout_log}", None, ended)
+
+    if launch:
+        return Settled("lost", "the launcher ended without starting the job or recording an exit code", None, ended)
+
+    return Settled("queued")

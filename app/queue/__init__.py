@@ -1,0 +1,1 @@
+"""The queue: submissions (submit) and the daemon that launches and watches runs."""

@@ -1,0 +1,151 @@
+"""SQLite connections: pragmas, writer transactions, migrations at open.
+
+Every connection gets WAL (on local disks), ``synchronous=NORMAL``, a busy
+timeout and foreign keys. pysqlite's own transaction handling is switched off
+so we emit ``BEGIN`` ourselves: readers ``BEGIN`` (deferred), writers ``BEGIN
+IMMEDIATE``, which takes the write lock up front and so waits in the busy
+handler instead of failing with "database is locked" when a read transaction
+tries to upgrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from app.locks import FileLock
+
+BUSY_TIMEOUT_MS = 60_000  # a writer waits this long for the lock before giving up
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.sshfs", "9p", "afs"}
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding ``path``, from /proc/mounts ('' if unknown)."""
+    path = Path(path).resolve()
+    best, fstype = "", ""
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mount = parts[1].replace("\\040", " ")
+                if (str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+                    best, fstype = mount, parts[2]
+    except OSError:
+        pass
+    return fstype
+
+
+def journal_mode_for(db_path: Path) -> str:
+    # WAL needs shared memory between processes, which network filesystems do not give.
+    return "DELETE" if filesystem_type(db_path.parent) in NETWORK_FS else "WAL"
+
+
+def make_engine(db_path: Path) -> Engine:
+    journal = journal_mode_for(db_path)
+    engine = create_engine(
+        f"sqlite:///{db_path}",
+        connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # we send BEGIN ourselves (see module doc)
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA journal_mode={journal}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
+
+    return engine
+
+
+class Store:
+    """The workspace's experiments.db: short read and write sessions."""
+
+    def __init__(self, db_path: Path, lock_path: Path | None = None):
+        self.db_path = Path(db_path)
+        self.engine = make_engine(self.db_path)
+        self._writer = self.engine.execution_options(writer=True)
+        migrate(self.engine, lock_path or self.db_path.with_name(self.db_path.name + ".migrate.lock"))
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            yield s
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        """A BEGIN IMMEDIATE transaction, committed on success, rolled back on error."""
+        with Session(self._writer, expire_on_commit=False) as s:
+            with s.begin():
+                yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+# --------------------------------------------------------------------------- #
+# Migrations
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def head_revision() -> str:
+    """The newest migration, read from the scripts' file names (``NNNN_*.py``)."""
+    names = sorted(p.stem for p in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    return names[-1].split("_", 1)[0]
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        has = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type='table' AND name='alembic_version'").first()
+        if not has:
+            return None
+        row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+        return row[0] if row else None
+
+
+def migrate(engine: Engine, lock_path: Path) -> None:
+    """Bring the schema to the newest revision, under a file lock.
+
+    The common case (already current) costs one query and no Alembic import.
+    """
+    head = head_revision()
+    if current_revision(engine) == head:
+        return
+    with FileLock(lock_path):
+        if current_revision(engine) == head:  # another process migrated while we waited
+            return
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with engine.execution_options(writer=True).begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+
+def schema_matches_models(engine: Engine) -> list:
+    """Differences between the migrated schema and the SQLModel tables (empty when in sync)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    import app.store.models  # noqa: F401  (registers the tables)
+
+    with engine.connect() as conn:
+        return compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+

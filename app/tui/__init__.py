@@ -1,0 +1,1 @@
+"""The Textual client. Reads SQLite in thread workers; writes only small requests."""

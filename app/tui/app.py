@@ -1,0 +1,69 @@
+"""The moe-tui application: screens over a workspace, fed by thread workers."""
+
+from __future__ import annotations
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.message import Message
+
+from app.tui.data import RunRow, TuiData
+from app.tui.screens.runs import RunsScreen
+from app.workspace import Workspace
+
+POLL_S = 1.0  # how often the TUI looks for changed runs
+
+
+class RunsUpdated(Message):
+    """Runs that changed since the last poll (sent from a worker thread)."""
+
+    def __init__(self, rows: list[RunRow], removed: set[int], warnings: list[str]):
+        super().__init__()
+        self.rows, self.removed, self.warnings = rows, removed, warnings
+
+
+class MoeTuiApp(App):
+    TITLE = "moe-tui"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="quit"),
+        Binding("ctrl+p", "command_palette", "Commands", id="palette", show=False),
+    ]
+
+    def __init__(self, ws: Workspace, poll_s: float = POLL_S):
+        super().__init__()
+        self.ws = ws
+        self.data = TuiData(ws)
+        self.poll_s = poll_s
+        self.runs: dict[int, RunRow] = {}
+        self._rev = 0
+
+    def on_mount(self) -> None:
+        self.sub_title = str(self.ws.root)
+        self.push_screen(RunsScreen())
+        self.poll_runs()
+        self.set_interval(self.poll_s, self.poll_runs)
+
+    @work(thread=True, exclusive=True, group="poll-runs", exit_on_error=False)
+    def poll_runs(self) -> None:
+        warnings = self.data.refresh_files()
+        rows, rev = self.data.runs_since(self._rev)
+        removed = self.data.deleted_since(set(self.runs)) if rev < self._rev else set()
+        self._rev = rev
+        if rows or removed or warnings:
+            self.post_message(RunsUpdated(rows, removed, warnings))
+
+    def on_runs_updated(self, msg: RunsUpdated) -> None:
+        for pk in msg.removed:
+            self.runs.pop(pk, None)
+        for row in msg.rows:
+            self.runs[row.pk] = row
+        for w in msg.warnings:
+            self.notify(w, title="ingest", severity="warning", timeout=10)
+        for screen in self.screen_stack:
+            if hasattr(screen, "runs_updated"):
+                screen.runs_updated(msg.rows, msg.removed)
+
+
+def run_tui(ws: Workspace, mouse: bool = True) -> None:
+    MoeTuiApp(ws).run(mouse=mouse)

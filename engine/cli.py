@@ -1,0 +1,97 @@
+"""``engine``: run one job headless, into a run directory.
+
+    engine train-expert --loss ce --preset quick
+    engine train-expert --help
+
+The run appears in ``moe-tui`` like any queued run: the manager reads the run
+directory, never the process. Torch is imported only once a job starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+from engine.config import JOBS, ConfigError, JobSpec, parse_argv
+from engine.run import (
+    EXIT_BAD_INPUT,
+    RUNS_DIRNAME,
+    SCHEMA_VERSION,
+    JobError,
+    RunDir,
+    RunRecorder,
+    atomic_write_json,
+    resolve_workspace,
+)
+
+USAGE = """usage: engine JOB [options]    (engine JOB --help lists a job's settings)
+
+jobs:
+{jobs}
+"""
+
+
+def _usage() -> str:
+    width = max(map(len, JOBS))
+    return USAGE.format(jobs="\n".join(f"  {k:<{width}}  {cls.help}" for k, cls in sorted(JOBS.items())))
+
+
+def _fail_unstarted(run_dir: str, argv: list[str], error: str) -> None:
+    """A manager-made run whose arguments are bad still ends with a status and a cause."""
+    rd = RunDir(run_dir)
+    if rd.path.is_dir() and not rd.status.exists():
+        now = time.time()
+        atomic_write_json(rd.status, {"v": SCHEMA_VERSION, "run_id": rd.run_id, "state": "failed",
+                                      "started_at": now, "ended_at": now, "exit_code": EXIT_BAD_INPUT,
+                                      "error": error, "argv": argv})
+
+
+def _make_run_dir(spec: JobSpec) -> RunDir:
+    if spec.run_dir:
+        rd = RunDir(spec.run_dir)
+        if not rd.path.is_dir():
+            raise JobError(f"--run-dir {rd.path} does not exist; leave it out to create a fresh run directory")
+        return rd
+    root = resolve_workspace(spec.workspace) / RUNS_DIRNAME
+    try:
+        return RunDir.create(root)
+    except OSError as e:
+        raise JobError(f"cannot create a run directory in {root} ({e.strerror}); "
+                       "pass --workspace DIR or set MOE_TUI_WORKSPACE to a writable place") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if argv else EXIT_BAD_INPUT
+    try:
+        spec = parse_argv(argv)
+        rd = _make_run_dir(spec)
+    except (ConfigError, JobError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        run_dir = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--run-dir"), None)
+        if run_dir:
+            _fail_unstarted(run_dir, argv, str(e))
+        return EXIT_BAD_INPUT
+
+    cfg = spec.config
+    job = importlib.import_module(f"engine.jobs.{spec.kind.replace('-', '_')}")
+    print(f"run {rd.run_id}: {rd.path}", file=sys.stderr, flush=True)
+    with RunRecorder(
+        rd,
+        kind=spec.kind,
+        config=cfg.model_dump(mode="json"),
+        argv=spec.argv,
+        name=spec.name or cfg.run_name(),
+        total_epochs=cfg.total_epochs(),
+        primary_metric=cfg.primary_metric,
+        metric_goals=cfg.metric_goals,
+    ) as rec:
+        job.run(spec, rec)
+    return rec.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Data sets as tensors plus the long-tail bookkeeping (profiles, splits, groups)."""

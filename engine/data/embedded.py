@@ -1,0 +1,74 @@
+"""The embedded default data set: scikit-learn's handwritten digits, made long-tailed.
+
+1,797 real 8x8 grey-level scans of handwritten digits (UCI ML "Optical
+Recognition of Handwritten Digits"), shipped inside scikit-learn, so the
+demo and the tests need no download. Each class keeps a balanced held-out
+pool of 80 images (split into test/val/tunev 80/10/10 per class, as for
+CIFAR-LT's balanced test set); the rest forms the long-tailed training pool,
+from which the exponential profile takes 90 images of class 0 down to 9 of
+class 9 (imbalance factor 10, so tail classes have a handful of images).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.data.images import ImageData, TensorSplit
+from engine.data.longtail import ClassGroups, lt_counts, select_lt, split_per_class
+
+HELD_OUT_PER_CLASS = 80  # balanced evaluation pool per class (64 test, 8 val, 8 tunev)
+N_MAX = 90  # head-class size; the smallest class has 94 images after the held-out pool
+DEFAULT_IMB_FACTOR = 10.0
+# Mean/std of the grey levels over the whole set, in [0, 1] units.
+MEAN, STD = (0.3053,), (0.3759,)
+
+
+def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 grey levels -> 0..255
+    return images, d.target.astype(np.int64)
+
+
+def _resize(images: np.ndarray, size: int) -> torch.Tensor:
+    x = torch.from_numpy(images).float().unsqueeze(1)  # (N, 1, 8, 8)
+    if size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x.round().clamp_(0, 255).to(torch.uint8)
+
+
+def load_digits_lt(image_size: int = 32, imb_factor: float | None = None, split_seed: int = 0) -> ImageData:
+    imb = imb_factor or DEFAULT_IMB_FACTOR
+    images, targets = _raw_digits()
+    num_classes = 10
+    rng = np.random.default_rng(split_seed)
+    held, pool = [], []
+    for c in range(num_classes):
+        idx = rng.permutation(np.flatnonzero(targets == c))
+        held.append(idx[:HELD_OUT_PER_CLASS])
+        pool.append(idx[HELD_OUT_PER_CLASS:])
+    held_idx, pool_idx = np.concatenate(held), np.concatenate(pool)
+
+    counts = lt_counts(N_MAX, num_classes, imb)
+    pool_targets = np.full(len(targets), -1)
+    pool_targets[pool_idx] = targets[pool_idx]
+    train_lt = select_lt(pool_targets, counts, seed=split_seed)
+    train = split_per_class(train_lt, targets, {"expert": 0.9, "gating": 0.1}, seed=split_seed)
+    evals = split_per_class(held_idx, targets, {"test": 0.8, "val": 0.1, "tunev": 0.1}, seed=split_seed)
+
+    x = _resize(images, image_size)
+    y = torch.from_numpy(targets)
+    splits = {name: TensorSplit(x[idx], y[idx]) for name, idx in {**train, **evals}.items()}
+    return ImageData(
+        name="digits",
+        num_classes=num_classes,
+        splits=splits,
+        groups=ClassGroups(tuple(counts)),
+        mean=MEAN,
+        std=STD,
+        hflip=False,  # a mirrored 2 or 7 is not a 2 or 7
+        info={"source": "sklearn.datasets.load_digits", "imb_factor": imb, "n_max": N_MAX},
+    )

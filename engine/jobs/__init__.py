@@ -1,0 +1,1 @@
+"""One module per engine job kind; each exposes ``run(spec, recorder)``."""

@@ -1,0 +1,1 @@
+"""Network definitions, built by name from a job config."""

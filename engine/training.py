@@ -1,0 +1,94 @@
+"""Pieces every training job shares: device, seeding, schedules, batches."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Iterator
+
+import torch
+
+from engine.data.augment import random_crop_flip
+from engine.data.images import TensorSplit
+from engine.run import JobError
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise JobError(f"device '{name}' asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise JobError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed the global RNGs and return a generator for data order and augmentation."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def warmup_multistep(warmup_epochs: int, milestones: list[int], gamma: float):
+    """LR factor per epoch: linear warm-up to 1, then x gamma at each milestone."""
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup_epochs:
+            return (epoch + 1) / warmup_epochs
+        return gamma ** sum(epoch >= m for m in milestones)
+
+    return factor
+
+
+class DeviceImages:
+    """A split living on the device as uint8, served as normalised float batches.
+
+    Keeping CIFAR-sized sets on the device and augmenting whole batches there
+    removes the per-sample Python of a DataLoader from the hot path.
+    """
+
+    def __init__(self, split: TensorSplit, device: torch.device, mean, std, channels_last: bool = False):
+        self.x = split.x.to(device)
+        self.y = split.y.to(device)
+        self.device = device
+        c = len(mean)
+        self.mean = torch.tensor(mean, device=device).view(1, c, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, c, 1, 1) * 255
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def _prepare(self, xb: torch.Tensor) -> torch.Tensor:
+        xb = (xb.float() - self.mean) / self.std
+        return xb.contiguous(memory_format=torch.channels_last) if self.channels_last else xb
+
+    def train_batches(self, batch_size: int, gen: torch.Generator, augment: bool, hflip: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self), generator=gen).to(self.device)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on a single image
+                break
+            xb = self.x[idx]
+            if augment:
+                xb = random_crop_flip(xb, pad=max(1, xb.shape[-1] // 8), flip=hflip, gen=gen)
+            yield self._prepare(xb), self.y[idx]
+
+    def eval_batches(self, batch_size: int = 1024) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self), batch_size):
+            yield self._prepare(self.x[start : start + batch_size]), self.y[start : start + batch_size]
+
+
+class Stopwatch:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.t0 = time.perf_counter()
+
+    def seconds(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - self.t0
