@@ -198,7 +198,7 @@ class Ingester:
         except FileNotFoundError:
             return True
         lines, used = parse_event_lines(chunk, state.events_lines + 1)
-        if used == 0 and len(chunk) == CHUNK_BYTES:
+        if used == 0 and not at_end:
             used = len(chunk)  # one line longer than a chunk: not an event we can use
             lines = []
             self._warn(state, report, f"{rd.events} line {state.events_lines + 1}: longer than {CHUNK_BYTES} bytes; skipped")
@@ -223,7 +223,8 @@ class Ingester:
             report.metrics_added += len(rows)
         state.events_offset += used
         state.events_lines += len(lines)
-        return at_end and used == len(chunk)
+        # At the end of the file we are done, even if a partial line waits there.
+        return at_end
 
     def _update_summaries(self, s: Session, run_pk: int, rows: list[dict], goals: dict) -> None:
         summaries = {m.key: m for m in s.exec(select(MetricSummary).where(MetricSummary.run == run_pk))}

@@ -67,7 +67,12 @@ class TuiData:
         if now - self._last_ingest < INGEST_EVERY_S or daemon_info(self.ws) is not None:
             return []
         self._last_ingest = now
-        return Ingester(self.ws).run_pass().warnings
+        warnings = Ingester(self.ws).run_pass().warnings
+        from app.queue.daemon import ensure_daemon, needs_daemon
+
+        if needs_daemon(self.ws):  # queued work and no daemon (it crashed, or idled out)
+            ensure_daemon(self.ws)
+        return warnings
 
     def runs_since(self, rev: int) -> tuple[list[RunRow], int]:
         """Runs changed after ``rev`` and the newest rev seen."""

@@ -1,0 +1,1 @@
+"""`make bench`: each issue's figures beside a reference measured in the same run."""

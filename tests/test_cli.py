@@ -1,0 +1,84 @@
+"""The moe-tui and engine command lines: answers, and one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from tests.helpers import engine, moe
+
+
+def one_line_error(out) -> str:
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_ls_show_export_on_a_real_run(ws_path, copy_run):
+    rd = copy_run(ws_path)
+    out = moe(ws_path, "ls")
+    assert out.returncode == 0, out.stderr
+    assert rd.name in out.stdout and "succeeded" in out.stdout and "3/3" in out.stdout
+    assert "val/balanced_acc" in out.stdout
+    show = moe(ws_path, "show", rd.name[:15])
+    assert show.returncode == 0 and "status    succeeded" in show.stdout and "val/balanced_acc" in show.stdout
+    csv_out = moe(ws_path, "export", "--out", "-")
+    rows = list(csv.DictReader(io.StringIO(csv_out.stdout)))
+    assert [r["run_id"] for r in rows] == [rd.name]
+
+
+def test_unknown_loss(ws_path):
+    assert "--loss 'focal' is not one of: ce" in one_line_error(moe(ws_path, "submit", "--", "train-expert", "--loss", "focal"))
+    assert "--loss 'focal' is not one of: ce" in one_line_error(engine(ws_path, "train-expert", "--loss", "focal"))
+    assert not (ws_path / "runs").exists() or not any((ws_path / "runs").iterdir())  # nothing half-made
+
+
+def test_unwritable_workspace(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    line = one_line_error(moe(blocker / "ws", "ls"))
+    assert "is not writable" in line and "--workspace" in line
+    line = one_line_error(engine(blocker / "ws", "train-expert", "--preset", "quick"))
+    assert "cannot create a run directory" in line
+
+
+def test_read_only_workspace():
+    # /proc refuses new directories even to root, so this holds when tests run as root
+    assert "is not writable" in one_line_error(moe("/proc/1", "ls"))
+
+
+def test_run_that_does_not_exist(ws_path):
+    line = one_line_error(moe(ws_path, "show", "nope"))
+    assert "no run 'nope'" in line and "moe-tui ls" in line
+    assert "no run 'nope'" in one_line_error(moe(ws_path, "wait", "nope"))
+
+
+def test_usage_errors_are_one_line(ws_path):
+    assert "--bogus" in one_line_error(moe(ws_path, "ls", "--bogus"))
+    assert "Missing option" in one_line_error(moe(ws_path, "export"))
+    assert "say what to run" in one_line_error(moe(ws_path, "submit"))
+    assert "leave out --run-dir" in one_line_error(moe(ws_path, "submit", "--", "train-expert", "--run-dir", "/tmp/x"))
+
+
+def test_export_refuses_a_directory(ws_path, copy_run):
+    copy_run(ws_path)
+    assert "is a directory" in one_line_error(moe(ws_path, "export", "--out", str(ws_path)))
+
+
+def test_engine_help_lists_settings_with_defaults(ws_path):
+    out = engine(ws_path, "train-expert", "--help")
+    assert out.returncode == 0
+    assert "--lr LR" in out.stdout and "[default: 0.1]" in out.stdout and "--preset {quick}" in out.stdout
+
+
+def test_submit_runs_through_the_daemon_to_success(ws_path):
+    out = moe(ws_path, "submit", "--name", "smoke", "--", "train-expert", "--preset", "quick", "--epochs", "1")
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.split()[1]
+    w = moe(ws_path, "wait", run_id, "--timeout", "170")
+    assert w.returncode == 0 and f"{run_id}  succeeded epoch 1/1" in w.stdout, w.stdout + w.stderr
+    sub = json.loads((ws_path / "runs" / run_id / "submit.json").read_text())
+    assert sub["name"] == "smoke" and sub["argv"] == ["train-expert", "--preset", "quick", "--epochs", "1"]

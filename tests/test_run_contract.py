@@ -1,0 +1,138 @@
+"""The run-directory contract, as a job writes it and a reader sees it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from engine.run import (
+    EXIT_BAD_INPUT,
+    EXIT_CANCELLED,
+    JobError,
+    ProcessIdentity,
+    RunDir,
+    RunRecorder,
+    describe_exit,
+    parse_event_lines,
+)
+from tests.helpers import wait_for
+
+
+def recorder(tmp_path, **kw):
+    rd = RunDir.create(tmp_path / "runs")
+    return rd, RunRecorder(rd, kind="test", config={"a": 1}, argv=["test"], total_epochs=3, **kw)
+
+
+def test_a_successful_job_leaves_a_complete_directory(tmp_path):
+    rd, rec = recorder(tmp_path)
+    with rec:
+        rec.log_epoch(1, {"train/loss": 1.0, "val/acc": float("nan")})
+        rec.log_summary({"test/acc": 0.5})
+    run = rd.read_run()
+    assert run["kind"] == "test" and run["config"] == {"a": 1} and run["run_id"] == rd.run_id
+    assert {"commit", "dirty"} <= set(run["git"]) and "python" in run["versions"] and run["host"]
+    status = rd.read_status()
+    assert status["state"] == "succeeded" and status["exit_code"] == 0 and status["epoch"] == 1
+    assert status["pid"] == os.getpid() and status["ended_at"] >= status["started_at"]
+    events = [json.loads(l) for l in rd.events.read_text().splitlines()]
+    assert [e["type"] for e in events] == ["epoch", "summary", "end"]
+    assert all(e["v"] == 1 for e in events)
+    assert events[0]["metrics"]["val/acc"] is None  # NaN is written as null, keeping the line valid JSON
+    assert rd.checkpoints.is_dir() and rd.artifacts.is_dir()
+    assert "epoch 1/3" in rd.stdout_log.read_text()
+    assert rec.exit_code == 0
+
+
+def test_job_error_fails_with_its_one_line_cause(tmp_path):
+    rd, rec = recorder(tmp_path)
+    with rec:
+        raise JobError("data root /nope has no cifar-10-batches-py; pass --data-root")
+    st = rd.read_status()
+    assert st["state"] == "failed" and st["exit_code"] == EXIT_BAD_INPUT
+    assert st["error"] == "data root /nope has no cifar-10-batches-py; pass --data-root"
+
+
+def test_a_crash_is_failed_with_type_place_and_log(tmp_path):
+    rd, rec = recorder(tmp_path)
+    with rec:
+        {}["missing"]
+    st = rd.read_status()
+    assert st["state"] == "failed" and st["exit_code"] == 1
+    assert st["error"].startswith("KeyError: 'missing' at test_run_contract.py:")
+    assert "\n" not in st["error"]
+    assert "Traceback" in rd.stdout_log.read_text()
+
+
+def test_a_used_directory_is_refused(tmp_path):
+    rd, rec = recorder(tmp_path)
+    with rec:
+        pass
+    with pytest.raises(JobError, match="already holds a run"):
+        RunRecorder(rd, kind="test", config={}, argv=[]).__enter__()
+
+
+def test_sigterm_cancels_at_a_safe_point(tmp_path):
+    script = textwrap.dedent(f"""
+        import time
+        from engine.run import RunDir, RunRecorder
+        rd = RunDir.create({str(tmp_path / 'runs')!r})
+        rec = RunRecorder(rd, kind="test", config={{}}, argv=[])
+        with rec:
+            for epoch in range(1, 1000):
+                time.sleep(0.05)
+                rec.check_cancelled()
+                rec.log_epoch(epoch, {{"x": epoch}})
+        raise SystemExit(rec.exit_code)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rd = wait_for(lambda: next(iter(RunDir(d) for d in (tmp_path / "runs").glob("*")), None), what="run dir")
+    wait_for(lambda: (rd.read_status() or {}).get("epoch", 0) >= 2, what="two epochs")
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == EXIT_CANCELLED
+    st = rd.read_status()
+    assert st["state"] == "cancelled" and st["error"] == "cancelled by SIGTERM"
+
+
+def test_event_lines_partial_malformed_and_newer():
+    chunk = b'{"type":"epoch","epoch":1}\n{not json}\n\n{"v":99,"type":"epoch"}\n{"type":"ep'
+    lines, used = parse_event_lines(chunk, first_lineno=5)
+    assert used == chunk.rindex(b"\n") + 1  # the partial line waits
+    assert [ln.lineno for ln in lines] == [5, 6, 7, 8]
+    assert lines[0].event == {"type": "epoch", "epoch": 1}
+    assert "malformed JSON" in lines[1].error
+    assert lines[2].error == "empty line"
+    assert "newer than this reader" in lines[3].error
+
+
+def test_process_identity_tells_live_dead_and_reused():
+    me = ProcessIdentity.current()
+    assert me.alive() is True
+    p = subprocess.Popen(["sleep", "30"])
+    ident = ProcessIdentity.of(p.pid)
+    assert ident.alive() is True
+    p.kill()
+    p.wait()
+    assert ident.alive() is False
+    reused = ProcessIdentity(me.pid, (me.start_ticks or 0) + 1, me.host, me.boot_id)
+    assert reused.alive() is False  # same pid, different start time: not our process
+    assert ProcessIdentity(me.pid, me.start_ticks, "elsewhere", me.boot_id).alive() is None
+    assert ProcessIdentity(me.pid, me.start_ticks, me.host, "another-boot").alive() is False
+
+
+def test_exit_descriptions():
+    assert describe_exit(-9).startswith("killed by SIGKILL")
+    assert describe_exit(137).startswith("killed by SIGKILL")
+    assert describe_exit(3) == "exited with code 3"
+
+
+def test_run_ids_sort_by_time_and_never_collide(tmp_path):
+    ids = [RunDir.create(tmp_path).run_id for _ in range(50)]
+    assert len(set(ids)) == 50
+    assert sorted(ids)[0][:13] <= time.strftime("%y%m%d-%H%M%S")
