@@ -86,7 +86,7 @@ def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int 
 
     if cancel is not None:
         how = f" ({describe_exit(exit_code)})" if exit_code not in (None, 0) else ""
-        started = "" if status else " before it started"
+        started = "" if (status or launch) else " before it started"
         return Settled("cancelled", f"cancelled on request{started}{how}", exit_code,
                        (status or {}).get("updated_at") or cancel.get("requested_at"))
     if slurm_state and slurm_state != "COMPLETED" and not status:
