@@ -156,7 +156,7 @@ def test_cancel_escalates_to_sigkill_after_the_grace_period(ws, ws_path, monkeyp
     assert r.status == "cancelled" and r.error == "cancelled on request"
 
 
-def test_pause_sweep_priorities_and_reindex(ws_path, ws):
+def test_pause_sweep_and_reindex(ws_path, ws):
     """Nothing starts while paused; a sweep is a group; reindex rebuilds dependencies and groups."""
     assert moe(ws_path, "pause").stdout.strip() == "queue paused"
     out = moe(ws_path, "submit", "--sweep", "seed=0,1", "--sweep", "lr=0.05,0.1", "--name", "grid", "--", *TINY)
@@ -181,8 +181,9 @@ def test_pause_sweep_priorities_and_reindex(ws_path, ws):
     assert [(d.run, d.parent) for d in deps] == [(runs[hi].id, runs[ids[0]].id)]
     assert runs[ids[0]].group_id == runs[ids[1]].group_id and runs[ids[1]].status == "cancelled"
 
+    assert moe(ws_path, "cancel", hi).returncode == 0
     assert moe(ws_path, "resume").stdout.strip() == "queue resumed"
-    assert moe(ws_path, "wait", ids[0], hi, "--timeout", "120").returncode == 0
+    assert moe(ws_path, "wait", ids[0], "--timeout", "120").returncode == 0
 
 
 def test_bad_queue_input_gets_one_line(ws_path, tmp_path):
