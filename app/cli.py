@@ -72,6 +72,7 @@ def submit(
     gpus: Annotated[Optional[int], typer.Option(help="GPUs the run needs [default: 1 on a GPU machine, else 0]")] = None,
     after: Annotated[Optional[list[str]], typer.Option("--after", help="start only after this run succeeded; repeatable")] = None,
     sweep: Annotated[Optional[list[str]], typer.Option("--sweep", help="key=v1,v2: one run per combination; repeatable")] = None,
+    slurm: Annotated[Optional[list[str]], typer.Option("--slurm", help="KEY=VALUE: a [slurm] setting for this run (time=0:30:00); repeatable")] = None,
     workspace: WorkspaceOpt = None,
 ) -> int:
     """Queue an engine job: moe-tui submit -- train-expert --loss ce --preset quick"""
@@ -82,7 +83,7 @@ def submit(
     if not args:
         raise UserError("say what to run after --, e.g. moe-tui submit -- train-expert --loss ce --preset quick")
     ws = _workspace(workspace)
-    kw = dict(backend=backend, priority=priority, gpus=gpus, after=list(after or []))
+    kw = dict(backend=backend, priority=priority, gpus=gpus, after=list(after or []), slurm=list(slurm or []))
     runs = submit_sweep(ws, list(args), list(sweep), name=name, **kw) if sweep else [do_submit(ws, list(args), name=name, **kw)]
     started = ensure_daemon(ws)
     for run in runs:

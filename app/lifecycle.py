@@ -31,7 +31,7 @@ SLURM_FILE = "slurm.json"  # the manager's: the Slurm job id and, once known, it
 
 # Slurm job states that mean Slurm (not the job) ended it, and what to tell a person.
 SLURM_CAUSES = {
-    "TIMEOUT": "Slurm stopped it at its time limit; raise [slurm] time or --time",
+    "TIMEOUT": "Slurm stopped it at its time limit; raise --slurm time=... or [slurm] time in moe-tui.toml",
     "NODE_FAIL": "its node failed; retry it",
     "PREEMPTED": "Slurm preempted it for a higher-priority job; retry it (--resume continues from last.pth)",
     "BOOT_FAIL": "its node failed to boot; retry it",
@@ -71,6 +71,10 @@ def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int 
         where = f" at epoch {status['epoch']}" if status and status.get("epoch") else ""
         return Settled("failed", f"Slurm job {slurm.get('job_id')} ended {slurm_state}{limit}{where}: {SLURM_CAUSES[slurm_state]}",
                        (status or {}).get("exit_code", exit_code), (status or {}).get("ended_at") or slurm.get("ended_at"))
+    if status and status.get("state") == "cancelled" and slurm is not None and not slurm_state:
+        # Slurm's SIGTERM (time limit, preemption) looks like a cancel to the job;
+        # the run stays running until the daemon has heard from Slurm why.
+        return Settled("running")
     if status and status.get("state") in TERMINAL_STATES:
         return Settled(status["state"], status.get("error"), status.get("exit_code"), status.get("ended_at"))
 

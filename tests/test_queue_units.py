@@ -103,4 +103,4 @@ def test_slurm_kill_causes_win_over_the_jobs_own_status(tmp_path):
     s = settle(RunDir(tmp_path), status, None, None, slurm={"job_id": "17", "final_state": "TIMEOUT", "time_limit": "00:01:00"})
     assert s.status == "failed"
     assert s.error == ("Slurm job 17 ended TIMEOUT (00:01:00) at epoch 3: Slurm stopped it at its time limit; "
-                       "raise [slurm] time or --time")
+                       "raise --slurm time=... or [slurm] time in moe-tui.toml")

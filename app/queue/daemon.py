@@ -129,7 +129,8 @@ class Daemon:
             log.info("run #%d blocked: a dependency did not succeed", pk)
         self.act_on_cancels()
         if self._active_slurm():
-            self.slurm.poll()
+            for run_id in self.slurm.poll():
+                self.ingester.ingest_run(self.ws.run_dir(run_id))
         if not is_paused(self.ws):
             self.launch_ready(ready)
         self.run_hooks()
@@ -137,8 +138,9 @@ class Daemon:
 
     def _active_slurm(self) -> bool:
         with self.ws.store.read() as s:
-            return s.exec(select(Run.id).where(Run.backend == "slurm", col(Run.status).in_(("running", "blocked")),
-                                               Run.slurm_job_id.is_not(None)).limit(1)).first() is not None
+            recent = time.time() - 600  # finished runs may still await Slurm's verdict (see SlurmBackend.poll)
+            return s.exec(select(Run.id).where(Run.backend == "slurm", Run.slurm_job_id.is_not(None), (
+                (Run.status == "running") | (Run.ended_at > recent))).limit(1)).first() is not None
 
     def _has_work(self) -> bool:
         with self.ws.store.read() as s:

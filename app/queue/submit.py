@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -125,6 +126,7 @@ def submit(
     retry_of: str | None = None,
     repro: Repro | None = None,
     names: dict[str, str] | None = None,
+    slurm: list[str] | tuple[str, ...] = (),
 ) -> Run:
     """Queue ``engine <argv>`` after the runs in ``after``; the job's own parser validates it now.
 
@@ -135,6 +137,7 @@ def submit(
         raise UserError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
     gpus = default_gpus(backend) if gpus is None else gpus
     check_gpus(gpus, backend)
+    slurm_overrides = parse_slurm_overrides(slurm, backend)
     spec = validate(argv)
     repro = repro or capture_repro()
 
@@ -164,6 +167,7 @@ def submit(
         "total_epochs": spec.config.total_epochs(),
         "primary_metric": spec.config.primary_metric,
         "repro": repro.record(),
+        "slurm": slurm_overrides,
     }
     if repro.diff:
         rd.artifacts.mkdir(exist_ok=True)
@@ -199,6 +203,33 @@ def submit(
             parent = find_run(s, parent_id)
             s.add(RunDependency(run=run.id, parent=parent.id))
     return run
+
+
+def parse_slurm_overrides(items, backend: str) -> dict:
+    """``["time=0:05:00", "partition=gpu"]`` -> validated per-run [slurm] settings."""
+    if backend == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("--backend slurm needs Slurm's sbatch on PATH; install the Slurm client or use --backend local")
+    if not items:
+        return {}
+    if backend != "slurm":
+        raise UserError("--slurm settings only apply to --backend slurm")
+    from pydantic import ValidationError
+
+    from app.queue.settings import SlurmSettings
+
+    values: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in SlurmSettings.model_fields:
+            raise UserError(f"--slurm expects KEY=VALUE with KEY one of {', '.join(SlurmSettings.model_fields)}; got {item!r}")
+        values[key] = value.split(",") if key == "extra" else value
+    try:
+        SlurmSettings.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"--slurm {err['loc'][0]}: {err['msg']}") from None
+    return values
 
 
 # --------------------------------------------------------------------------- #
