@@ -38,7 +38,11 @@ from engine.run import ProcessIdentity, atomic_write_json, read_json
 
 log = logging.getLogger("moe-tui.daemon")
 
-POLL_S = 0.5  # between passes: a queued run starts within this of a slot freeing
+POLL_S = 0.5  # between passes while runs are queued or running
+IDLE_POLL_S = 2.0  # between passes with nothing to do (clients wake the daemon with SIGUSR1)
+# SIGUSR1: a client queued, cancelled, retried or resumed something. SIGCHLD:
+# one of our launchers ended, so a slot is free. Either starts a pass at once.
+WAKE_SIGNALS = {signal.SIGUSR1, signal.SIGCHLD}
 
 
 class Daemon:
@@ -54,6 +58,7 @@ class Daemon:
         self.settings: Settings = load_settings(ws.root)
         self._slurm = None
         self._stop = False
+        self._woken = False
 
     @property
     def idle_exit_s(self) -> float:
@@ -94,6 +99,8 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        for sig in WAKE_SIGNALS:
+            signal.signal(sig, self._on_wake)
         q = self.settings.queue
         gpus = discover_gpus()
         log.info("daemon %d serving %s: %d GPU(s) x %d run(s), %d CPU slot(s), cap %s, idle exit %.0fs",
@@ -101,13 +108,15 @@ class Daemon:
         idle_since = time.monotonic()
         try:
             while not self._stop:
+                self._woken = False
                 self.step()
-                if self._has_work():
+                busy = self._has_work()
+                if busy:
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since > self.idle_exit_s:
                     log.info("idle for %.0fs; exiting", self.idle_exit_s)
                     break
-                time.sleep(self.poll_s)
+                self._sleep(self.poll_s if busy else max(self.poll_s, IDLE_POLL_S))
         finally:
             self.ws.daemon_pid.unlink(missing_ok=True)
             lock.release()
@@ -123,8 +132,11 @@ class Daemon:
             if proc.poll() is not None:  # reap the launcher so it does not linger as a zombie
                 del self.children[run_id]
                 self.ingester.run_pass(only=[run_id])
-        with self.ws.store.write() as s:
-            ready, blocked = settle_dependencies(s)
+        with self.ws.store.read() as s:
+            ready, blocked = settle_dependencies(s, dry_run=True)
+        if blocked:
+            with self.ws.store.write() as s:
+                ready, blocked = settle_dependencies(s)
         for pk in blocked:
             log.info("run #%d blocked: a dependency did not succeed", pk)
         self.act_on_cancels()
@@ -284,8 +296,12 @@ class Daemon:
     # -- on-finish hooks ---------------------------------------------------------
     def run_hooks(self) -> None:
         cmd = self.settings.queue.on_finish
+        pending = select(Run).where(Run.hook == "pending", col(Run.status).in_(FINISHED))
+        with self.ws.store.read() as s:
+            if s.exec(pending.limit(1)).first() is None:
+                return
         with self.ws.store.write() as s:
-            runs = s.exec(select(Run).where(Run.hook == "pending", col(Run.status).in_(FINISHED))).all()
+            runs = s.exec(pending).all()
             for run in runs:
                 run.hook, run.rev = "done", next_rev(s)
                 s.add(run)
@@ -303,6 +319,25 @@ class Daemon:
                                                    start_new_session=True))
             log.info("run %s %s: on-finish command started", run.run_id, run.status)
 
+    def _sleep(self, seconds: float) -> None:
+        """Wait for a wake signal or ``seconds``.
+
+        The wake signals are blocked only while waiting, so the processes the
+        daemon starts inherit a normal signal mask; one that arrived during
+        the pass set ``_woken`` in its handler and skips the wait.
+        """
+        if self._woken:
+            return
+        signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
+        try:
+            if not self._woken:
+                signal.sigtimedwait(WAKE_SIGNALS, seconds)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, WAKE_SIGNALS)
+
+    def _on_wake(self, signum, frame) -> None:
+        self._woken = True
+
     def _on_stop(self, signum, frame) -> None:
         self._stop = True
 
@@ -318,9 +353,24 @@ def daemon_info(ws: Workspace) -> dict | None:
     return read_json(ws.daemon_pid) or {"pid": None}
 
 
+def wake_daemon(ws: Workspace, info: dict | None = None) -> bool:
+    """Ask the running daemon for a pass now (SIGUSR1); False if there is none to ask."""
+    info = info or daemon_info(ws)
+    ident = ProcessIdentity.from_record(info) if info and info.get("pid") else None
+    if ident is None or not ident.alive():
+        return False
+    try:
+        os.kill(ident.pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def ensure_daemon(ws: Workspace) -> bool:
-    """Start a detached daemon if none runs; True if one was started."""
-    if daemon_info(ws) is not None:
+    """Start a detached daemon if none runs, else wake it; True if one was started."""
+    info = daemon_info(ws)
+    if info is not None:
+        wake_daemon(ws, info)
         return False
     with open(ws.daemon_log, "ab") as out:
         subprocess.Popen(

@@ -80,10 +80,12 @@ def parents_of(s: Session, pks: list[int]) -> dict[int, list[Run]]:
     return out
 
 
-def settle_dependencies(s: Session) -> tuple[list[int], list[int]]:
-    """Block queued runs whose parents ended badly; return (ready, newly blocked) queued-run ids.
+def settle_dependencies(s: Session, dry_run: bool = False) -> tuple[list[int], list[int]]:
+    """Block queued runs whose parents ended badly; return (ready, to block) queued-run ids.
 
-    Call inside a writer transaction. Ready runs: all parents succeeded.
+    Call inside a writer transaction, or with ``dry_run`` in a reader (the
+    daemon's common case: nothing to block, no write lock taken).
+    Ready runs: all parents succeeded.
     """
     waiting = s.exec(select(Run.id).where(Run.status == "queued",
                                           col(Run.id).in_(select(RunDependency.run)))).all()
@@ -91,7 +93,9 @@ def settle_dependencies(s: Session) -> tuple[list[int], list[int]]:
     ready, blocked = [], []
     for pk in waiting:
         bad = [p for p in parents[pk] if (p.status in FINISHED and p.status != "succeeded") or p.status == "blocked"]
-        if bad:
+        if bad and dry_run:
+            blocked.append(pk)
+        elif bad:
             run = s.get(Run, pk)
             p = bad[0]
             run.status = "blocked"
