@@ -220,6 +220,14 @@ def show(run: Annotated[str, typer.Argument(help="run id (or a unique prefix, or
     if r.error:
         print(f"error     {r.error}")
     print(f"kind      {r.kind}   backend {r.backend}   host {r.host or '-'}")
+    from app.queue.deps import parents_of
+
+    with ws.store.read() as s:
+        parents = [p.run_id for p in parents_of(s, [r.id])[r.id]]
+    where = r.slots or (f"Slurm job {r.slurm_job_id}" if r.slurm_job_id else "-")
+    print(f"queue     priority {r.priority}   gpus {r.gpus}   slot {where}   after {', '.join(parents) or '-'}")
+    if r.group_id or r.pipeline_id or r.retry_of:
+        print(f"group     sweep {r.group_id or '-'}   pipeline {r.pipeline_id or '-'}   retry of {r.retry_of or '-'}")
     print(f"progress  epoch {r.epoch}/{r.total_epochs or '?'}   time {fmt_duration(duration_s(r)) or '-'}")
     print(f"command   {r.command}")
     print(f"git       {r.git_commit or '-'}" + (" (dirty)" if r.git_dirty else ""))

@@ -280,6 +280,8 @@ class Ingester:
             run.epoch = max(run.epoch or 0, status.get("epoch") or 0)
         if launch:
             run.launcher_pid = launch.get("launcher_pid") or run.launcher_pid
+            run.slurm_job_id = launch.get("job_id") or run.slurm_job_id
+            run.slots = launch.get("slots") or run.slots
             run.started_at = run.started_at or launch.get("launched_at")
         if settled.status in FINISHED:
             run.error, run.exit_code = settled.error, settled.exit_code

@@ -202,3 +202,16 @@ def test_bad_queue_input_gets_one_line(ws_path, tmp_path):
     assert "the dependencies form a cycle: a -> b -> a" in err("pipeline", str(cyc))
     assert "needs the job kinds" in err("pipeline", "lt")
     assert not (ws_path / "runs").exists() or not any((ws_path / "runs").iterdir()), "bad input queues nothing"
+
+
+def test_daemon_start_status_stop_and_idle_exit(ws_path):
+    out = moe(ws_path, "daemon", "start", MOE_TUI_IDLE_EXIT="2")
+    assert out.returncode == 0 and out.stdout.startswith("started: pid "), out.stdout + out.stderr
+    st = moe(ws_path, "daemon", "status")
+    assert st.returncode == 0 and "daemon pid" in st.stdout and "CPU slot" in st.stdout
+    # Nothing to do: it leaves by itself after the idle time.
+    wait_for(lambda: moe(ws_path, "daemon", "status").returncode == 3, timeout=30, what="the idle daemon to exit")
+    assert moe(ws_path, "daemon", "start").returncode == 0
+    out = moe(ws_path, "daemon", "stop")
+    assert out.returncode == 0 and out.stdout.startswith("stopped daemon")
+    assert moe(ws_path, "daemon", "status").returncode == 3

@@ -104,3 +104,27 @@ def test_slurm_kill_causes_win_over_the_jobs_own_status(tmp_path):
     assert s.status == "failed"
     assert s.error == ("Slurm job 17 ended TIMEOUT (00:01:00) at epoch 3: Slurm stopped it at its time limit; "
                        "raise --slurm time=... or [slurm] time in moe-tui.toml")
+
+
+def test_gpu_discovery_reads_nvidia_smi(tmp_path, monkeypatch):
+    """The query and CSV format of nvidia-smi (a stand-in script: this machine has no GPU)."""
+    from app.queue import slots
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\n[ "$1" = "--query-gpu=index,name,memory.total" ] || exit 9\n'
+                   'echo "0, NVIDIA H100 80GB HBM3, 81559"\necho "1, NVIDIA H100 80GB HBM3, 81559"\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.delenv(slots.GPUS_ENV, raising=False)
+    monkeypatch.setattr(slots, "_from_nvml", lambda: None)
+    slots.discover_gpus.cache_clear()
+    try:
+        assert slots.discover_gpus() == (Gpu(0, "NVIDIA H100 80GB HBM3", 81559), Gpu(1, "NVIDIA H100 80GB HBM3", 81559))
+        monkeypatch.setenv(slots.GPUS_ENV, "1")
+        slots.discover_gpus.cache_clear()
+        assert slots.discover_gpus() == (Gpu(1),)
+        monkeypatch.setenv(slots.GPUS_ENV, "none")
+        slots.discover_gpus.cache_clear()
+        assert slots.discover_gpus() == ()
+    finally:
+        slots.discover_gpus.cache_clear()

@@ -69,6 +69,7 @@ def test_cancel_and_time_limit(slurm_ws, ws):
     """One job cancelled with scancel; one killed by Slurm at its 1-minute limit ends with that cause."""
     long = [*TINY, "--epochs", "2000", "--lr-milestones", "1500"]
     victim = queued_id(moe(slurm_ws, "submit", "--name", "victim", "--", *long, **SLURM))
+    child = queued_id(moe(slurm_ws, "submit", "--name", "child", "--after", victim, "--", *TINY, **SLURM))
     slow = queued_id(moe(slurm_ws, "submit", "--name", "slow", "--slurm", "time=1", "--", *long, **SLURM))
     wait_for(lambda: len(epoch_events(slurm_ws / "runs" / victim)) >= 1, timeout=90, what="the victim's first epoch")
     out = moe(slurm_ws, "cancel", victim)
@@ -76,6 +77,14 @@ def test_cancel_and_time_limit(slurm_ws, ws):
     assert moe(slurm_ws, "wait", victim, "--timeout", "60").returncode == 1
     r = run_row(ws, victim)
     assert r.status == "cancelled", r.error
+    # Its afterok child can never start: the daemon takes it back from Slurm and blocks it.
+    child_job = json.loads((slurm_ws / "runs" / child / "launch.json").read_text())["job_id"]
+    wait_for(lambda: moe(slurm_ws, "ls").returncode == 0 and run_row(ws, child).status == "blocked",
+             timeout=30, what="the child to be blocked")
+    assert "DependencyNeverSatisfied" in run_row(ws, child).error
+    assert not (slurm_ws / "runs" / child / "launch.json").exists()
+    sq = subprocess.run(["squeue", "-h", "-t", "all", "-j", child_job, "-o", "%T"], capture_output=True, text=True)
+    assert sq.stdout.strip() in ("CANCELLED", ""), sq.stdout
 
     assert moe(slurm_ws, "wait", slow, "--timeout", "170").returncode == 1
     r = run_row(ws, slow)
