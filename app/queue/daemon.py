@@ -59,6 +59,7 @@ class Daemon:
         self._slurm = None
         self._stop = False
         self._woken = False
+        self._passes = 0
 
     @property
     def idle_exit_s(self) -> float:
@@ -125,7 +126,9 @@ class Daemon:
     def step(self) -> None:
         """One pass: ingest, reap, dependencies, cancels, Slurm, launch, on-finish hooks."""
         self.reload_settings()
-        report = self.ingester.run_pass()
+        # The first pass reads everything (the database may have been rebuilt).
+        report = self.ingester.run_pass(skip_queued=self._passes > 0)
+        self._passes += 1
         for w in report.warnings:
             log.warning("%s", w)
         for run_id, proc in list(self.children.items()):

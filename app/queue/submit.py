@@ -52,9 +52,9 @@ def capture_repro(command: list[str] | None = None) -> Repro:
     """Git commit, dirty flag and diff of the code the job will run, the command, the packages."""
     from importlib import metadata
 
-    import engine
+    import engine.run
 
-    src = Path(engine.__file__).resolve().parent
+    src = Path(engine.run.__file__).resolve().parent  # where RunRecorder looks too
     git = git_state(src)
     diff = None
     if git.get("dirty"):
