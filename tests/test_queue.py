@@ -41,10 +41,12 @@ def test_two_cpu_slots_three_runs(ws_path, ws):
     ids = [queued_id(moe(ws_path, "submit", "--name", f"r{i}", "--", *TINY, "--seed", str(i), **env)) for i in range(3)]
     assert moe(ws_path, "wait", *ids, "--timeout", "150").returncode == 0
     st = {i: status(ws_path, i) for i in ids}
+    launched = {i: json.loads((ws_path / "runs" / i / "launch.json").read_text())["launched_at"] for i in ids}
     first_end = min(st[ids[0]]["ended_at"], st[ids[1]]["ended_at"])
     assert st[ids[1]]["started_at"] < st[ids[0]]["ended_at"], "the first two overlap"
-    assert st[ids[2]]["started_at"] >= first_end, "the third waited for a free slot"
-    assert st[ids[2]]["started_at"] - first_end < 5, "and started soon after one freed"
+    assert launched[ids[2]] >= first_end, "the third waited for a free slot"
+    # Generous on a shared CI machine; benchmarks/bench_queue.py measures the latency itself.
+    assert launched[ids[2]] - first_end < 3, "and was launched soon after one freed"
     slots = [json.loads((ws_path / "runs" / i / "launch.json").read_text())["slots"] for i in ids]
     assert sorted(slots[:2]) == ["cpu:0", "cpu:1"] and slots[2] in slots[:2]
     env0 = json.loads((ws_path / "runs" / ids[0] / "launch.json").read_text())["env"]

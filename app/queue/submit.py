@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from app.errors import UserError
 from app.queries import find_run
@@ -175,6 +175,10 @@ def submit(
     # The file first: if the database is lost, reindex finds the queued run here.
     atomic_write_json(rd.submit_json, record)
     with ws.store.write() as s:
+        # A daemon's ingest pass may have found submit.json and added the row
+        # already (it runs between our file write and this transaction): same
+        # values either way, so take its row.
+        existing = s.exec(select(Run).where(Run.run_id == rd.run_id)).first()
         run = Run(
             run_id=rd.run_id,
             name=record["name"],
@@ -197,11 +201,16 @@ def submit(
             primary_metric=record["primary_metric"],
             rev=next_rev(s),
         )
+        if existing is not None:
+            for key, value in run.model_dump(exclude={"id"}).items():
+                setattr(existing, key, value)
+            run = existing
         s.add(run)
         s.flush()
         for parent_id in record["after"]:
             parent = find_run(s, parent_id)
-            s.add(RunDependency(run=run.id, parent=parent.id))
+            if s.get(RunDependency, (run.id, parent.id)) is None:
+                s.add(RunDependency(run=run.id, parent=parent.id))
     return run
 
 
