@@ -72,13 +72,15 @@ def test_cancel_and_time_limit(slurm_ws, ws):
     child = queued_id(moe(slurm_ws, "submit", "--name", "child", "--after", victim, "--", *TINY, **SLURM))
     slow = queued_id(moe(slurm_ws, "submit", "--name", "slow", "--slurm", "time=1", "--", *long, **SLURM))
     wait_for(lambda: len(epoch_events(slurm_ws / "runs" / victim)) >= 1, timeout=90, what="the victim's first epoch")
+    child_launch = slurm_ws / "runs" / child / "launch.json"
+    wait_for(child_launch.exists, timeout=20, what="the child's sbatch (afterok on the victim)")
+    child_job = json.loads(child_launch.read_text())["job_id"]
     out = moe(slurm_ws, "cancel", victim)
     assert out.returncode == 0, out.stderr
     assert moe(slurm_ws, "wait", victim, "--timeout", "60").returncode == 1
     r = run_row(ws, victim)
     assert r.status == "cancelled", r.error
     # Its afterok child can never start: the daemon takes it back from Slurm and blocks it.
-    child_job = json.loads((slurm_ws / "runs" / child / "launch.json").read_text())["job_id"]
     wait_for(lambda: moe(slurm_ws, "ls").returncode == 0 and run_row(ws, child).status == "blocked",
              timeout=30, what="the child to be blocked")
     assert "DependencyNeverSatisfied" in run_row(ws, child).error
