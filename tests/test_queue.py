@@ -159,13 +159,14 @@ def test_cancel_escalates_to_sigkill_after_the_grace_period(ws, ws_path, monkeyp
 
 
 def test_pause_sweep_and_reindex(ws_path, ws):
-    """Nothing starts while paused; a sweep is a group; reindex rebuilds dependencies and groups."""
+    """Nothing starts while paused; a sweep is a group; reindex rebuilds dependencies; priority orders starts."""
     assert moe(ws_path, "pause").stdout.strip() == "queue paused"
     out = moe(ws_path, "submit", "--sweep", "seed=0,1", "--sweep", "lr=0.05,0.1", "--name", "grid", "--", *TINY)
     assert out.returncode == 0, out.stderr
     ids = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("queued")]
     assert len(ids) == 4 and "4 runs" in out.stdout
-    hi = queued_id(moe(ws_path, "submit", "--priority", "5", "--after", ids[0], "--", *TINY))
+    dep = queued_id(moe(ws_path, "submit", "--after", ids[0], "--", *TINY))
+    hi = queued_id(moe(ws_path, "submit", "--priority", "5", "--", *TINY))
     time.sleep(2)
     runs = runs_by_id(ws)
     assert all(runs[i].status == "queued" for i in ids)
@@ -180,12 +181,14 @@ def test_pause_sweep_and_reindex(ws_path, ws):
     runs = runs_by_id(ws)
     with ws.store.read() as s:
         deps = s.exec(select(RunDependency)).all()
-    assert [(d.run, d.parent) for d in deps] == [(runs[hi].id, runs[ids[0]].id)]
+    assert [(d.run, d.parent) for d in deps] == [(runs[dep].id, runs[ids[0]].id)]
     assert runs[ids[0]].group_id == runs[ids[1]].group_id and runs[ids[1]].status == "cancelled"
 
-    assert moe(ws_path, "cancel", hi).returncode == 0
+    assert moe(ws_path, "cancel", dep).returncode == 0
     assert moe(ws_path, "resume").stdout.strip() == "queue resumed"
-    assert moe(ws_path, "wait", ids[0], "--timeout", "120").returncode == 0
+    assert moe(ws_path, "wait", ids[0], hi, "--timeout", "120").returncode == 0
+    launched = {i: json.loads((ws_path / "runs" / i / "launch.json").read_text())["launched_at"] for i in (ids[0], hi)}
+    assert launched[hi] < launched[ids[0]], "one slot: the higher priority went first though queued last"
 
 
 def test_bad_queue_input_gets_one_line(ws_path, tmp_path):

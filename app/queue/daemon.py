@@ -171,17 +171,17 @@ class Daemon:
             occ = Occupancy()
             for slots in s.exec(select(Run.slots).where(Run.status == "running", Run.backend == "local")):
                 occ.take(slots)
-            has_parents = select(RunDependency.run)
-            free_of_deps = select(Run.id, Run.gpus, Run.backend).where(Run.status == "queued", col(Run.id).not_in(has_parents))
-            rows = list(s.exec(free_of_deps).all())
+            cols = (Run.id, Run.gpus, Run.backend, Run.priority)
+            rows = list(s.exec(select(*cols).where(Run.status == "queued", col(Run.id).not_in(select(RunDependency.run)))))
             if ready_with_parents:
-                rows += list(s.exec(select(Run.id, Run.gpus, Run.backend).where(col(Run.id).in_(ready_with_parents))).all())
-            slurm_waiting = self._slurm_chainable(s)
-            prio = dict(s.exec(select(Run.id, Run.priority).where(col(Run.id).in_([r[0] for r in rows] + slurm_waiting))).all())
-        rows += [(pk, 0, "slurm") for pk in slurm_waiting if pk not in {r[0] for r in rows}]
-        rows.sort(key=lambda r: (-prio.get(r[0], 0), r[0]))
+                rows += list(s.exec(select(*cols).where(col(Run.id).in_(ready_with_parents))))
+            seen = {r[0] for r in rows}
+            chained = [pk for pk in self._slurm_chainable(s) if pk not in seen]
+            if chained:
+                rows += list(s.exec(select(*cols).where(col(Run.id).in_(chained))))
+        rows.sort(key=lambda r: (-r[3], r[0]))
         devices = discover_gpus()
-        for pk, gpus, backend in rows:
+        for pk, gpus, backend, _ in rows:
             if backend == "slurm":
                 self.launch_slurm(pk)
                 continue
