@@ -96,7 +96,9 @@ class Daemon:
             log.info("another daemon already serves %s", self.ws.root)
             return 0
         me = ProcessIdentity.current()
-        atomic_write_json(self.ws.daemon_pid, {**me.record(), "started_at": time.time(), "workspace": str(self.ws.root)})
+        # "wake": clients may SIGUSR1 this daemon (an older one would die of it).
+        atomic_write_json(self.ws.daemon_pid, {**me.record(), "started_at": time.time(), "workspace": str(self.ws.root),
+                                               "wake": "SIGUSR1"})
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -360,7 +362,7 @@ def wake_daemon(ws: Workspace, info: dict | None = None) -> bool:
     """Ask the running daemon for a pass now (SIGUSR1); False if there is none to ask."""
     info = info or daemon_info(ws)
     ident = ProcessIdentity.from_record(info) if info and info.get("pid") else None
-    if ident is None or not ident.alive():
+    if ident is None or info.get("wake") != "SIGUSR1" or not ident.alive():
         return False
     try:
         os.kill(ident.pid, signal.SIGUSR1)
