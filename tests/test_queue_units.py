@@ -128,3 +128,25 @@ def test_gpu_discovery_reads_nvidia_smi(tmp_path, monkeypatch):
         assert slots.discover_gpus() == ()
     finally:
         slots.discover_gpus.cache_clear()
+
+
+def test_sbatch_script_quotes_every_word(tmp_path):
+    """A hostile argument reaches the job as one word; nothing of it runs in the shell."""
+    import shlex
+
+    from app.backends.slurm import sbatch_script
+    from app.queue.settings import SlurmSettings
+    from app.workspace import Workspace
+
+    ws = Workspace(tmp_path / "my ws")
+    rd = RunDir(ws.runs / "261124-000000-abcd")
+    evil = ["train-expert", "--name", "x'; touch /tmp/pwned; echo '$(id) `id` \"q\""]
+    text = sbatch_script(rd.run_id, rd, ws, evil, 2, SlurmSettings(partition="gpu", mem="8G", extra=["--qos=high"]))
+    assert "#SBATCH --partition=gpu" in text and "#SBATCH --gres=gpu:2" in text and "#SBATCH --qos=high" in text
+    exec_line = next(line for line in text.splitlines() if line.startswith("exec "))
+    words = shlex.split(exec_line)[1:]
+    assert words[words.index("engine") + 1:] == [*evil, "--run-dir", str(rd.path)]
+    with pytest.raises(UserError, match="whitespace"):
+        sbatch_script(rd.run_id, rd, ws, evil, 0, SlurmSettings(partition="gpu\n#SBATCH --uid=0"))
+    with pytest.raises(UserError, match="without spaces"):
+        sbatch_script(rd.run_id, rd, ws, evil, 0, SlurmSettings(extra=["--comment=a b"]))
