@@ -76,7 +76,7 @@ def test_failed_parent_blocks_the_chain_and_retry_releases_it(ws_path, ws):
     out = moe(ws_path, "retry", a, **env)
     assert out.returncode == 0, out.stderr
     a2 = out.stdout.split()[1]
-    # The retry has the same config but ends quickly: epochs came from the command line.
+    # The retry is a new run of the same arguments (30 tiny epochs), remembered as such.
     assert json.loads((ws_path / "runs" / a2 / "submit.json").read_text())["retry_of"] == a
     assert moe(ws_path, "wait", a2, b, c, "--timeout", "150").returncode == 0
     runs = runs_by_id(ws)
