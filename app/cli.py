@@ -68,19 +68,106 @@ def submit(
     args: Annotated[Optional[list[str]], typer.Argument(help="the engine job and its options, after --")] = None,
     name: Annotated[Optional[str], typer.Option(help="a name for the run")] = None,
     priority: Annotated[int, typer.Option(help="higher starts first")] = 0,
-    backend: Annotated[str, typer.Option(help="where to run: local")] = "local",
+    backend: Annotated[Optional[str], typer.Option(help="where to run: local or slurm [default: moe-tui.toml's, else local]")] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="GPUs the run needs [default: 1 on a GPU machine, else 0]")] = None,
+    after: Annotated[Optional[list[str]], typer.Option("--after", help="start only after this run succeeded; repeatable")] = None,
+    sweep: Annotated[Optional[list[str]], typer.Option("--sweep", help="key=v1,v2: one run per combination; repeatable")] = None,
+    slurm: Annotated[Optional[list[str]], typer.Option("--slurm", help="KEY=VALUE: a [slurm] setting for this run (time=0:30:00); repeatable")] = None,
     workspace: WorkspaceOpt = None,
 ) -> int:
     """Queue an engine job: moe-tui submit -- train-expert --loss ce --preset quick"""
     from app.queue.daemon import ensure_daemon
     from app.queue.submit import submit as do_submit
+    from app.queue.submit import submit_sweep
 
     if not args:
         raise UserError("say what to run after --, e.g. moe-tui submit -- train-expert --loss ce --preset quick")
     ws = _workspace(workspace)
-    run = do_submit(ws, list(args), name=name, backend=backend, priority=priority)
+    kw = dict(backend=backend, priority=priority, gpus=gpus, after=list(after or []), slurm=list(slurm or []))
+    runs = submit_sweep(ws, list(args), list(sweep), name=name, **kw) if sweep else [do_submit(ws, list(args), name=name, **kw)]
     started = ensure_daemon(ws)
-    print(f"queued {run.run_id}  {run.name}  ({run.command})" + ("; started the queue daemon" if started else ""))
+    for run in runs:
+        print(f"queued {run.run_id}  {run.name}  ({run.command})")
+    if sweep:
+        print(f"sweep group {runs[0].group_id}: {len(runs)} runs")
+    if started:
+        print("started the queue daemon")
+    return 0
+
+
+@cli.command()
+def pipeline(
+    spec: Annotated[str, typer.Argument(help="a pipeline file (YAML or JSON), or a named pipeline: lt, mheight, demo")],
+    backend: Annotated[Optional[str], typer.Option(help="backend of steps that do not name one")] = None,
+    workspace: WorkspaceOpt = None,
+) -> int:
+    """Queue a pipeline: steps with dependencies, downstream steps reading upstream run directories."""
+    from app.queue.daemon import ensure_daemon
+    from app.queue.pipeline import load_pipeline, queue_pipeline
+
+    ws = _workspace(workspace)
+    queued = queue_pipeline(ws, load_pipeline(spec), backend=backend)
+    ensure_daemon(ws)
+    width = max(len(n) for n, _ in queued)
+    for step, run in queued:
+        print(f"queued {run.run_id}  {step:<{width}}  {run.command}")
+    print(f"pipeline {queued[0][1].pipeline_id}: {len(queued)} runs")
+    return 0
+
+
+@cli.command()
+def cancel(
+    runs: Annotated[list[str], typer.Argument(help="runs to cancel (id, unique prefix, or name)")],
+    workspace: WorkspaceOpt = None,
+) -> int:
+    """Cancel runs: queued ones at once; running ones get SIGTERM, then SIGKILL after the grace period."""
+    from app.queue.control import cancel as do_cancel
+    from app.queue.daemon import ensure_daemon
+
+    ws = _workspace(workspace)
+    for ref in runs:
+        run = do_cancel(ws, ref)
+        print(f"{run.run_id}  " + ("cancelled" if run.status == "cancelled" else "cancel requested (the daemon stops it)"))
+    ensure_daemon(ws)
+    return 0
+
+
+@cli.command()
+def retry(
+    run: Annotated[str, typer.Argument(help="a finished run (id, unique prefix, or name)")],
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the old run's checkpoints/last.pth")] = False,
+    workspace: WorkspaceOpt = None,
+) -> int:
+    """Queue a new run with the same config; runs blocked on the old one wait for the new one."""
+    from app.queue.control import retry as do_retry
+    from app.queue.daemon import ensure_daemon
+
+    ws = _workspace(workspace)
+    _refresh(ws)
+    new = do_retry(ws, run, resume_from_last=resume)
+    ensure_daemon(ws)
+    print(f"queued {new.run_id}  {new.name}  (retry of {new.retry_of})")
+    return 0
+
+
+@cli.command()
+def pause(workspace: WorkspaceOpt = None) -> int:
+    """Stop starting queued runs (running ones carry on)."""
+    from app.queue.control import pause as do_pause
+
+    print("queue paused" if do_pause(_workspace(workspace)) else "queue was already paused")
+    return 0
+
+
+@cli.command("resume")
+def resume_(workspace: WorkspaceOpt = None) -> int:
+    """Start queued runs again after `moe-tui pause`."""
+    from app.queue.control import resume as do_resume
+    from app.queue.daemon import ensure_daemon
+
+    ws = _workspace(workspace)
+    print("queue resumed" if do_resume(ws) else "queue was not paused")
+    ensure_daemon(ws)
     return 0
 
 
@@ -133,6 +220,14 @@ def show(run: Annotated[str, typer.Argument(help="run id (or a unique prefix, or
     if r.error:
         print(f"error     {r.error}")
     print(f"kind      {r.kind}   backend {r.backend}   host {r.host or '-'}")
+    from app.queue.deps import parents_of
+
+    with ws.store.read() as s:
+        parents = [p.run_id for p in parents_of(s, [r.id])[r.id]]
+    where = r.slots or (f"Slurm job {r.slurm_job_id}" if r.slurm_job_id else "-")
+    print(f"queue     priority {r.priority}   gpus {r.gpus}   slot {where}   after {', '.join(parents) or '-'}")
+    if r.group_id or r.pipeline_id or r.retry_of:
+        print(f"group     sweep {r.group_id or '-'}   pipeline {r.pipeline_id or '-'}   retry of {r.retry_of or '-'}")
     print(f"progress  epoch {r.epoch}/{r.total_epochs or '?'}   time {fmt_duration(duration_s(r)) or '-'}")
     print(f"command   {r.command}")
     print(f"git       {r.git_commit or '-'}" + (" (dirty)" if r.git_dirty else ""))
@@ -289,9 +384,16 @@ def daemon_stop(workspace: WorkspaceOpt = None) -> int:
 @daemon_cli.command("status")
 def daemon_status(workspace: WorkspaceOpt = None) -> int:
     """Say whether a daemon serves this workspace."""
+    from app.queue.control import is_paused
     from app.queue.daemon import daemon_info
+    from app.queue.settings import load_settings
+    from app.queue.slots import discover_gpus
 
     ws = _workspace(workspace)
+    q = load_settings(ws.root).queue
+    gpus = discover_gpus()
+    print(f"slots     {len(gpus)} GPU(s) x {q.runs_per_gpu} run(s), {q.cpu_slots} CPU slot(s), "
+          f"cap {q.max_running or 'none'}" + ("; queue PAUSED (moe-tui resume)" if is_paused(ws) else ""))
     info = daemon_info(ws)
     if info is None:
         print(f"no daemon serving {ws.root}")

@@ -21,8 +21,8 @@ from typing import Iterable
 from sqlalchemy import insert
 from sqlmodel import Session, select
 
-from app.lifecycle import settle
-from app.store.models import FINISHED, IngestState, Metric, MetricSummary, Run, next_rev
+from app.lifecycle import CANCEL_FILE, SLURM_FILE, read_cancel, read_slurm, settle
+from app.store.models import BLOCKED, FINISHED, IngestState, Metric, MetricSummary, Run, RunDependency, next_rev
 from app.workspace import Workspace
 from engine.config import goal_for
 from engine.run import (
@@ -33,12 +33,12 @@ from engine.run import (
     STATUS,
     SUBMIT,
     RunDir,
-    iter_run_dirs,
+    is_run_id,
     parse_event_lines,
 )
 
 CHUNK_BYTES = 4 << 20  # events read per transaction; bounds how long the write lock is held
-WATCHED = (SUBMIT, LAUNCH, RUN_JSON, STATUS, EVENTS, EXIT_CODE)
+WATCHED = (SUBMIT, LAUNCH, RUN_JSON, STATUS, EVENTS, EXIT_CODE, CANCEL_FILE, SLURM_FILE)
 
 
 @dataclass
@@ -56,13 +56,22 @@ class IngestReport:
 def signature(rd: RunDir) -> str:
     """Sizes and mtimes of the files a pass reads: unchanged means nothing to do."""
     parts = []
+    base = f"{rd.path}/"  # plain strings: pathlib joins cost more than the stats at 1,000 runs
     for name in WATCHED:
         try:
-            st = os.stat(rd.path / name)
+            st = os.stat(base + name)
             parts.append(f"{st.st_size}:{st.st_mtime_ns}")
         except FileNotFoundError:
             parts.append("-")
     return "|".join(parts)
+
+
+def _run_names(runs_root) -> list[str]:
+    """Run directory names, oldest first (as iter_run_dirs, without a Path per run)."""
+    try:
+        return sorted(e.name for e in os.scandir(runs_root) if is_run_id(e.name) and e.is_dir())
+    except FileNotFoundError:
+        return []
 
 
 class _Unreadable(Exception):
@@ -86,10 +95,16 @@ class Ingester:
     def __init__(self, ws: Workspace):
         self.ws = ws
         self.store = ws.store
+        self._pending_links: list[tuple[str, str]] = []  # (child, parent) run ids to link at the end of a pass
 
     # -- passes ---------------------------------------------------------------
-    def run_pass(self, only: Iterable[str] | None = None) -> IngestReport:
-        """Ingest every run directory that changed since the last pass."""
+    def run_pass(self, only: Iterable[str] | None = None, skip_queued: bool = False) -> IngestReport:
+        """Ingest every run directory that changed since the last pass.
+
+        ``skip_queued``: the daemon's passes. Only the daemon moves a run out
+        of "queued" (and ingests it when it does), so re-reading the files of
+        every queued run each pass would only cost time at thousands queued.
+        """
         report = IngestReport()
         with self.store.read() as s:
             rows = s.exec(
@@ -99,23 +114,39 @@ class Ingester:
             ).all()
         known = {r[0]: (r[1], r[2]) for r in rows}
         wanted = set(only) if only is not None else None
-        for rd in iter_run_dirs(self.ws.runs):
-            if wanted is not None and rd.run_id not in wanted:
+        self._pending_links = []
+        for name in _run_names(self.ws.runs):
+            if wanted is not None and name not in wanted:
                 continue
-            status, sig = known.get(rd.run_id, (None, None))
-            if status in FINISHED:
+            status, sig = known.get(name, (None, None))
+            if status in FINISHED or (skip_queued and status == "queued"):
                 continue  # a finished run's files do not change
+            rd = RunDir(self.ws.runs / name)
             if sig is not None and sig == signature(rd) and not self._process_ended(rd, status):
                 continue
             report.merge(self.ingest_run(rd))
+        self._link_dependencies()
         return report
+
+    def _link_dependencies(self) -> None:
+        """Dependencies of runs rebuilt from submit.json whose parent came later in the pass."""
+        if not self._pending_links:
+            return
+        with self.store.write() as s:
+            for child_id, parent_id in self._pending_links:
+                child = s.exec(select(Run.id).where(Run.run_id == child_id)).first()
+                parent = s.exec(select(Run.id).where(Run.run_id == parent_id)).first()
+                if child and parent and s.get(RunDependency, (child, parent)) is None:
+                    s.add(RunDependency(run=child, parent=parent))
+        self._pending_links = []
 
     def _process_ended(self, rd: RunDir, status: str | None) -> bool:
         """A running run whose files did not change may still have lost its process."""
         if status != "running":
             return False
         try:
-            return settle(rd, _read_json(rd, STATUS), _read_json(rd, LAUNCH), rd.read_exit_code()).status != "running"
+            return settle(rd, _read_json(rd, STATUS), _read_json(rd, LAUNCH), rd.read_exit_code(),
+                          read_cancel(rd), read_slurm(rd)).status != "running"
         except _Unreadable:
             return True
 
@@ -172,9 +203,18 @@ class Ingester:
                 total_epochs=source.get("total_epochs"),
                 primary_metric=source.get("primary_metric"),
                 pipeline_id=(submit or {}).get("pipeline_id"),
+                group_id=(submit or {}).get("group_id"),
+                gpus=(submit or {}).get("gpus") or 0,
+                retry_of=(submit or {}).get("retry_of"),
             )
             s.add(run)
             s.flush()  # assigns run.id
+            for parent_id in (submit or {}).get("after") or []:
+                parent = s.exec(select(Run.id).where(Run.run_id == parent_id)).first()
+                if parent is not None:
+                    s.add(RunDependency(run=run.id, parent=parent))
+                else:
+                    self._pending_links.append((rd.run_id, parent_id))
         if run_json and run.host is None:
             git = run_json.get("git") or {}
             run.name = run.name or run_json.get("name") or ""
@@ -244,9 +284,9 @@ class Ingester:
 
     def _apply_status(self, rd: RunDir, run: Run, status: dict | None, launch: dict | None,
                       exit_code: int | None, state: IngestState, report: IngestReport) -> None:
-        settled = settle(rd, status, launch, exit_code)
-        if run.status in ("queued",) and settled.status == "queued":
-            return
+        settled = settle(rd, status, launch, exit_code, read_cancel(rd), read_slurm(rd))
+        if run.status in ("queued", BLOCKED) and settled.status == "queued":
+            return  # blocked is the daemon's verdict from the parents, not from the files
         run.status = settled.status
         if status:
             run.pid = status.get("pid") or run.pid
@@ -255,6 +295,8 @@ class Ingester:
             run.epoch = max(run.epoch or 0, status.get("epoch") or 0)
         if launch:
             run.launcher_pid = launch.get("launcher_pid") or run.launcher_pid
+            run.slurm_job_id = launch.get("job_id") or run.slurm_job_id
+            run.slots = launch.get("slots") or run.slots
             run.started_at = run.started_at or launch.get("launched_at")
         if settled.status in FINISHED:
             run.error, run.exit_code = settled.error, settled.exit_code

@@ -12,13 +12,46 @@ Order of evidence:
 4. a job that said "running" and is gone: failed, cause unknown but stated;
 5. a launch record with no process and no exit code: lost;
 6. only a submission: queued.
+
+A cancel request (``cancel.json``, written by ``moe-tui cancel``) turns every
+"ended without a final status" and "never started" verdict into
+``cancelled``: the process was stopped on purpose. A Slurm verdict
+(``slurm.json``: TIMEOUT, NODE_FAIL, PREEMPTED, ...) names the cause when
+Slurm, not the job, ended it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.run import TERMINAL_STATES, ProcessIdentity, RunDir, boot_id, describe_exit
+from engine.run import TERMINAL_STATES, ProcessIdentity, RunDir, boot_id, describe_exit, read_json
+
+CANCEL_FILE = "cancel.json"  # the manager's: a cancel request (requested_at, grace_s)
+SLURM_FILE = "slurm.json"  # the manager's: the Slurm job id and, once known, its final state
+
+# Slurm job states that mean Slurm (not the job) ended it, and what to tell a person.
+SLURM_CAUSES = {
+    "TIMEOUT": "Slurm stopped it at its time limit; raise --slurm time=... or [slurm] time in moe-tui.toml",
+    "NODE_FAIL": "its node failed; retry it",
+    "PREEMPTED": "Slurm preempted it for a higher-priority job; retry it (--resume continues from last.pth)",
+    "BOOT_FAIL": "its node failed to boot; retry it",
+    "DEADLINE": "it passed its Slurm deadline",
+    "OUT_OF_MEMORY": "it ran out of memory; raise [slurm] mem",
+}
+
+
+def read_cancel(rd: RunDir) -> dict | None:
+    try:
+        return read_json(rd.path / CANCEL_FILE)
+    except ValueError:
+        return {"requested_at": None}
+
+
+def read_slurm(rd: RunDir) -> dict | None:
+    try:
+        return read_json(rd.path / SLURM_FILE)
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -29,7 +62,19 @@ class Settled:
     ended_at: float | None = None
 
 
-def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int | None) -> Settled:
+def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int | None,
+           cancel: dict | None = None, slurm: dict | None = None) -> Settled:
+    slurm_state = (slurm or {}).get("final_state")
+    if slurm_state in SLURM_CAUSES:
+        # The job may have written "cancelled" on Slurm's SIGTERM; the cause is Slurm's.
+        limit = f" ({slurm['time_limit']})" if slurm.get("time_limit") and slurm_state == "TIMEOUT" else ""
+        where = f" at epoch {status['epoch']}" if status and status.get("epoch") else ""
+        return Settled("failed", f"Slurm job {slurm.get('job_id')} ended {slurm_state}{limit}{where}: {SLURM_CAUSES[slurm_state]}",
+                       (status or {}).get("exit_code", exit_code), (status or {}).get("ended_at") or slurm.get("ended_at"))
+    if status and status.get("state") == "cancelled" and slurm is not None and not slurm_state:
+        # Slurm's SIGTERM (time limit, preemption) looks like a cancel to the job;
+        # the run stays running until the daemon has heard from Slurm why.
+        return Settled("running")
     if status and status.get("state") in TERMINAL_STATES:
         return Settled(status["state"], status.get("error"), status.get("exit_code"), status.get("ended_at"))
 
@@ -39,6 +84,18 @@ def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int 
     # None: the process is on another host; only its backend can say it is gone.
     if any(a is True or a is None for a in liveness):
         return Settled("running" if (status or launch) else "queued")
+
+    if slurm and not slurm_state and (status or launch) and not any(a is False for a in liveness):
+        return Settled("running")  # Slurm has not said it ended (pending, or on another node)
+
+    if cancel is not None:
+        how = f" ({describe_exit(exit_code)})" if exit_code not in (None, 0) else ""
+        started = "" if (status or launch) else " before it started"
+        return Settled("cancelled", f"cancelled on request{started}{how}", exit_code,
+                       (status or {}).get("updated_at") or cancel.get("requested_at"))
+    if slurm_state and slurm_state != "COMPLETED" and not status:
+        return Settled("failed", f"Slurm job {slurm.get('job_id')} ended {slurm_state} before the job started; "
+                                 f"log: {rd.stdout_log}", exit_code, slurm.get("ended_at"))
 
     where = ""
     if status and status.get("epoch"):

@@ -16,7 +16,8 @@ def job_command(argv: list[str], rd: RunDir) -> list[str]:
     return [sys.executable, "-m", "engine", *argv, "--run-dir", str(rd.path)]
 
 
-def launch(ws: Workspace, rd: RunDir, argv: list[str], env_extra: dict[str, str] | None = None) -> tuple[subprocess.Popen, dict]:
+def launch(ws: Workspace, rd: RunDir, argv: list[str], env_extra: dict[str, str] | None = None,
+           slots: str | None = None) -> tuple[subprocess.Popen, dict]:
     """Start a run detached (own session, stdin closed), output to stdout.log.
 
     Returns the launcher process and the launch record written to launch.json.
@@ -39,6 +40,8 @@ def launch(ws: Workspace, rd: RunDir, argv: list[str], env_extra: dict[str, str]
         "backend": "local",
         "launched_at": time.time(),
         "command": command,
+        "slots": slots,
+        "env": env_extra or {},
         **ProcessIdentity.of(proc.pid).record("launcher_"),
     }
     atomic_write_json(rd.launch_json, record)

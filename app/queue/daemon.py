@@ -22,38 +22,73 @@ import sys
 import time
 from pathlib import Path
 
-from sqlmodel import func, select
+from sqlmodel import col, func, select
 
 from app.backends import local
 from app.ingest import Ingester
+from app.lifecycle import CANCEL_FILE
 from app.locks import FileLock
-from app.store.models import Run, next_rev
+from app.queue.control import is_paused
+from app.queue.deps import parents_of, resolve_placeholders, settle_dependencies
+from app.queue.settings import Settings, load_settings
+from app.queue.slots import Occupancy, allocate, discover_gpus, slot_env
+from app.store.models import FINISHED, Run, RunDependency, next_rev
 from app.workspace import Workspace
 from engine.run import ProcessIdentity, atomic_write_json, read_json
 
 log = logging.getLogger("moe-tui.daemon")
 
-POLL_S = 0.5  # between passes: a queued run starts within this of a slot freeing
-DEFAULT_PARALLEL = 1  # runs at once (slots per GPU and CPU slots come with the queue issue)
-DEFAULT_IDLE_EXIT_S = 300  # exit after this long with nothing queued or running
-
-
-def _env_number(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
+POLL_S = 0.5  # between passes while runs are queued or running
+IDLE_POLL_S = 2.0  # between passes with nothing to do (clients wake the daemon with SIGUSR1)
+# SIGUSR1: a client queued, cancelled, retried or resumed something. SIGCHLD:
+# one of our launchers ended, so a slot is free. Either starts a pass at once.
+WAKE_SIGNALS = {signal.SIGUSR1, signal.SIGCHLD}
 
 
 class Daemon:
-    def __init__(self, ws: Workspace, parallel: int | None = None, idle_exit_s: float | None = None, poll_s: float = POLL_S):
+    def __init__(self, ws: Workspace, idle_exit_s: float | None = None, poll_s: float = POLL_S):
         self.ws = ws
-        self.parallel = int(parallel or _env_number("MOE_TUI_PARALLEL", DEFAULT_PARALLEL))
-        self.idle_exit_s = idle_exit_s if idle_exit_s is not None else _env_number("MOE_TUI_IDLE_EXIT", DEFAULT_IDLE_EXIT_S)
+        self._idle_exit_override = idle_exit_s
         self.poll_s = poll_s
         self.ingester = Ingester(ws)
         self.children: dict[str, subprocess.Popen] = {}
+        self.hooks: list[subprocess.Popen] = []
+        self._sigterm_at: dict[str, float] = {}  # run_id -> when this daemon sent SIGTERM for a cancel
+        self._settings_key: tuple | None = None
+        self.settings: Settings = load_settings(ws.root)
+        self._slurm = None
         self._stop = False
+        self._woken = False
+        self._passes = 0
+
+    @property
+    def idle_exit_s(self) -> float:
+        return self._idle_exit_override if self._idle_exit_override is not None else self.settings.queue.idle_exit_s
+
+    def reload_settings(self) -> None:
+        """Re-read moe-tui.toml when it changed; a bad edit keeps the last good settings."""
+        path = self.ws.root / "moe-tui.toml"
+        try:
+            st = path.stat()
+            key = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            key = None
+        if key == self._settings_key:
+            return
+        self._settings_key = key
+        try:
+            self.settings = load_settings(self.ws.root)
+        except Exception as e:  # UserError: say so in the log, keep serving
+            log.error("%s; keeping the previous settings", e)
+
+    @property
+    def slurm(self):
+        if self._slurm is None:
+            from app.backends.slurm import SlurmBackend
+
+            self._slurm = SlurmBackend(self.ws)
+        self._slurm.settings = self.settings.slurm
+        return self._slurm
 
     def serve(self) -> int:
         lock = FileLock(self.ws.daemon_lock)
@@ -61,84 +96,252 @@ class Daemon:
             log.info("another daemon already serves %s", self.ws.root)
             return 0
         me = ProcessIdentity.current()
-        atomic_write_json(self.ws.daemon_pid, {**me.record(), "started_at": time.time(), "workspace": str(self.ws.root)})
+        # "wake": clients may SIGUSR1 this daemon (an older one would die of it).
+        atomic_write_json(self.ws.daemon_pid, {**me.record(), "started_at": time.time(), "workspace": str(self.ws.root),
+                                               "wake": "SIGUSR1"})
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        log.info("daemon %d serving %s (parallel=%d, idle exit %.0fs)", me.pid, self.ws.root, self.parallel, self.idle_exit_s)
+        for sig in WAKE_SIGNALS:
+            signal.signal(sig, self._on_wake)
+        q = self.settings.queue
+        gpus = discover_gpus()
+        log.info("daemon %d serving %s: %d GPU(s) x %d run(s), %d CPU slot(s), cap %s, idle exit %.0fs",
+                 me.pid, self.ws.root, len(gpus), q.runs_per_gpu, q.cpu_slots, q.max_running or "none", self.idle_exit_s)
         idle_since = time.monotonic()
         try:
             while not self._stop:
+                self._woken = False
                 self.step()
-                if self._has_work():
+                busy = self._has_work()
+                if busy:
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since > self.idle_exit_s:
                     log.info("idle for %.0fs; exiting", self.idle_exit_s)
                     break
-                time.sleep(self.poll_s)
+                self._sleep(self.poll_s if busy else max(self.poll_s, IDLE_POLL_S))
         finally:
             self.ws.daemon_pid.unlink(missing_ok=True)
             lock.release()
         return 0
 
     def step(self) -> None:
-        """One pass: ingest, reap, launch."""
-        report = self.ingester.run_pass()
+        """One pass: ingest, reap, dependencies, cancels, Slurm, launch, on-finish hooks."""
+        self.reload_settings()
+        # The first pass reads everything (the database may have been rebuilt).
+        report = self.ingester.run_pass(skip_queued=self._passes > 0)
+        self._passes += 1
         for w in report.warnings:
             log.warning("%s", w)
         for run_id, proc in list(self.children.items()):
             if proc.poll() is not None:  # reap the launcher so it does not linger as a zombie
                 del self.children[run_id]
                 self.ingester.run_pass(only=[run_id])
-        self.launch_ready()
+        with self.ws.store.read() as s:
+            ready, blocked = settle_dependencies(s, dry_run=True)
+        if blocked:
+            with self.ws.store.write() as s:
+                ready, blocked = settle_dependencies(s)
+        for pk in blocked:
+            log.info("run #%d blocked: a dependency did not succeed", pk)
+        self.act_on_cancels()
+        if self._active_slurm():
+            for run_id in self.slurm.poll():
+                self.ingester.ingest_run(self.ws.run_dir(run_id))
+        if not is_paused(self.ws):
+            self.launch_ready(ready)
+        self.run_hooks()
+        self.hooks = [h for h in self.hooks if h.poll() is None]
+
+    def _active_slurm(self) -> bool:
+        with self.ws.store.read() as s:
+            recent = time.time() - 600  # finished runs may still await Slurm's verdict (see SlurmBackend.poll)
+            return s.exec(select(Run.id).where(Run.backend == "slurm", Run.slurm_job_id.is_not(None), (
+                (Run.status == "running") | (Run.ended_at > recent))).limit(1)).first() is not None
 
     def _has_work(self) -> bool:
         with self.ws.store.read() as s:
             n = s.exec(select(func.count()).select_from(Run).where(
-                (Run.status == "queued") | ((Run.status == "running") & (Run.backend == "local")))).one()
-        return n > 0 or bool(self.children)
+                (Run.status == "queued") | (Run.status == "running") | (Run.hook == "pending"))).one()
+        return n > 0 or bool(self.children) or bool(self.hooks)
 
-    def launch_ready(self) -> None:
+    # -- launching -------------------------------------------------------------
+    def launch_ready(self, ready_with_parents: list[int]) -> None:
+        """Start what fits, highest priority first; smaller runs may pass a big one that waits for GPUs."""
+        q = self.settings.queue
         with self.ws.store.read() as s:
-            running = s.exec(select(func.count()).select_from(Run).where(
-                Run.status == "running", Run.backend == "local")).one()
-            free = self.parallel - running
-            if free <= 0:
-                return
-            queued = s.exec(select(Run.id).where(Run.status == "queued", Run.backend == "local")
-                            .order_by(Run.priority.desc(), Run.id).limit(free)).all()
-        for pk in queued:
-            self.launch(pk)
+            occ = Occupancy()
+            for slots in s.exec(select(Run.slots).where(Run.status == "running", Run.backend == "local")):
+                occ.take(slots)
+            cols = (Run.id, Run.gpus, Run.backend, Run.priority)
+            rows = list(s.exec(select(*cols).where(Run.status == "queued", col(Run.id).not_in(select(RunDependency.run)))))
+            if ready_with_parents:
+                rows += list(s.exec(select(*cols).where(col(Run.id).in_(ready_with_parents))))
+            seen = {r[0] for r in rows}
+            chained = [pk for pk in self._slurm_chainable(s) if pk not in seen]
+            if chained:
+                rows += list(s.exec(select(*cols).where(col(Run.id).in_(chained))))
+        rows.sort(key=lambda r: (-r[3], r[0]))
+        devices = discover_gpus()
+        for pk, gpus, backend, _ in rows:
+            if backend == "slurm":
+                self.launch_slurm(pk)
+                continue
+            if q.max_running and occ.running >= q.max_running:
+                continue
+            slots = allocate(gpus, devices, occ, q.cpu_slots, q.runs_per_gpu)
+            if slots is not None:
+                self.launch(pk, slots)
 
-    def launch(self, pk: int) -> None:
+    def _slurm_chainable(self, s) -> list[int]:
+        """Queued Slurm runs whose unfinished parents are all submitted Slurm jobs (afterok chains them)."""
+        pks = list(s.exec(select(Run.id).where(Run.status == "queued", Run.backend == "slurm",
+                                               col(Run.id).in_(select(RunDependency.run)))).all())
+        parents = parents_of(s, pks)
+        return [pk for pk in pks if parents[pk] and all(
+            p.status == "succeeded" or (p.backend == "slurm" and p.status == "running" and p.slurm_job_id)
+            for p in parents[pk]) and not all(p.status == "succeeded" for p in parents[pk])]
+
+    def _claim(self, pk: int, slots: str | None) -> tuple[Run, list[str]] | None:
         # Claim the run in the database before starting anything, so no other
         # pass starts it twice; a crash after this is settled from the files.
         with self.ws.store.write() as s:
             run = s.get(Run, pk)
             if run is None or run.status != "queued":
-                return
+                return None
             rd = self.ws.run_dir(run.run_id)
-            if rd.launch_json.exists():  # launched before, by a daemon that then died
-                return
-            run.status, run.started_at, run.rev = "running", time.time(), next_rev(s)
-            argv = json.loads(run.argv)
+            if rd.launch_json.exists() or (rd.path / CANCEL_FILE).exists():
+                return None  # launched before by a daemon that then died, or cancelled: ingest settles it
+            run.status, run.started_at, run.slots, run.rev = "running", time.time(), slots, next_rev(s)
+            if self.settings.queue.on_finish:
+                run.hook = "pending"
+            argv = resolve_placeholders(json.loads(run.argv), self.ws.runs)
+        return run, argv
+
+    def launch(self, pk: int, slots: str) -> None:
+        claimed = self._claim(pk, slots)
+        if claimed is None:
+            return
+        run, argv = claimed
+        rd = self.ws.run_dir(run.run_id)
         # Until the launcher exists, the daemon stands in for it: a reader sees a
         # live process, and if the daemon dies right here the run reads "lost".
         atomic_write_json(rd.launch_json, {"backend": "local", "launched_at": time.time(), "state": "launching",
                                            **ProcessIdentity.current().record("launcher_")})
+        env = {**slot_env(slots), "MOE_TUI_RUN_ID": run.run_id}
         try:
-            proc, record = local.launch(self.ws, rd, argv)
+            proc, record = local.launch(self.ws, rd, argv, env_extra=env, slots=slots)
         except OSError as e:
             log.error("run %s: cannot start: %s", rd.run_id, e)
-            with self.ws.store.write() as s:
-                run = s.get(Run, pk)
-                run.status, run.error, run.ended_at, run.rev = "failed", f"cannot start the job: {e}", time.time(), next_rev(s)
+            self._fail(pk, f"cannot start the job: {e}")
             return
         self.children[rd.run_id] = proc
         with self.ws.store.write() as s:
+            r = s.get(Run, pk)
+            r.launcher_pid, r.rev = proc.pid, next_rev(s)
+        log.info("run %s started on %s (launcher pid %d): engine %s", rd.run_id, slots, proc.pid, " ".join(argv))
+
+    def launch_slurm(self, pk: int) -> None:
+        claimed = self._claim(pk, None)
+        if claimed is None:
+            return
+        run, argv = claimed
+        with self.ws.store.read() as s:
+            parent_jobs = [p.slurm_job_id for p in parents_of(s, [pk])[pk]
+                           if p.status == "running" and p.backend == "slurm" and p.slurm_job_id]
+        from app.errors import UserError
+
+        try:
+            job_id = self.slurm.submit(run, argv, parent_jobs)
+        except UserError as e:
+            log.error("run %s: %s", run.run_id, e)
+            self._fail(pk, str(e))
+            return
+        with self.ws.store.write() as s:
+            r = s.get(Run, pk)
+            r.slurm_job_id, r.rev = job_id, next_rev(s)
+        log.info("run %s submitted to Slurm as job %s%s", run.run_id, job_id,
+                 f" (afterok:{':'.join(parent_jobs)})" if parent_jobs else "")
+
+    def _fail(self, pk: int, error: str) -> None:
+        with self.ws.store.write() as s:
             run = s.get(Run, pk)
-            run.launcher_pid, run.rev = proc.pid, next_rev(s)
-        log.info("run %s started (launcher pid %d): engine %s", rd.run_id, proc.pid, " ".join(argv))
+            run.status, run.error, run.ended_at, run.rev = "failed", error, time.time(), next_rev(s)
+
+    # -- cancels ---------------------------------------------------------------
+    def act_on_cancels(self) -> None:
+        """SIGTERM the process group of each cancelled run, SIGKILL after the grace period."""
+        with self.ws.store.read() as s:
+            runs = s.exec(select(Run).where(Run.status == "running", Run.cancel_requested_at.is_not(None))).all()
+        grace = self.settings.queue.cancel_grace_s
+        now = time.monotonic()
+        for run in runs:
+            rd = self.ws.run_dir(run.run_id)
+            if run.backend == "slurm":
+                if run.run_id not in self._sigterm_at and run.slurm_job_id:
+                    self.slurm.cancel(run.slurm_job_id)
+                    self._sigterm_at[run.run_id] = now
+                continue
+            launch = read_json(rd.launch_json) or {}
+            ident = ProcessIdentity.from_record(launch, "launcher_")
+            if ident is None or ident.pid == os.getpid() or not ident.alive():
+                continue  # gone already: the next ingest pass settles it as cancelled
+            first = self._sigterm_at.get(run.run_id)
+            sig = signal.SIGTERM if first is None else signal.SIGKILL if now - first >= grace else None
+            if sig is None:
+                continue
+            try:
+                os.killpg(ident.pid, sig)  # the launcher leads its own session: the group is the run
+            except ProcessLookupError:
+                continue
+            if first is None:
+                self._sigterm_at[run.run_id] = now
+            log.info("run %s: cancel: sent %s to process group %d", run.run_id, sig.name, ident.pid)
+
+    # -- on-finish hooks ---------------------------------------------------------
+    def run_hooks(self) -> None:
+        cmd = self.settings.queue.on_finish
+        pending = select(Run).where(Run.hook == "pending", col(Run.status).in_(FINISHED))
+        with self.ws.store.read() as s:
+            if s.exec(pending.limit(1)).first() is None:
+                return
+        with self.ws.store.write() as s:
+            runs = s.exec(pending).all()
+            for run in runs:
+                run.hook, run.rev = "done", next_rev(s)
+                s.add(run)
+        for run in runs:
+            if not cmd:
+                continue
+            env = {**os.environ, "MOE_TUI_RUN_ID": run.run_id, "MOE_TUI_RUN_STATUS": run.status,
+                   "MOE_TUI_RUN_DIR": str(self.ws.run_dir(run.run_id).path), "MOE_TUI_RUN_NAME": run.name,
+                   "MOE_TUI_RUN_ERROR": run.error or "", "MOE_TUI_WORKSPACE": str(self.ws.root)}
+            # The user's own command from their own config, run by their shell;
+            # run values travel in the environment, never spliced into the line.
+            with open(self.ws.state_dir / "on-finish.log", "ab") as out:
+                self.hooks.append(subprocess.Popen(["/bin/sh", "-c", cmd], env=env, stdin=subprocess.DEVNULL,
+                                                   stdout=out, stderr=subprocess.STDOUT, cwd=self.ws.root,
+                                                   start_new_session=True))
+            log.info("run %s %s: on-finish command started", run.run_id, run.status)
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait for a wake signal or ``seconds``.
+
+        The wake signals are blocked only while waiting, so the processes the
+        daemon starts inherit a normal signal mask; one that arrived during
+        the pass set ``_woken`` in its handler and skips the wait.
+        """
+        if self._woken:
+            return
+        signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
+        try:
+            if not self._woken:
+                signal.sigtimedwait(WAKE_SIGNALS, seconds)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, WAKE_SIGNALS)
+
+    def _on_wake(self, signum, frame) -> None:
+        self._woken = True
 
     def _on_stop(self, signum, frame) -> None:
         self._stop = True
@@ -155,9 +358,24 @@ def daemon_info(ws: Workspace) -> dict | None:
     return read_json(ws.daemon_pid) or {"pid": None}
 
 
+def wake_daemon(ws: Workspace, info: dict | None = None) -> bool:
+    """Ask the running daemon for a pass now (SIGUSR1); False if there is none to ask."""
+    info = info or daemon_info(ws)
+    ident = ProcessIdentity.from_record(info) if info and info.get("pid") else None
+    if ident is None or info.get("wake") != "SIGUSR1" or not ident.alive():
+        return False
+    try:
+        os.kill(ident.pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def ensure_daemon(ws: Workspace) -> bool:
-    """Start a detached daemon if none runs; True if one was started."""
-    if daemon_info(ws) is not None:
+    """Start a detached daemon if none runs, else wake it; True if one was started."""
+    info = daemon_info(ws)
+    if info is not None:
+        wake_daemon(ws, info)
         return False
     with open(ws.daemon_log, "ab") as out:
         subprocess.Popen(
@@ -191,21 +409,21 @@ def stop_daemon(ws: Workspace, timeout_s: float = 15.0) -> int | None:
 
 
 def needs_daemon(ws: Workspace) -> bool:
-    """Queued runs, or local runs the daemon should be watching."""
+    """Queued runs, runs the daemon should be watching, or on-finish commands to run."""
     with ws.store.read() as s:
         return s.exec(select(Run.id).where(
-            (Run.status == "queued") | ((Run.status == "running") & (Run.backend == "local"))).limit(1)).first() is not None
+            (Run.status == "queued") | ((Run.status == "running") & (Run.backend != "headless"))
+            | (Run.hook == "pending")).limit(1)).first() is not None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m app.queue.daemon")
     p.add_argument("--workspace", required=True)
-    p.add_argument("--parallel", type=int)
     p.add_argument("--idle-exit", type=float)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     ws = Workspace.open(args.workspace)
-    return Daemon(ws, parallel=args.parallel, idle_exit_s=args.idle_exit).serve()
+    return Daemon(ws, idle_exit_s=args.idle_exit).serve()
 
 
 if __name__ == "__main__":

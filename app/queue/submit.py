@@ -1,30 +1,150 @@
-"""Put a run on the queue: validate, write submit.json, add the Run row."""
+"""Put runs on the queue: validate, capture what ran, write submit.json, add the rows.
+
+submit.json holds everything the queue knows about a run (dependencies,
+GPUs, sweep group, backend), so ``moe-tui reindex`` rebuilds the queue from
+the run directories alone.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
+import shutil
+import subprocess
+import sys
 import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlmodel import Session, select
 
 from app.errors import UserError
-from app.store.models import Run, next_rev
+from app.queries import find_run
+from app.queue.deps import placeholders, rewrite_placeholders
+from app.queue.settings import BACKENDS, load_settings
+from app.queue.slots import discover_gpus
+from app.store.models import Run, RunDependency, next_rev
 from app.workspace import Workspace
 from engine.config import ConfigError, parse_argv
-from engine.run import SCHEMA_VERSION, RunDir, atomic_write_json
+from engine.run import SCHEMA_VERSION, RunDir, atomic_write_bytes, atomic_write_json, git_state
 
-BACKENDS = ("local",)
+GIT_DIFF_ARTIFACT = "git.diff"
 
 
-def submit(ws: Workspace, argv: list[str], name: str | None = None, backend: str = "local", priority: int = 0) -> Run:
-    """Queue ``engine <argv>``; the same parser the job will use validates it now."""
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+@dataclass
+class Repro:
+    """What is needed to run it again, captured once per command (a sweep shares it)."""
+
+    git: dict
+    diff: str | None
+    command: str
+    python: str
+    packages: dict[str, str] = field(default_factory=dict)
+
+    def record(self) -> dict:
+        return {"git": self.git, "command": self.command, "python": self.python, "packages": self.packages,
+                "diff_artifact": f"artifacts/{GIT_DIFF_ARTIFACT}" if self.diff else None}
+
+
+def capture_repro(command: list[str] | None = None) -> Repro:
+    """Git commit, dirty flag and diff of the code the job will run, the command, the packages."""
+    from importlib import metadata
+
+    import engine.run
+
+    src = Path(engine.run.__file__).resolve().parent  # where RunRecorder looks too
+    git = git_state(src)
+    diff = None
+    if git.get("dirty"):
+        try:
+            out = subprocess.run(["git", "-C", str(src), "diff", "HEAD"], capture_output=True, text=True, timeout=30)
+            diff = out.stdout if out.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            diff = None
+    packages = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            packages[name] = dist.version
+    cmd = shlex.join(command if command is not None else ["moe-tui", *sys.argv[1:]])
+    return Repro(git, diff, cmd, sys.version.split()[0], dict(sorted(packages.items(), key=lambda kv: kv[0].lower())))
+
+
+def resolve_parents(s: Session, refs: list[str], names: dict[str, str] | None = None) -> dict[str, str]:
+    """REF -> run_id for --after and ``{run:REF}``; UserError for a run that does not exist."""
+    out = {}
+    for ref in refs:
+        if names and ref in names:
+            out[ref] = names[ref]
+        else:
+            try:
+                out[ref] = find_run(s, ref).run_id
+            except UserError as e:
+                raise UserError(f"dependency: {e}") from None
+    return out
+
+
+def default_gpus(backend: str) -> int:
+    """A local run on a GPU machine gets one GPU unless it says otherwise."""
+    return 1 if backend == "local" and discover_gpus() else 0
+
+
+def check_gpus(gpus: int, backend: str) -> None:
+    if gpus < 0:
+        raise UserError(f"--gpus {gpus}: give 0 (CPU) or more")
+    if backend != "local" or gpus == 0:
+        return
+    have = discover_gpus()
+    if gpus > len(have):
+        listed = ", ".join(str(g.index) for g in have) or "none"
+        raise UserError(f"the run asks for {gpus} GPU(s) but this machine has {len(have)} (GPUs: {listed}); "
+                        "ask for fewer with --gpus, or use --backend slurm")
+
+
+def validate(argv: list[str]):
     try:
         spec = parse_argv(argv)
     except ConfigError as e:
         raise UserError(str(e)) from None
     if spec.run_dir or spec.workspace:
         raise UserError("leave out --run-dir and --workspace: moe-tui places queued runs in the workspace's runs/")
+    return spec
+
+
+def submit(
+    ws: Workspace,
+    argv: list[str],
+    name: str | None = None,
+    backend: str | None = None,
+    priority: int = 0,
+    gpus: int | None = None,
+    after: list[str] | tuple[str, ...] = (),
+    group_id: str | None = None,
+    pipeline_id: str | None = None,
+    retry_of: str | None = None,
+    repro: Repro | None = None,
+    names: dict[str, str] | None = None,
+    slurm: list[str] | tuple[str, ...] = (),
+) -> Run:
+    """Queue ``engine <argv>`` after the runs in ``after``; the job's own parser validates it now.
+
+    ``names`` maps pipeline step names to run ids for ``--after``/``{run:NAME}``.
+    """
+    backend = backend or load_settings(ws.root).queue.default_backend
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    gpus = default_gpus(backend) if gpus is None else gpus
+    check_gpus(gpus, backend)
+    slurm_overrides = parse_slurm_overrides(slurm, backend)
+    spec = validate(argv)
+    repro = repro or capture_repro()
+
+    with ws.store.read() as s:
+        refs = list(dict.fromkeys([*after, *placeholders(spec.argv)]))
+        parents = resolve_parents(s, refs, names)
+    job_argv = rewrite_placeholders(spec.argv, parents)
 
     rd = RunDir.create(ws.runs)
     now = time.time()
@@ -33,18 +153,32 @@ def submit(ws: Workspace, argv: list[str], name: str | None = None, backend: str
         "run_id": rd.run_id,
         "name": name or spec.name or spec.config.run_name(),
         "kind": spec.kind,
-        "argv": spec.argv,
-        "command": shlex.join(["engine", *spec.argv]),
+        "argv": job_argv,
+        "command": shlex.join(["engine", *job_argv]),
         "config": spec.config.model_dump(mode="json"),
         "backend": backend,
         "priority": priority,
+        "gpus": gpus,
+        "after": sorted(set(parents.values())),
+        "group_id": group_id,
+        "pipeline_id": pipeline_id,
+        "retry_of": retry_of,
         "created_at": now,
         "total_epochs": spec.config.total_epochs(),
         "primary_metric": spec.config.primary_metric,
+        "repro": repro.record(),
+        "slurm": slurm_overrides,
     }
+    if repro.diff:
+        rd.artifacts.mkdir(exist_ok=True)
+        atomic_write_bytes(rd.artifacts / GIT_DIFF_ARTIFACT, repro.diff.encode())
     # The file first: if the database is lost, reindex finds the queued run here.
     atomic_write_json(rd.submit_json, record)
     with ws.store.write() as s:
+        # A daemon's ingest pass may have found submit.json and added the row
+        # already (it runs between our file write and this transaction): same
+        # values either way, so take its row.
+        existing = s.exec(select(Run).where(Run.run_id == rd.run_id)).first()
         run = Run(
             run_id=rd.run_id,
             name=record["name"],
@@ -52,14 +186,94 @@ def submit(ws: Workspace, argv: list[str], name: str | None = None, backend: str
             status="queued",
             backend=backend,
             config=json.dumps(record["config"], sort_keys=True),
-            argv=json.dumps(spec.argv),
+            argv=json.dumps(job_argv),
             command=record["command"],
             run_dir=ws.relative(rd.path),
             created_at=now,
             priority=priority,
+            gpus=gpus,
+            group_id=group_id,
+            pipeline_id=pipeline_id,
+            retry_of=retry_of,
+            git_commit=repro.git.get("commit"),
+            git_dirty=repro.git.get("dirty"),
             total_epochs=record["total_epochs"],
             primary_metric=record["primary_metric"],
             rev=next_rev(s),
         )
+        if existing is not None:
+            for key, value in run.model_dump(exclude={"id"}).items():
+                setattr(existing, key, value)
+            run = existing
         s.add(run)
+        s.flush()
+        for parent_id in record["after"]:
+            parent = find_run(s, parent_id)
+            if s.get(RunDependency, (run.id, parent.id)) is None:
+                s.add(RunDependency(run=run.id, parent=parent.id))
     return run
+
+
+def parse_slurm_overrides(items, backend: str) -> dict:
+    """``["time=0:05:00", "partition=gpu"]`` -> validated per-run [slurm] settings."""
+    if backend == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("--backend slurm needs Slurm's sbatch on PATH; install the Slurm client or use --backend local")
+    if not items:
+        return {}
+    if backend != "slurm":
+        raise UserError("--slurm settings only apply to --backend slurm")
+    from pydantic import ValidationError
+
+    from app.queue.settings import SlurmSettings
+
+    values: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in SlurmSettings.model_fields:
+            raise UserError(f"--slurm expects KEY=VALUE with KEY one of {', '.join(SlurmSettings.model_fields)}; got {item!r}")
+        values[key] = value.split(",") if key == "extra" else value
+    try:
+        SlurmSettings.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"--slurm {err['loc'][0]}: {err['msg']}") from None
+    return values
+
+
+# --------------------------------------------------------------------------- #
+# Sweeps
+
+
+def expand_sweep(sweeps: list[str]) -> list[list[tuple[str, str]]]:
+    """``["lr=0.1,0.05", "seed=0,1"]`` -> every combination as (key, value) pairs, in grid order."""
+    axes = []
+    for item in sweeps:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key or not vals:
+            raise UserError(f"--sweep expects key=v1,v2,..., got {item!r}")
+        if key in (k for k, _ in axes):
+            raise UserError(f"--sweep names '{key}' twice; give all its values in one --sweep")
+        axes.append((key, vals))
+    return [list(zip([k for k, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
+
+
+def submit_sweep(ws: Workspace, argv: list[str], sweeps: list[str], name: str | None = None, **kw) -> list[Run]:
+    """One run per combination, ``--set key=value`` appended, all sharing a group id.
+
+    Every combination is validated before any is queued, so a bad value
+    queues nothing.
+    """
+    combos = expand_sweep(sweeps)
+    argvs = [[*argv, *itertools.chain.from_iterable(("--set", f"{k}={v}") for k, v in combo)] for combo in combos]
+    specs = [validate(a) for a in argvs]
+    base = name or specs[0].name or specs[0].config.run_name()
+    group = f"sweep-{uuid.uuid4().hex[:8]}"
+    repro = kw.pop("repro", None) or capture_repro()
+    runs = []
+    for combo, a in zip(combos, argvs):
+        label = " ".join(f"{k}={v}" for k, v in combo)
+        runs.append(submit(ws, a, name=f"{base} {label}", group_id=group, repro=repro, **kw))
+    return runs

@@ -9,9 +9,11 @@ from __future__ import annotations
 from sqlalchemy import Column, ForeignKey, Index, Integer, func
 from sqlmodel import Field, Session, SQLModel, select
 
-# Run.status values. queued -> running -> succeeded | failed | cancelled | lost
+# Run.status values. queued -> running -> succeeded | failed | cancelled | lost;
+# blocked: a dependency ended without success (retrying it re-queues the run).
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled", "lost")
+BLOCKED = "blocked"
 
 
 def _run_fk(primary_key: bool = False) -> Column:
@@ -48,8 +50,25 @@ class Run(SQLModel, table=True):
     notes: str = ""
     priority: int = 0
     pipeline_id: str | None = None
+    group_id: str | None = Field(default=None, index=True)  # runs of one --sweep (the compare view averages them)
+    gpus: int = 0  # GPUs the run asked for (0: a CPU slot)
+    slots: str | None = None  # what the scheduler gave it: "gpu:0,1" or "cpu:3"
+    cancel_requested_at: float | None = None  # written by clients, acted on by the daemon
+    slurm_job_id: str | None = None
+    retry_of: str | None = None  # run_id of the run this one retries
+    hook: str | None = None  # on-finish command: "pending" until the daemon ran it, then "done"
     # Bumped on every change, so pollers read only `rev > last seen`.
     rev: int = Field(default=0, index=True)
+
+
+class RunDependency(SQLModel, table=True):
+    """``run`` starts only after ``parent`` succeeded."""
+
+    __tablename__ = "run_dependency"
+    __table_args__ = (Index("ix_run_dependency_parent", "parent"),)
+
+    run: int = Field(sa_column=_run_fk(primary_key=True))
+    parent: int = Field(sa_column=Column(Integer, ForeignKey("run.id", ondelete="CASCADE"), primary_key=True, nullable=False))
 
 
 class Metric(SQLModel, table=True):

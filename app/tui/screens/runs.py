@@ -20,6 +20,7 @@ STATUS_STYLE = {
     "failed": "bold red",
     "cancelled": "yellow",
     "lost": "magenta",
+    "blocked": "dark_orange",
 }
 COLUMNS = [
     ("status", "Status"),

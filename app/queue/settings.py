@@ -1,0 +1,104 @@
+"""The workspace's queue settings: ``moe-tui.toml`` in the workspace root.
+
+    [queue]
+    cpu_slots = 2           # runs at once that ask for no GPU
+    runs_per_gpu = 1        # runs sharing one GPU
+    max_running = 0         # cap on local runs at once (0: no cap beyond the slots)
+    idle_exit_s = 300
+    cancel_grace_s = 30
+    default_backend = "local"
+    on_finish = "notify-send \\"$MOE_TUI_RUN_NAME $MOE_TUI_RUN_STATUS\\""
+
+    [slurm]
+    partition = "gpu"
+    time = "04:00:00"
+    cpus_per_task = 8
+    mem = "32G"
+    extra = ["--account=myproj"]
+
+Environment variables override single settings for one daemon (tests, CI):
+``MOE_TUI_CPU_SLOTS``, ``MOE_TUI_RUNS_PER_GPU``, ``MOE_TUI_MAX_RUNNING``,
+``MOE_TUI_IDLE_EXIT``, ``MOE_TUI_CANCEL_GRACE``, ``MOE_TUI_GPUS`` (see
+app.queue.slots). Read on every daemon pass, so an edit takes effect without
+a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.errors import UserError
+
+SETTINGS_FILE = "moe-tui.toml"
+BACKENDS = ("local", "slurm")
+
+
+class QueueSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cpu_slots: int = Field(1, ge=1, description="runs at once that ask for no GPU (count); one keeps a laptop usable")
+    runs_per_gpu: int = Field(1, ge=1, description="runs sharing one GPU (count); raise for small jobs that leave a GPU idle")
+    max_running: int = Field(0, ge=0, description="cap on local runs at once (count; 0: only the slots limit)")
+    idle_exit_s: float = Field(300, ge=0, description="the daemon exits after this many seconds with nothing queued or running")
+    cancel_grace_s: float = Field(30, ge=0, description="seconds between SIGTERM and SIGKILL when a run is cancelled")
+    default_backend: Literal["local", "slurm"] = Field("local", description="backend of `moe-tui submit` without --backend")
+    on_finish: str | None = Field(None, description="shell command run when a queued run ends; "
+                                                    "MOE_TUI_RUN_ID/_STATUS/_DIR/_NAME in its environment (like pueue's callback)")
+
+
+class SlurmSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    partition: str | None = Field(None, description="sbatch --partition (default: the cluster's default partition)")
+    time: str = Field("01:00:00", description="sbatch --time, the wall-clock limit (Slurm formats: MM, HH:MM:SS, D-HH)")
+    cpus_per_task: int = Field(2, ge=1, description="sbatch --cpus-per-task (cores)")
+    mem: str | None = Field(None, description="sbatch --mem per node, e.g. '16G' (default: the partition's)")
+    gres_gpu: str = Field("gpu", description="gres name of GPUs: a run asking for g GPUs gets --gres=<this>:g")
+    extra: list[str] = Field([], description="further sbatch flags, each passed as one argument (e.g. --account=x)")
+    poll_s: float = Field(2.0, gt=0, description="seconds between squeue polls of the daemon")
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    queue: QueueSettings = QueueSettings()
+    slurm: SlurmSettings = SlurmSettings()
+
+
+_ENV = {
+    "MOE_TUI_CPU_SLOTS": "cpu_slots",
+    "MOE_TUI_RUNS_PER_GPU": "runs_per_gpu",
+    "MOE_TUI_MAX_RUNNING": "max_running",
+    "MOE_TUI_PARALLEL": "max_running",  # the foundation's name for the cap
+    "MOE_TUI_IDLE_EXIT": "idle_exit_s",
+    "MOE_TUI_CANCEL_GRACE": "cancel_grace_s",
+    "MOE_TUI_ON_FINISH": "on_finish",
+    "MOE_TUI_BACKEND": "default_backend",
+}
+
+
+def load_settings(root: Path) -> Settings:
+    """The workspace's settings, with environment overrides; UserError on a bad file."""
+    path = Path(root) / SETTINGS_FILE
+    data: dict = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise UserError(f"{path} is not valid TOML ({e}); fix or remove it") from None
+    queue = dict(data.get("queue") or {})
+    for env, key in _ENV.items():
+        if os.environ.get(env):
+            queue[key] = os.environ[env]
+    data["queue"] = queue
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise UserError(f"{path}: {where}: {err['msg']} (input {err.get('input')!r})") from None

@@ -1,0 +1,222 @@
+"""The queue daemon with real jobs: slots, dependencies, blocking and retry, cancel, crash recovery.
+
+Every run here is a real tiny training job in a real detached subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from sqlmodel import func, select
+
+from app.store import Metric, Run
+from app.store.models import RunDependency
+from tests.helpers import TINY, epoch_events, moe, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def queued_id(out: subprocess.CompletedProcess) -> str:
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()[1]
+
+
+def status(ws_path, run_id) -> dict:
+    return json.loads((ws_path / "runs" / run_id / "status.json").read_text())
+
+
+def runs_by_id(ws) -> dict[str, Run]:
+    with ws.store.read() as s:
+        return {r.run_id: r for r in s.exec(select(Run))}
+
+
+def test_two_cpu_slots_three_runs(ws_path, ws):
+    """Two run at once, the third starts when one ends; the on-finish command sees each."""
+    env = {"MOE_TUI_CPU_SLOTS": "2", "MOE_TUI_ON_FINISH": 'echo "$MOE_TUI_RUN_ID $MOE_TUI_RUN_STATUS" >> hooks.txt'}
+    ids = [queued_id(moe(ws_path, "submit", "--name", f"r{i}", "--", *TINY, "--seed", str(i), **env)) for i in range(3)]
+    assert moe(ws_path, "wait", *ids, "--timeout", "150").returncode == 0
+    st = {i: status(ws_path, i) for i in ids}
+    launched = {i: json.loads((ws_path / "runs" / i / "launch.json").read_text())["launched_at"] for i in ids}
+    first_end = min(st[ids[0]]["ended_at"], st[ids[1]]["ended_at"])
+    assert st[ids[1]]["started_at"] < st[ids[0]]["ended_at"], "the first two overlap"
+    assert launched[ids[2]] >= first_end, "the third waited for a free slot"
+    # Generous on a shared CI machine; benchmarks/bench_queue.py measures the latency itself.
+    assert launched[ids[2]] - first_end < 3, "and was launched soon after one freed"
+    slots = [json.loads((ws_path / "runs" / i / "launch.json").read_text())["slots"] for i in ids]
+    assert sorted(slots[:2]) == ["cpu:0", "cpu:1"] and slots[2] in slots[:2]
+    env0 = json.loads((ws_path / "runs" / ids[0] / "launch.json").read_text())["env"]
+    assert env0["CUDA_VISIBLE_DEVICES"] == "" and env0["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    hooks = wait_for(lambda: (ws_path / "hooks.txt").exists() and len((ws_path / "hooks.txt").read_text().splitlines()) == 3
+                     and (ws_path / "hooks.txt").read_text(), timeout=20, what="three on-finish calls")
+    assert sorted(hooks.splitlines()) == sorted(f"{i} succeeded" for i in ids)
+
+
+def test_failed_parent_blocks_the_chain_and_retry_releases_it(ws_path, ws):
+    env = {"MOE_TUI_CPU_SLOTS": "2"}
+    a = queued_id(moe(ws_path, "submit", "--name", "expert", "--", *TINY, "--epochs", "30", **env))
+    b = queued_id(moe(ws_path, "submit", "--name", "recompute", "--after", "expert", "--",
+                      *TINY, "--name", "inputs {run:expert}", **env))
+    c = queued_id(moe(ws_path, "submit", "--name", "gating", "--after", b, "--", *TINY, **env))
+    # The expert dies as the OOM killer would kill it.
+    rd = ws_path / "runs" / a
+    wait_for(lambda: len(epoch_events(rd)) >= 1, timeout=90, what="the expert's first epoch")
+    os.kill(status(ws_path, a)["pid"], signal.SIGKILL)
+    assert moe(ws_path, "wait", a, b, c, "--timeout", "60").returncode == 1
+    runs = runs_by_id(ws)
+    assert runs[a].status == "failed" and runs[a].error.startswith("killed by SIGKILL")
+    assert runs[b].status == "blocked" and runs[c].status == "blocked"
+    assert f"dependency {a} (expert) failed" in runs[b].error and f"dependency {b} (recompute) blocked" in runs[c].error
+    assert not (ws_path / "runs" / b / "launch.json").exists(), "a blocked run never starts"
+
+    out = moe(ws_path, "retry", a, **env)
+    assert out.returncode == 0, out.stderr
+    a2 = out.stdout.split()[1]
+    # The retry is a new run of the same arguments (30 tiny epochs), remembered as such.
+    assert json.loads((ws_path / "runs" / a2 / "submit.json").read_text())["retry_of"] == a
+    assert moe(ws_path, "wait", a2, b, c, "--timeout", "150").returncode == 0
+    runs = runs_by_id(ws)
+    assert [runs[x].status for x in (a2, b, c)] == ["succeeded"] * 3
+    assert json.loads((ws_path / "runs" / b / "run.json").read_text())["name"] == f"inputs {ws_path / 'runs' / a2}"
+    assert json.loads((ws_path / "runs" / b / "submit.json").read_text())["after"] == [a2]
+    assert status(ws_path, b)["started_at"] >= status(ws_path, a2)["ended_at"]
+
+
+def test_daemon_sigkill_mid_pipeline(ws_path, ws, tmp_path):
+    """The daemon dies while step one trains: the next command brings one back and the chain completes."""
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(f"""
+name: chain
+steps:
+  first:
+    args: {json.dumps([*TINY, "--epochs", "5", "--lr-milestones", "4"])}
+  second:
+    args: {json.dumps([*TINY, "--name", "after {run:first}"])}
+""")
+    out = moe(ws_path, "pipeline", str(spec))
+    assert out.returncode == 0, out.stderr
+    first, second = (line.split()[1] for line in out.stdout.splitlines()[:2])
+    wait_for(lambda: len(epoch_events(ws_path / "runs" / first)) >= 1, timeout=90, what="the first epoch")
+    daemon = json.loads((ws_path / ".moe-tui" / "daemon.pid").read_text())
+    os.kill(daemon["pid"], signal.SIGKILL)
+    assert moe(ws_path, "ls").returncode == 0  # any command: restarts the daemon, which re-adopts `first`
+    assert moe(ws_path, "wait", "--timeout", "150").returncode == 0
+    runs = runs_by_id(ws)
+    assert runs[first].status == runs[second].status == "succeeded"
+    assert runs[first].pipeline_id == runs[second].pipeline_id and runs[first].pipeline_id.startswith("chain-")
+    with ws.store.read() as s:
+        for rid in (first, second):
+            n = s.exec(select(func.count(func.distinct(Metric.epoch))).where(
+                Metric.run == runs[rid].id, Metric.epoch.is_not(None))).one()
+            assert n == len(epoch_events(ws_path / "runs" / rid)) == runs[rid].total_epochs
+
+
+def test_cancel_running_and_queued_runs(ws_path, ws):
+    long = queued_id(moe(ws_path, "submit", "--", *TINY, "--epochs", "200"))
+    waiting = queued_id(moe(ws_path, "submit", "--after", long, "--", *TINY))
+    wait_for(lambda: len(epoch_events(ws_path / "runs" / long)) >= 1, timeout=90, what="an epoch")
+    out = moe(ws_path, "cancel", waiting)
+    assert out.returncode == 0 and "cancelled" in out.stdout
+    out = moe(ws_path, "cancel", long)
+    assert out.returncode == 0 and "cancel requested" in out.stdout
+    assert moe(ws_path, "wait", long, "--timeout", "60").returncode == 1
+    runs = runs_by_id(ws)
+    assert runs[long].status == "cancelled" and runs[long].error == "cancelled by SIGTERM"
+    assert runs[waiting].status == "cancelled" and "before it started" in runs[waiting].error
+    assert "already cancelled" in moe(ws_path, "cancel", long).stderr
+
+
+def test_cancel_escalates_to_sigkill_after_the_grace_period(ws, ws_path, monkeypatch):
+    """A job that ignores SIGTERM is killed, with its whole process group."""
+    from app.queue.control import cancel
+    from app.queue.daemon import Daemon
+    from app.queue.submit import submit
+    from engine.run import ProcessIdentity, atomic_write_json
+
+    monkeypatch.setenv("MOE_TUI_CANCEL_GRACE", "0.5")
+    run = submit(ws, TINY)
+    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 60 & wait"], start_new_session=True)
+    rd = ws.run_dir(run.run_id)
+    atomic_write_json(rd.launch_json, {"backend": "local", **ProcessIdentity.of(stubborn.pid).record("launcher_")})
+    with ws.store.write() as s:
+        s.get(Run, run.id).status = "running"
+    cancel(ws, run.run_id)
+    d = Daemon(ws)
+    d.act_on_cancels()
+    time.sleep(0.3)
+    assert stubborn.poll() is None, "SIGTERM is ignored"
+    time.sleep(0.4)
+    d.act_on_cancels()
+    assert stubborn.wait(timeout=5) == -signal.SIGKILL
+    d.ingester.run_pass()
+    with ws.store.read() as s:
+        r = s.get(Run, run.id)
+    assert r.status == "cancelled" and r.error == "cancelled on request"
+
+
+def test_pause_sweep_and_reindex(ws_path, ws):
+    """Nothing starts while paused; a sweep is a group; reindex rebuilds dependencies; priority orders starts."""
+    assert moe(ws_path, "pause").stdout.strip() == "queue paused"
+    out = moe(ws_path, "submit", "--sweep", "seed=0,1", "--sweep", "lr=0.05,0.1", "--name", "grid", "--", *TINY)
+    assert out.returncode == 0, out.stderr
+    ids = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("queued")]
+    assert len(ids) == 4 and "4 runs" in out.stdout
+    dep = queued_id(moe(ws_path, "submit", "--after", ids[0], "--", *TINY))
+    hi = queued_id(moe(ws_path, "submit", "--priority", "5", "--", *TINY))
+    time.sleep(2)
+    runs = runs_by_id(ws)
+    assert all(runs[i].status == "queued" for i in ids)
+    assert len({runs[i].group_id for i in ids}) == 1 and runs[ids[0]].group_id.startswith("sweep-")
+    assert [runs[i].name for i in ids] == ["grid seed=0 lr=0.05", "grid seed=0 lr=0.1", "grid seed=1 lr=0.05", "grid seed=1 lr=0.1"]
+    assert json.loads(runs[ids[3]].config)["lr"] == 0.1 and json.loads(runs[ids[3]].config)["seed"] == 1
+    assert "paused" in moe(ws_path, "daemon", "status").stdout.lower()
+    assert moe(ws_path, "cancel", *ids[1:]).returncode == 0
+
+    assert moe(ws_path, "reindex").returncode == 0
+    del ws.__dict__["store"]
+    runs = runs_by_id(ws)
+    with ws.store.read() as s:
+        deps = s.exec(select(RunDependency)).all()
+    assert [(d.run, d.parent) for d in deps] == [(runs[dep].id, runs[ids[0]].id)]
+    assert runs[ids[0]].group_id == runs[ids[1]].group_id and runs[ids[1]].status == "cancelled"
+
+    assert moe(ws_path, "cancel", dep).returncode == 0
+    assert moe(ws_path, "resume").stdout.strip() == "queue resumed"
+    assert moe(ws_path, "wait", ids[0], hi, "--timeout", "120").returncode == 0
+    launched = {i: json.loads((ws_path / "runs" / i / "launch.json").read_text())["launched_at"] for i in (ids[0], hi)}
+    assert launched[hi] < launched[ids[0]], "one slot: the higher priority went first though queued last"
+
+
+def test_bad_queue_input_gets_one_line(ws_path, tmp_path):
+    def err(*args) -> str:
+        out = moe(ws_path, *args)
+        assert out.returncode == 2 and out.stdout == "", out.stdout
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+        return out.stderr.strip()
+
+    assert err("submit", "--after", "nope", "--", *TINY) == "error: dependency: no run 'nope' in this workspace; `moe-tui ls` lists the runs"
+    assert err("submit", "--backend", "pbs", "--", *TINY) == "error: unknown backend 'pbs'; choose one of: local, slurm"
+    assert "asks for 4 GPU(s) but this machine has 0" in err("submit", "--gpus", "4", "--", *TINY)
+    assert "--lr 'x'" in err("submit", "--sweep", "lr=0.1,x", "--", *TINY)
+    cyc = tmp_path / "cyc.yaml"
+    cyc.write_text(f"steps:\n  a: {{args: {json.dumps(TINY)}, after: [b]}}\n  b: {{args: {json.dumps(TINY)}, after: [a]}}\n")
+    assert "the dependencies form a cycle: a -> b -> a" in err("pipeline", str(cyc))
+    assert "needs the job kinds" in err("pipeline", "lt")
+    assert not (ws_path / "runs").exists() or not any((ws_path / "runs").iterdir()), "bad input queues nothing"
+
+
+def test_daemon_start_status_stop_and_idle_exit(ws_path):
+    out = moe(ws_path, "daemon", "start", MOE_TUI_IDLE_EXIT="2")
+    assert out.returncode == 0 and out.stdout.startswith("started: pid "), out.stdout + out.stderr
+    st = moe(ws_path, "daemon", "status")
+    assert st.returncode == 0 and "daemon pid" in st.stdout and "CPU slot" in st.stdout
+    # Nothing to do: it leaves by itself after the idle time.
+    wait_for(lambda: moe(ws_path, "daemon", "status").returncode == 3, timeout=30, what="the idle daemon to exit")
+    assert moe(ws_path, "daemon", "start").returncode == 0
+    out = moe(ws_path, "daemon", "stop")
+    assert out.returncode == 0 and out.stdout.startswith("stopped daemon")
+    assert moe(ws_path, "daemon", "status").returncode == 3

@@ -1,0 +1,109 @@
+"""The Slurm backend against a real one-node cluster (scripts/slurm-up.sh starts one).
+
+Skipped, with the reason shown, where no Slurm controller answers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from sqlmodel import select
+
+from app.backends.slurm import slurm_available
+from app.store import Run
+from tests.helpers import TINY, epoch_events, moe, wait_for
+
+pytestmark = pytest.mark.slow
+
+_why_not = slurm_available()
+if _why_not:
+    pytestmark = [pytest.mark.slow, pytest.mark.skip(reason=f"no Slurm cluster: {_why_not}; start one with sudo scripts/slurm-up.sh")]
+
+# One CPU per job so two jobs share the 2-core test node.
+SLURM = {"MOE_TUI_BACKEND": "slurm"}
+
+
+@pytest.fixture
+def slurm_ws(ws_path):
+    (ws_path / "moe-tui.toml").write_text('[slurm]\ncpus_per_task = 1\ntime = "00:10:00"\npoll_s = 1\n')
+    yield ws_path
+    # Leave no job of this workspace in the cluster.
+    for launch in ws_path.glob("runs/*/launch.json"):
+        job = json.loads(launch.read_text()).get("job_id")
+        if job:
+            subprocess.run(["scancel", job], capture_output=True)
+
+
+def queued_id(out) -> str:
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()[1]
+
+
+def run_row(ws, run_id) -> Run:
+    with ws.store.read() as s:
+        return s.exec(select(Run).where(Run.run_id == run_id)).one()
+
+
+def test_two_step_chain_through_slurm(slurm_ws, ws):
+    a = queued_id(moe(slurm_ws, "submit", "--name", "first", "--", *TINY, **SLURM))
+    b = queued_id(moe(slurm_ws, "submit", "--name", "second", "--after", a, "--", *TINY, "--name", "from {run:first}", **SLURM))
+    assert moe(slurm_ws, "wait", a, b, "--timeout", "170").returncode == 0
+    ra, rb = run_row(ws, a), run_row(ws, b)
+    assert ra.status == rb.status == "succeeded" and ra.backend == rb.backend == "slurm"
+    la = json.loads((slurm_ws / "runs" / a / "launch.json").read_text())
+    lb = json.loads((slurm_ws / "runs" / b / "launch.json").read_text())
+    # The second was submitted while the first was still in Slurm's hands, chained by afterok.
+    assert f"--dependency=afterok:{la['job_id']}" in lb["command"]
+    script = (slurm_ws / "runs" / b / "job.sbatch").read_text()
+    assert "#SBATCH --cpus-per-task=1" in script and "#SBATCH --time=00:10:00" in script
+    assert f"--name 'from {slurm_ws / 'runs' / a}'" in script  # quoted for the shell
+    assert json.loads((slurm_ws / "runs" / b / "run.json").read_text())["name"] == f"from {slurm_ws / 'runs' / a}"
+    code = slurm_ws / "runs" / b / "exit_code"  # the launcher writes it just after the job's final status
+    assert wait_for(lambda: code.exists() and code.read_text().strip(), timeout=20, what="exit_code") == "0"
+    assert len(epoch_events(slurm_ws / "runs" / b)) == 3
+
+
+def test_cancel_and_time_limit(slurm_ws, ws):
+    """One job cancelled with scancel; one killed by Slurm at its 1-minute limit ends with that cause."""
+    long = [*TINY, "--epochs", "2000", "--lr-milestones", "1500"]
+    victim = queued_id(moe(slurm_ws, "submit", "--name", "victim", "--", *long, **SLURM))
+    child = queued_id(moe(slurm_ws, "submit", "--name", "child", "--after", victim, "--", *TINY, **SLURM))
+    slow = queued_id(moe(slurm_ws, "submit", "--name", "slow", "--slurm", "time=1", "--", *long, **SLURM))
+    wait_for(lambda: len(epoch_events(slurm_ws / "runs" / victim)) >= 1, timeout=90, what="the victim's first epoch")
+    child_launch = slurm_ws / "runs" / child / "launch.json"
+    wait_for(child_launch.exists, timeout=20, what="the child's sbatch (afterok on the victim)")
+    child_job = json.loads(child_launch.read_text())["job_id"]
+    out = moe(slurm_ws, "cancel", victim)
+    assert out.returncode == 0, out.stderr
+    assert moe(slurm_ws, "wait", victim, "--timeout", "60").returncode == 1
+    r = run_row(ws, victim)
+    assert r.status == "cancelled", r.error
+    # Its afterok child can never start: the daemon takes it back from Slurm and blocks it.
+    wait_for(lambda: moe(slurm_ws, "ls").returncode == 0 and run_row(ws, child).status == "blocked",
+             timeout=30, what="the child to be blocked")
+    assert "DependencyNeverSatisfied" in run_row(ws, child).error
+    assert not (slurm_ws / "runs" / child / "launch.json").exists()
+    sq = subprocess.run(["squeue", "-h", "-t", "all", "-j", child_job, "-o", "%T"], capture_output=True, text=True)
+    assert sq.stdout.strip() in ("CANCELLED", ""), sq.stdout
+
+    assert moe(slurm_ws, "wait", slow, "--timeout", "170").returncode == 1
+    r = run_row(ws, slow)
+    assert r.status == "failed"
+    # The limit as squeue prints it, the epoch it reached, and what to do.
+    assert r.error.startswith(f"Slurm job {r.slurm_job_id} ended TIMEOUT (1:00) at epoch {r.epoch}: "), r.error
+    assert r.error.endswith("Slurm stopped it at its time limit; raise --slurm time=... or [slurm] time in moe-tui.toml")
+
+
+def test_sbatch_rejection_is_the_runs_error(slurm_ws, ws):
+    a = queued_id(moe(slurm_ws, "submit", "--slurm", "partition=nosuchpart", "--", *TINY, **SLURM))
+    assert moe(slurm_ws, "wait", a, "--timeout", "60").returncode == 1
+    r = run_row(ws, a)
+    assert r.status == "failed"
+    assert r.error.startswith("sbatch rejected ") and "invalid partition" in r.error.lower(), r.error
+    bad = moe(slurm_ws, "submit", "--slurm", "extra=--comment=a b", "--", *TINY, **SLURM)
+    assert bad.returncode == 0  # accepted: the value is checked when the script is written
+    b = bad.stdout.split()[1]
+    assert moe(slurm_ws, "wait", b, "--timeout", "60").returncode == 1
+    assert "without spaces" in run_row(ws, b).error
