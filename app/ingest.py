@@ -284,7 +284,7 @@ class Ingester:
 
     def _apply_status(self, rd: RunDir, run: Run, status: dict | None, launch: dict | None,
                       exit_code: int | None, state: IngestState, report: IngestReport) -> None:
-        settled = settle(rd, status, launch, exit_code, read_cancel(rd), read_slurm(rd))
+        settled = settle(rd, status, launch, exit_code, read_cancel(rd), read_slurm(rd), last_epoch=run.epoch)
         if run.status in ("queued", BLOCKED) and settled.status == "queued":
             return  # blocked is the daemon's verdict from the parents, not from the files
         run.status = settled.status

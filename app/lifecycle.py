@@ -63,12 +63,16 @@ class Settled:
 
 
 def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int | None,
-           cancel: dict | None = None, slurm: dict | None = None) -> Settled:
+           cancel: dict | None = None, slurm: dict | None = None, last_epoch: int | None = None) -> Settled:
+    """``last_epoch``: the newest epoch found in events.jsonl. The job appends the
+    event before it rewrites status.json, so a kill between the two leaves the
+    status one epoch behind; the events are the better witness."""
+    epoch = max((status or {}).get("epoch") or 0, last_epoch or 0)
     slurm_state = (slurm or {}).get("final_state")
     if slurm_state in SLURM_CAUSES:
         # The job may have written "cancelled" on Slurm's SIGTERM; the cause is Slurm's.
         limit = f" ({slurm['time_limit']})" if slurm.get("time_limit") and slurm_state == "TIMEOUT" else ""
-        where = f" at epoch {status['epoch']}" if status and status.get("epoch") else ""
+        where = f" at epoch {epoch}" if epoch else ""
         return Settled("failed", f"Slurm job {slurm.get('job_id')} ended {slurm_state}{limit}{where}: {SLURM_CAUSES[slurm_state]}",
                        (status or {}).get("exit_code", exit_code), (status or {}).get("ended_at") or slurm.get("ended_at"))
     if status and status.get("state") == "cancelled" and slurm is not None and not slurm_state:
@@ -98,9 +102,9 @@ def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int 
                                  f"log: {rd.stdout_log}", exit_code, slurm.get("ended_at"))
 
     where = ""
-    if status and status.get("epoch"):
-        total = status.get("total_epochs")
-        where = f" after epoch {status['epoch']}" + (f"/{total}" if total else "")
+    if epoch:
+        total = (status or {}).get("total_epochs")
+        where = f" after epoch {epoch}" + (f"/{total}" if total else "")
     ended = (status or {}).get("updated_at") or (launch or {}).get("launched_at")
 
     if exit_code is not None:

@@ -41,6 +41,12 @@ def test_killed_job_with_exit_code(tmp_path):
     assert s.error.startswith("killed by SIGKILL") and "after epoch 3/10" in s.error
 
 
+def test_events_ahead_of_status_name_the_last_finished_epoch(tmp_path):
+    # Killed after appending epoch 4's event but before rewriting status.json (epoch 3).
+    s = settle(RunDir(tmp_path), running_status(dead_identity()), None, -9, last_epoch=4)
+    assert "after epoch 4/10" in s.error
+
+
 def test_vanished_job_without_exit_code(tmp_path):
     s = settle(RunDir(tmp_path), running_status(dead_identity()), None, None)
     assert s.status == "failed" and "without a final status" in s.error
