@@ -90,6 +90,17 @@ def routing_stats(weights: torch.Tensor, prep: PreparedSplit) -> dict[str, float
             "routed_acc": routed, "tv_from_uniform": float(tv)}
 
 
+def load_by_group(weights: torch.Tensor, targets: torch.Tensor, groups: ClassGroups) -> dict[str, list[float]]:
+    """Mean routing weight per expert over the samples of each group (head/tail): does the gate route by group?"""
+    w = weights.detach().float().cpu()
+    out = {}
+    for g in ("head", "tail"):
+        in_group = torch.from_numpy(groups.mask(g))[targets]
+        if in_group.any():
+            out[g] = [round(v, 4) for v in w[in_group].mean(0).tolist()]
+    return out
+
+
 def results_table(prep: PreparedSplit, gate_weights: torch.Tensor, groups: ClassGroups) -> dict[str, dict[str, float]]:
     """Rows: each expert, uniform, gate, oracle; columns: METRICS (plus many/medium/few when present)."""
     ref = reference_weights(prep)

@@ -17,7 +17,7 @@ from engine.config import JobSpec
 from engine.data.longtail import ClassGroups
 from engine.gating.config import EvaluateGatingConfig, TrainGatingConfig
 from engine.gating.data import check_logits_dir, load_split
-from engine.gating.evaluation import results_table, routing_stats, uniform_verdict
+from engine.gating.evaluation import load_by_group, results_table, routing_stats, uniform_verdict
 from engine.gating.features import FeatureNorm, prepare_split
 from engine.gating.model import GatingMLP
 from engine.jobs.train_gating import gate_weights, save_results
@@ -60,9 +60,11 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     w = gate_weights(model, norm(prep.features), train_cfg, ckpt["temperature"])
     table = results_table(prep, w, groups)
     stats = routing_stats(w, prep)
-    verdict = uniform_verdict(stats, table, cfg.split)
+    by_group = load_by_group(w, prep.targets, groups)
+    verdict = uniform_verdict(stats, table, cfg.split) + f"; mean weights by group {by_group}"
     save_results(rec, {cfg.split: table}, {cfg.split: verdict},
-                 {"source_run": source.run_id, "checkpoint": f"{cfg.checkpoint}_gating.pth", "epoch": ckpt["epoch"]},
+                 {"source_run": source.run_id, "checkpoint": f"{cfg.checkpoint}_gating.pth", "epoch": ckpt["epoch"],
+                  "experts": experts, "load_by_group": {cfg.split: by_group}},
                  stem=f"results_{cfg.split}")
     summary = {f"{row}/{k}": v for row, metrics in table.items() for k, v in metrics.items()}
     summary.update({"gate/eff_experts": stats["eff_experts"], "gate/tv_from_uniform": stats["tv_from_uniform"]})

@@ -20,7 +20,7 @@ from engine.data.longtail import ClassGroups
 from engine.gating import losses
 from engine.gating.config import TrainGatingConfig
 from engine.gating.data import check_logits_dir, has_split, load_class_counts, load_class_weights, load_split
-from engine.gating.evaluation import mixture_metrics, mixture_predict, results_table, routing_stats, table_markdown, uniform_verdict
+from engine.gating.evaluation import load_by_group, mixture_metrics, mixture_predict, results_table, routing_stats, table_markdown, uniform_verdict
 from engine.gating.features import FeatureNorm, PreparedSplit, feature_names, prepare_split
 from engine.gating.model import GatingMLP, route, router_temperature
 from engine.run import JobError, RunRecorder, atomic_write_bytes, atomic_write_json
@@ -218,17 +218,19 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     if test_split:
         test = prepare_split(load_split(root, experts, test_split, num_classes=C, **kw), cfg.feature_chunk_mb)
         splits[test_split] = (test, norm(test.features).to(device))
-    tables, verdicts, summary = {}, {}, {"best_epoch": float(best_epoch)}
+    tables, verdicts, by_group, summary = {}, {}, {}, {"best_epoch": float(best_epoch)}
     for name, (prep, x) in splits.items():
         w = gate_weights(model, x, cfg, ckpt["temperature"])
         tables[name] = results_table(prep, w, groups)
         stats = routing_stats(w, prep)
-        verdicts[name] = uniform_verdict(stats, tables[name], name)
+        by_group[name] = load_by_group(w, prep.targets, groups)
+        verdicts[name] = uniform_verdict(stats, tables[name], name) + f"; mean weights by group {by_group[name]}"
         summary[f"{name}/gate/eff_experts"] = stats["eff_experts"]
         summary[f"{name}/gate/tv_from_uniform"] = stats["tv_from_uniform"]
         for row, metrics in tables[name].items():
             summary.update({f"{name}/{row}/{k}": v for k, v in metrics.items()})
-    save_results(rec, tables, verdicts, {"best_epoch": best_epoch, "checkpoint": "best_gating.pth"})
+    save_results(rec, tables, verdicts, {"best_epoch": best_epoch, "checkpoint": "best_gating.pth", "experts": experts,
+                                          "load_by_group": by_group})
     rec.log_summary(summary)
 
 
