@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+_MASK_LEVELS = 1 << 16  # dropout masks from 16-bit uniforms: p is exact to 1/65536
 
 
 class GatingMLP(nn.Module):
@@ -13,18 +17,35 @@ class GatingMLP(nn.Module):
 
     def __init__(self, num_features: int, num_experts: int, hidden: list[int], dropout: float):
         super().__init__()
-        layers: list[nn.Module] = []
-        width = num_features
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(dropout)]
-            width = h
-        layers.append(nn.Linear(width, num_experts))
-        self.net = nn.Sequential(*layers)
+        widths = [num_features, *hidden]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.out = nn.Linear(widths[-1], num_experts)
+        self.dropout = dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``masks`` (one per hidden layer, from :func:`dropout_masks`) replace F.dropout's own sampling."""
+        for i, layer in enumerate(self.hidden):
+            x = F.relu(layer(x))
+            if self.training and self.dropout > 0:
+                x = x * masks[i] if masks is not None else F.dropout(x, self.dropout, training=True)
+        return self.out(x)
 
 
+def dropout_masks(rng: np.random.Generator, n: int, widths: list[int], p: float, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """Inverted-dropout masks (0 or 1/(1-p)) for n samples and each hidden width, drawn at once.
+
+    Why not F.dropout per batch: torch's CPU Bernoulli sampler was the largest
+    single cost of a gating step (about 0.3 ms for a 128 x 256 batch), while
+    raw 64-bit PCG64 output cut into 16-bit uniforms costs a few microseconds.
+    """
+    keep_level = round(p * _MASK_LEVELS)
+    scale = 1.0 / (1.0 - keep_level / _MASK_LEVELS)
+    out = []
+    for w in widths:
+        words = rng.bit_generator.random_raw((n * w + 3) // 4).view(np.uint16)[: n * w]
+        mask = torch.from_numpy((words >= keep_level).reshape(n, w)).to(device)
+        out.append(mask.float() * scale)
+    return out
 @dataclass
 class Routing:
     weights: torch.Tensor  # (n, E), rows sum to 1; zero outside the kept experts for top_k

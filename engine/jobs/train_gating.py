@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,7 +23,7 @@ from engine.gating.config import TrainGatingConfig
 from engine.gating.data import check_logits_dir, has_split, load_class_counts, load_class_weights, load_split
 from engine.gating.evaluation import load_by_group, mixture_metrics, mixture_predict, results_table, routing_stats, table_markdown, uniform_verdict
 from engine.gating.features import FeatureNorm, PreparedSplit, feature_names, prepare_split
-from engine.gating.model import GatingMLP, route, router_temperature
+from engine.gating.model import GatingMLP, dropout_masks, route, router_temperature
 from engine.run import JobError, RunRecorder, atomic_write_bytes, atomic_write_json
 from engine.training import pick_device, seed_everything
 
@@ -71,19 +72,22 @@ def gating_loss(model_out: torch.Tensor, batch: tuple[torch.Tensor, ...], cfg: T
 
 
 def train_one_epoch(model: GatingMLP, data: TrainTensors, opt: torch.optim.Optimizer, cfg: TrainGatingConfig,
-                    temperature: float, log_prior: torch.Tensor, gen: torch.Generator, rec: RunRecorder) -> dict[str, float]:
+                    temperature: float, log_prior: torch.Tensor, gen: torch.Generator, mask_rng: np.random.Generator,
+                    rec: RunRecorder) -> dict[str, float]:
     model.train()
     n = len(data)
     order = torch.randperm(n, generator=gen).to(data.x.device)
     # One gather per epoch; batches are then views (no per-batch indexing or collation).
     shuffled = (data.x[order], data.logp_target[order], data.sample_weight[order], data.group_onehot[order])
+    masks = dropout_masks(mask_rng, n, cfg.hidden, cfg.dropout, data.x.device) if cfg.dropout > 0 else None
     sums = torch.zeros(len(TERMS) + 1, device=data.x.device)
     params = list(model.parameters())
     for start in range(0, n, cfg.batch_size):
         batch = tuple(t[start : start + cfg.batch_size] for t in shuffled)
         if len(batch[0]) < 2 and start > 0:  # a lone leftover sample adds noise, not signal
             break
-        total, terms = gating_loss(model(batch[0]), batch, cfg, temperature, log_prior, gen)
+        batch_masks = [m[start : start + cfg.batch_size] for m in masks] if masks else None
+        total, terms = gating_loss(model(batch[0], batch_masks), batch, cfg, temperature, log_prior, gen)
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
@@ -125,6 +129,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     gen = seed_everything(cfg.seed)
+    mask_rng = np.random.default_rng(cfg.seed)  # dropout masks (see dropout_masks)
     experts = cfg.experts
 
     # -- inputs: every check before any training, so bad input fails in seconds
@@ -182,7 +187,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     for epoch in range(1, cfg.epochs + 1):
         temperature = router_temperature(epoch, cfg.epochs, cfg.temperature_start, cfg.temperature_end)
         lr = opt.param_groups[0]["lr"]
-        stats = train_one_epoch(model, data, opt, cfg, temperature, log_prior, gen, rec)
+        stats = train_one_epoch(model, data, opt, cfg, temperature, log_prior, gen, mask_rng, rec)
         sched.step()
         train_w = gate_weights(model, data.x, cfg, temperature)
         routing = routing_stats(train_w, train)
