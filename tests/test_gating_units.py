@@ -224,3 +224,20 @@ def test_feature_norm_standardises_and_keeps_constant_features_at_zero():
     x = torch.tensor([[1.0, 5.0], [3.0, 5.0]])
     norm = FeatureNorm.fit(x)
     assert torch.allclose(norm(x), torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+
+
+def test_verdict_says_when_the_gate_is_close_to_uniform():
+    from engine.gating.evaluation import routing_stats, uniform_verdict
+    from engine.gating.features import PreparedSplit
+
+    n = 8
+    prep = PreparedSplit("val", ["a", "b"], torch.zeros(n, 17), torch.zeros(n, 2), torch.zeros(n, 2, dtype=torch.int64),
+                         torch.zeros(n, dtype=torch.int64), [])
+    table = {"a": {"balanced_acc": 0.6}, "b": {"balanced_acc": 0.5}, "uniform": {"balanced_acc": 0.7},
+             "gate": {"balanced_acc": 0.71}, "oracle": {"balanced_acc": 0.9}}
+    near = routing_stats(torch.tensor([[0.52, 0.48]] * n), prep)
+    assert near["tv_from_uniform"] == pytest.approx(0.02) and near["eff_experts"] == pytest.approx(1.998, abs=1e-3)
+    text = uniform_verdict(near, table, "val")
+    assert "close to uniform" in text and "+0.0100" in text and "best single expert 0.6000" in text
+    far = routing_stats(torch.tensor([[0.9, 0.1]] * n), prep)
+    assert "gate routes" in uniform_verdict(far, table, "val")
