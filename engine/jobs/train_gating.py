@@ -118,6 +118,46 @@ def evaluate(model: GatingMLP, x: torch.Tensor, prep: PreparedSplit, groups: Cla
     return mixture_metrics(prep, w, groups, prefix), routing_stats(w, prep)
 
 
+def train_epochs(model: GatingMLP, data: TrainTensors, opt, sched, cfg: TrainGatingConfig, train: PreparedSplit,
+                 val: PreparedSplit, val_x: torch.Tensor, groups: ClassGroups, log_prior: torch.Tensor,
+                 gen: torch.Generator, mask_rng: np.random.Generator, meta: dict, history: list[dict],
+                 rec: RunRecorder) -> tuple[float, int]:
+    """The epoch loop: train, evaluate, log, checkpoint. Returns the best val balanced accuracy and its epoch."""
+    experts = train.experts
+    ckpt_dir = rec.run_dir.checkpoints
+    best, best_epoch = float("-inf"), 0
+    for epoch in range(1, cfg.epochs + 1):
+        temperature = router_temperature(epoch, cfg.epochs, cfg.temperature_start, cfg.temperature_end)
+        lr = opt.param_groups[0]["lr"]
+        stats = train_one_epoch(model, data, opt, cfg, temperature, log_prior, gen, mask_rng, rec)
+        sched.step()
+        train_w = gate_weights(model, data.x, cfg, temperature)
+        routing = routing_stats(train_w, train)
+        _, pred = mixture_predict(train, train_w)
+        stats["train/mix_acc"] = float((pred == train.targets).float().mean())
+        stats["train/eff_experts"] = routing["eff_experts"]
+        for i, e in enumerate(experts):
+            stats[f"load/{e}"] = routing["mean_weight"][i]
+            stats[f"top1/{e}"] = routing["top1_share"][i]
+            stats[f"routed_acc/{e}"] = routing["routed_acc"][i]
+        val_metrics, val_routing = evaluate(model, val_x, val, groups, cfg, temperature, "val")
+        stats.update(val_metrics)
+        stats["val/eff_experts"] = val_routing["eff_experts"]
+        stats.update({"temperature": temperature, "lr": lr})
+        rec.log_epoch(epoch, stats)
+        rec.event("expert_load", epoch=epoch, split=cfg.train_split, experts=experts,
+                  mean_weight=routing["mean_weight"], top1_share=routing["top1_share"])
+        history.append({"epoch": epoch, **stats})
+        state = {**meta, "model": model.state_dict(), "epoch": epoch, "temperature": temperature}
+        score = stats[TrainGatingConfig.primary_metric]
+        if score > best:
+            best, best_epoch = score, epoch
+            save_checkpoint({**state, "metrics": stats}, ckpt_dir / "best_gating.pth")
+        if epoch == cfg.epochs:
+            save_checkpoint({**state, "metrics": stats}, ckpt_dir / "final_gating.pth")
+    return best, best_epoch
+
+
 def _group_index(targets: torch.Tensor, groups: ClassGroups) -> torch.Tensor:
     tail = torch.from_numpy(groups.mask("tail"))
     return tail[targets].long()  # 0 head, 1 tail
@@ -133,13 +173,13 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     experts = cfg.experts
 
     # -- inputs: every check before any training, so bad input fails in seconds
+    if cfg.val_split == cfg.train_split:
+        raise JobError(f"--val-split and --train-split are both '{cfg.train_split}'; select the gate on held-out data")
     root = check_logits_dir(cfg.logits_dir, experts)
     kw = dict(labels_dir=cfg.labels_dir, dataset=cfg.dataset)
     train_logits = load_split(root, experts, cfg.train_split, num_classes=cfg.num_classes, **kw)
     C = train_logits.num_classes
     val_logits = load_split(root, experts, cfg.val_split, num_classes=C, **kw)
-    if cfg.val_split == cfg.train_split:
-        raise JobError(f"--val-split and --train-split are both '{cfg.train_split}'; select the gate on held-out data")
     class_w, w_note = load_class_weights(cfg.class_weights, C)
     counts, c_note = load_class_counts(cfg.class_counts, train_logits.targets, C, cfg.train_share)
     groups = ClassGroups(tuple(int(c) for c in counts))
@@ -183,37 +223,12 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
             "feature_mean": norm.mean, "feature_std": norm.std, "class_counts": [int(c) for c in counts],
             "config": cfg.model_dump(mode="json")}
     history: list[dict] = []
-    best, best_epoch = float("-inf"), 0
-    for epoch in range(1, cfg.epochs + 1):
-        temperature = router_temperature(epoch, cfg.epochs, cfg.temperature_start, cfg.temperature_end)
-        lr = opt.param_groups[0]["lr"]
-        stats = train_one_epoch(model, data, opt, cfg, temperature, log_prior, gen, mask_rng, rec)
-        sched.step()
-        train_w = gate_weights(model, data.x, cfg, temperature)
-        routing = routing_stats(train_w, train)
-        conf, pred = mixture_predict(train, train_w)
-        stats["train/mix_acc"] = float((pred == train.targets).float().mean())
-        stats["train/eff_experts"] = routing["eff_experts"]
-        for i, e in enumerate(experts):
-            stats[f"load/{e}"] = routing["mean_weight"][i]
-            stats[f"top1/{e}"] = routing["top1_share"][i]
-            stats[f"routed_acc/{e}"] = routing["routed_acc"][i]
-        val_metrics, val_routing = evaluate(model, val_x, val, groups, cfg, temperature, "val")
-        stats.update(val_metrics)
-        stats["val/eff_experts"] = val_routing["eff_experts"]
-        stats.update({"temperature": temperature, "lr": lr})
-        rec.log_epoch(epoch, stats)
-        rec.event("expert_load", epoch=epoch, split=cfg.train_split, experts=experts,
-                  mean_weight=routing["mean_weight"], top1_share=routing["top1_share"])
-        history.append({"epoch": epoch, **stats})
+    try:
+        best, best_epoch = train_epochs(model, data, opt, sched, cfg, train, val, val_x, groups, log_prior, gen,
+                                        mask_rng, meta, history, rec)
+    finally:
+        # Once, not per epoch (events.jsonl already holds every epoch as it happens); also after a crash or cancel.
         atomic_write_json(rec.run_dir.artifacts / "training_history.json", history)
-        state = {**meta, "model": model.state_dict(), "epoch": epoch, "temperature": temperature}
-        score = stats[TrainGatingConfig.primary_metric]
-        if score > best:
-            best, best_epoch = score, epoch
-            save_checkpoint({**state, "metrics": stats}, ckpt_dir / "best_gating.pth")
-        if epoch == cfg.epochs:
-            save_checkpoint({**state, "metrics": stats}, ckpt_dir / "final_gating.pth")
 
     # -- results table of the best gate, beside each expert, the average and the oracle
     ckpt = load_checkpoint(ckpt_dir / "best_gating.pth", map_location=device)
