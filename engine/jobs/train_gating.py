@@ -230,7 +230,6 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
         # Once, not per epoch (events.jsonl already holds every epoch as it happens); also after a crash or cancel.
         atomic_write_json(rec.run_dir.artifacts / "training_history.json", history)
 
-    # -- results table of the best gate, beside each expert, the average and the oracle
     ckpt = load_checkpoint(ckpt_dir / "best_gating.pth", map_location=device)
     model.load_state_dict(ckpt["model"])
     print(f"best val/balanced_acc {best:.4f} at epoch {best_epoch}; results of that gate:", flush=True)
@@ -238,9 +237,15 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     if test_split:
         test = prepare_split(load_split(root, experts, test_split, num_classes=C, **kw), cfg.feature_chunk_mb)
         splits[test_split] = (test, norm(test.features).to(device))
+    report(model, splits, groups, cfg, ckpt["temperature"], best_epoch, rec)
+
+
+def report(model: GatingMLP, splits: dict[str, tuple[PreparedSplit, torch.Tensor]], groups: ClassGroups,
+           cfg: TrainGatingConfig, temperature: float, best_epoch: int, rec: RunRecorder) -> None:
+    """The results table of the best gate beside each expert, the uniform average and the oracle."""
     tables, verdicts, by_group, summary = {}, {}, {}, {"best_epoch": float(best_epoch)}
     for name, (prep, x) in splits.items():
-        w = gate_weights(model, x, cfg, ckpt["temperature"])
+        w = gate_weights(model, x, cfg, temperature)
         tables[name] = results_table(prep, w, groups)
         stats = routing_stats(w, prep)
         by_group[name] = load_by_group(w, prep.targets, groups)
@@ -249,8 +254,8 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
         summary[f"{name}/gate/tv_from_uniform"] = stats["tv_from_uniform"]
         for row, metrics in tables[name].items():
             summary.update({f"{name}/{row}/{k}": v for k, v in metrics.items()})
-    save_results(rec, tables, verdicts, {"best_epoch": best_epoch, "checkpoint": "best_gating.pth", "experts": experts,
-                                          "load_by_group": by_group})
+    save_results(rec, tables, verdicts, {"best_epoch": best_epoch, "checkpoint": "best_gating.pth",
+                                         "experts": cfg.experts, "load_by_group": by_group})
     rec.log_summary(summary)
 
 
