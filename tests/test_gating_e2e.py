@@ -17,7 +17,7 @@ import torch
 
 from engine.checkpoint import load_checkpoint
 from tests.gating_synth import write_head_tail_experts, write_npz
-from tests.helpers import TINY, engine, read_events, run_dirs
+from tests.helpers import TINY, engine, kill_workspace_processes, moe, read_events, run_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -99,6 +99,21 @@ def test_evaluate_gating_bad_inputs(head_tail_run):
     assert out.returncode == 2 and "no run 'no-such-run'" in out.stderr
     out = engine(root, "evaluate-gating", rd.name, "--split", "tunev")
     assert out.returncode == 2 and "no logits for split 'tunev'" in out.stderr
+
+
+def test_queued_evaluation_finds_the_training_run_in_its_workspace(head_tail_run):
+    root, rd, _ = head_tail_run
+    try:
+        sub = moe(root, "submit", "--", "evaluate-gating", rd.name, "--split", "val")
+        assert sub.returncode == 0, sub.stderr
+        done = moe(root, "wait", timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        kill_workspace_processes(root)
+    queued = [p for p in run_dirs(root) if (p / "artifacts" / "results_val.json").exists()]
+    assert len(queued) == 1 and json.loads((queued[0] / "status.json").read_text())["state"] == "succeeded"
+    got = _results(queued[0], "results_val")["tables"]["val"]["gate"]
+    assert got == pytest.approx(_results(rd)["tables"]["val"]["gate"], abs=1e-6)
 
 
 def test_top_k_router_trains_with_load_balancing(tmp_path):

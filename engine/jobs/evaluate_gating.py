@@ -24,13 +24,14 @@ from engine.jobs.train_gating import gate_weights, save_results
 from engine.run import RUNS_DIRNAME, JobError, RunDir, RunRecorder, resolve_workspace
 
 
-def find_training_run(ref: str | None, workspace: str | None) -> RunDir:
+def find_training_run(ref: str | None, runs_roots: list[Path]) -> RunDir:
+    """A run directory, or a run id looked up in ``runs_roots`` (this run's own runs/ folder first)."""
     if not ref:
         raise JobError("name the train-gating run to evaluate: `engine evaluate-gating RUN --split test` "
                        "(a run id or a run directory)")
     path = Path(ref).expanduser()
     if not path.is_dir():
-        path = resolve_workspace(workspace) / RUNS_DIRNAME / ref
+        path = next((root / ref for root in runs_roots if (root / ref).is_dir()), runs_roots[0] / ref)
     rd = RunDir(path)
     run = rd.read_run()
     if run is None:
@@ -42,7 +43,8 @@ def find_training_run(ref: str | None, workspace: str | None) -> RunDir:
 
 def run(spec: JobSpec, rec: RunRecorder) -> None:
     cfg: EvaluateGatingConfig = spec.config  # type: ignore[assignment]
-    source = find_training_run(cfg.run, spec.workspace)
+    # A queued evaluation runs with --run-dir inside the workspace's runs/ folder: look there first.
+    source = find_training_run(cfg.run, [rec.run_dir.path.parent, resolve_workspace(spec.workspace) / RUNS_DIRNAME])
     train_cfg = TrainGatingConfig.model_validate(source.read_run()["config"])
     ckpt = load_checkpoint(source.checkpoints / f"{cfg.checkpoint}_gating.pth")
     experts, C = ckpt["experts"], ckpt["num_classes"]
