@@ -76,7 +76,8 @@ def posterior_features(logp: torch.Tensor) -> torch.Tensor:
     per_expert = torch.stack([entropy, topk_mass, 1 - topk_mass, max_prob, max_prob - second, cos, kl], dim=-1)
     glob = torch.stack([
         -(p_bar * log_p_bar).sum(-1),
-        p.var(dim=1, unbiased=False).mean(-1),
+        # Written out: torch's var over the middle (expert) axis took ~200x longer on the CPU.
+        (p - p_bar[:, None]).square().mean(1).mean(-1),
         max_prob.max(1).values - max_prob.min(1).values,
     ], dim=-1)
     return torch.cat([per_expert.reshape(n, E * len(PER_EXPERT)), glob], dim=1)
