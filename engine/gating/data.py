@@ -159,6 +159,8 @@ def load_split(logits_dir: Path, experts: list[str], split: str, labels_dir: str
             tgt = labels
         if arr.ndim != 2:
             raise JobError(f"{path} holds logits of shape {tuple(arr.shape)}; expected (N, C)")
+        if not np.issubdtype(tgt.dtype, np.integer):
+            raise JobError(f"targets in {path} are {tgt.dtype}, not integers; recompute the file")
         if tgt.ndim != 1 or len(tgt) != len(arr):
             raise JobError(f"{path}: {len(arr)} logit rows but {tgt.shape[0] if tgt.ndim else 0} targets; recompute it")
         arr = np.ascontiguousarray(arr, dtype=np.float32)  # no copy when already float32 (the npz format)
