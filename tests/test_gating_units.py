@@ -241,3 +241,21 @@ def test_verdict_says_when_the_gate_is_close_to_uniform():
     assert "close to uniform" in text and "+0.0100" in text and "best single expert 0.6000" in text
     far = routing_stats(torch.tensor([[0.9, 0.1]] * n), prep)
     assert "gate routes" in uniform_verdict(far, table, "val")
+
+
+def test_gating_configs_parse_presets_and_the_positional_run():
+    from engine.config import ConfigError, parse_argv
+    from engine.gating.config import TrainGatingConfig
+
+    c = TrainGatingConfig()
+    assert (c.hidden, c.dropout, c.temperature_start, c.temperature_end, c.lr, c.weight_decay) == ([256, 128], 0.1, 2.0, 0.7, 1e-3, 1e-4)
+    assert (c.lambda_lb, c.lambda_entropy, c.lambda_resp, c.lambda_prior, c.prior_temperature) == (1e-2, 0.01, 0.1, 0.05, 0.1)
+    assert (c.epochs, c.batch_size, c.grad_clip, c.noise_std) == (100, 128, 1.0, 1.0)
+    spec = parse_argv(["train-gating", "--preset", "inaturalist2018", "--router", "top_k", "--top-k", "1"])
+    assert spec.config.num_classes == 8142 and spec.config.logits_dir == "outputs/logits/inaturalist2018"
+    assert spec.config.experts == ["ce", "logit_adjust", "balanced_softmax"]
+    spec = parse_argv(["evaluate-gating", "251125-001200-ab12", "--split", "val", "--workspace", "/w"])
+    assert spec.config.run == "251125-001200-ab12" and spec.config.split == "val"
+    assert spec.argv == ["evaluate-gating", "251125-001200-ab12", "--split", "val"]
+    with pytest.raises(ConfigError, match="top_k 4 is more than the 3 experts"):
+        parse_argv(["train-gating", "--router", "top_k", "--top-k", "4"])
