@@ -239,8 +239,11 @@ def test_verdict_says_when_the_gate_is_close_to_uniform():
     assert near["tv_from_uniform"] == pytest.approx(0.02) and near["eff_experts"] == pytest.approx(1.998, abs=1e-3)
     text = uniform_verdict(near, table, "val")
     assert "close to uniform" in text and "+0.0100" in text and "best single expert 0.6000" in text
+    assert "it beats the uniform average" in text
     far = routing_stats(torch.tensor([[0.9, 0.1]] * n), prep)
-    assert "gate routes" in uniform_verdict(far, table, "val")
+    table["gate"]["balanced_acc"] = 0.702
+    text = uniform_verdict(far, table, "val")
+    assert "gate routes" in text and "it does not beat the uniform average" in text
 
 
 def test_gating_configs_parse_presets_and_the_positional_run():

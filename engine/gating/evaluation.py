@@ -20,6 +20,9 @@ MIX_CHUNK_ELEMS = 1 << 22  # floats of one (rows, C) mixture block
 # Mean total-variation distance of the gate's weights from 1/E under which the
 # gate is reported as "close to uniform": it moves less than 5% of the mass.
 UNIFORM_TV = 0.05
+# Balanced-accuracy gain over the uniform average below which the gate "does not beat" it
+# (half a point: less than one sample per class on the usual val splits).
+GAIN_MARGIN = 0.005
 METRICS = ("acc", "head_acc", "tail_acc", "balanced_acc", "nll", "ece")
 
 
@@ -120,7 +123,8 @@ def uniform_verdict(stats: dict, table: dict[str, dict[str, float]], split: str)
             f"{eff:.2f} effective experts): it adds little over averaging"
             if tv < UNIFORM_TV else
             f"gate routes on {split} (mean TV from 1/E {tv:.3f}, {eff:.2f} effective experts)")
-    return (f"{head}; balanced acc gate {table['gate']['balanced_acc']:.4f} vs uniform "
+    pays = "beats" if gain > GAIN_MARGIN else "does not beat"
+    return (f"{head}; it {pays} the uniform average: balanced acc gate {table['gate']['balanced_acc']:.4f} vs uniform "
             f"{table['uniform']['balanced_acc']:.4f} ({gain:+.4f}) vs best single expert {best_single:.4f}")
 
 
