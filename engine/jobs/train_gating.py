@@ -21,7 +21,8 @@ from engine.data.longtail import ClassGroups
 from engine.gating import losses
 from engine.gating.config import TrainGatingConfig
 from engine.gating.data import check_logits_dir, has_split, load_class_counts, load_class_weights, load_split
-from engine.gating.evaluation import load_by_group, mixture_metrics, mixture_predict, results_table, routing_stats, table_markdown, uniform_verdict
+from engine.gating.evaluation import (load_by_group, mixture_metrics, mixture_predict, results_table, routing_stats,
+                                      table_markdown, uniform_verdict)
 from engine.gating.features import FeatureNorm, PreparedSplit, feature_names, prepare_split
 from engine.gating.model import GatingMLP, dropout_masks, route, router_temperature
 from engine.run import JobError, RunRecorder, atomic_write_bytes, atomic_write_json
@@ -81,6 +82,7 @@ def train_one_epoch(model: GatingMLP, data: TrainTensors, opt: torch.optim.Optim
     shuffled = (data.x[order], data.logp_target[order], data.sample_weight[order], data.group_onehot[order])
     masks = dropout_masks(mask_rng, n, cfg.hidden, cfg.dropout, data.x.device) if cfg.dropout > 0 else None
     sums = torch.zeros(len(TERMS) + 1, device=data.x.device)
+    seen = 0
     params = list(model.parameters())
     for start in range(0, n, cfg.batch_size):
         batch = tuple(t[start : start + cfg.batch_size] for t in shuffled)
@@ -93,8 +95,9 @@ def train_one_epoch(model: GatingMLP, data: TrainTensors, opt: torch.optim.Optim
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
         opt.step()
         sums += torch.cat([total.detach()[None], terms]) * len(batch[0])  # stays on the device: no sync per step
+        seen += len(batch[0])
         rec.check_cancelled()
-    sums = (sums / n).tolist()
+    sums = (sums / seen).tolist()
     out = {"train/loss": sums[0]}
     on = {"nll": True, "lb": cfg.router == "top_k" and cfg.lambda_lb > 0, "entropy": cfg.lambda_entropy > 0,
           "resp_kl": cfg.lambda_resp > 0, "prior_kl": cfg.lambda_prior > 0}
