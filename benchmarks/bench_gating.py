@@ -227,7 +227,7 @@ def run() -> str:
     floor = (parts["MLP forward + backward (both)"] + parts["loss terms forward + backward (both)"]) * 1e-6 * EPOCHS * -(-N // 128)
     return f"""## Gating (train-gating)
 
-Speed: 100 epochs at N={N:,} gating samples, E={E}, C={C} (val {N_VAL:,}), batch 128, {threads} torch threads.
+Speed: 100 epochs at N={N:,} gating samples, E={E}, C={C} (val {N_VAL:,}), batch 128, torch threads: {threads}.
 
 | loop | 100 epochs, wall (s) | 100 epochs, CPU (s) | vs reference (wall) | vs reference (CPU) |
 |---|---:|---:|---:|---:|
