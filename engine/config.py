@@ -39,6 +39,8 @@ class JobConfig(BaseModel):
     # each metric the job logs (keys not listed default by name: see goal_for).
     primary_metric: ClassVar[str | None] = None
     metric_goals: ClassVar[dict[str, str]] = {}
+    # Settings given as positional arguments (``engine evaluate-gating RUN``), in order.
+    positional: ClassVar[tuple[str, ...]] = ()
 
     def run_name(self) -> str:
         return self.kind
@@ -269,7 +271,12 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     run.add_argument("--run-dir", help="write into this (empty or manager-made) run directory")
     run.add_argument("--workspace", help="workspace holding runs/ (default: $MOE_TUI_WORKSPACE or the cwd)")
     opts = p.add_argument_group("settings (defaults are the published recipe)")
+    for name in cls.positional:
+        info = cls.model_fields[name]
+        p.add_argument(name, nargs="?", default=None, metavar=name.upper(), help=info.description)
     for name, info in cls.model_fields.items():
+        if name in cls.positional:
+            continue
         default = info.default
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         help_text = f"{info.description or ''} [default: {shown}]"
@@ -318,3 +325,7 @@ def strip_run_location(args: list[str]) -> list[str]:
             continue
         out.append(a)
     return out
+
+
+# Job kinds defined beside their engine code (registered on import).
+from engine.gating import config as _gating_config  # noqa: E402,F401  (train-gating, evaluate-gating)

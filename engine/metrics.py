@@ -13,13 +13,22 @@ ECE_BINS = 15  # equal-width confidence bins (Guo et al. 2017)
 def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> float:
     """Sum over bins of |accuracy - confidence| weighted by the bin's share of samples."""
     conf, pred = probs.max(dim=1)
-    correct = (pred == targets).float()
+    return ece_from_confidence(conf, pred == targets, bins)
+
+
+def ece_from_confidence(conf: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """ECE from each sample's top confidence and whether its prediction was right.
+
+    For predictions produced in chunks (mixtures over many classes), where the
+    full probability matrix is never held at once.
+    """
+    conf, correct = conf.float().cpu(), correct.float().cpu()
     # Bin b holds confidences in (b/B, (b+1)/B]; a confidence of exactly 0 cannot occur.
     idx = (conf * bins).ceil().long().clamp_(1, bins) - 1
     n = torch.zeros(bins).index_add_(0, idx, torch.ones_like(conf))
     acc = torch.zeros(bins).index_add_(0, idx, correct)
     cf = torch.zeros(bins).index_add_(0, idx, conf)
-    return float(((acc - cf).abs()).sum() / max(len(targets), 1))
+    return float(((acc - cf).abs()).sum() / max(len(conf), 1))
 
 
 def per_class_recall(pred: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:

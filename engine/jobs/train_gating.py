@@ -1,0 +1,272 @@
+"""train-gating: MAP routing over frozen experts, one phase per function.
+
+Features of the experts' posteriors are built once per split (the experts
+are frozen); each epoch then only runs the small MLP. ``train_one_epoch``
+and ``evaluate`` are the phases; ``run`` wires them to the run directory and
+ends with the results table (each expert, uniform average, gate, oracle).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.config import JobSpec
+from engine.data.longtail import ClassGroups
+from engine.gating import losses
+from engine.gating.config import TrainGatingConfig
+from engine.gating.data import check_logits_dir, has_split, load_class_counts, load_class_weights, load_split
+from engine.gating.evaluation import (load_by_group, mixture_metrics, mixture_predict, results_table, routing_stats,
+                                      table_markdown, uniform_verdict)
+from engine.gating.features import FeatureNorm, PreparedSplit, feature_names, prepare_split
+from engine.gating.model import GatingMLP, dropout_masks, route, router_temperature
+from engine.run import JobError, RunRecorder, atomic_write_bytes, atomic_write_json
+from engine.training import pick_device, seed_everything
+
+GROUPS = ("head", "tail")  # the prior's groups, from ClassGroups (tail: at most 20 train-LT images)
+TERMS = ("nll", "lb", "entropy", "resp_kl", "prior_kl")
+
+
+@dataclass
+class TrainTensors:
+    """The train split as the optimiser sees it, on the device."""
+
+    x: torch.Tensor  # normalised features (n, D)
+    logp_target: torch.Tensor  # (n, E)
+    sample_weight: torch.Tensor  # class weight of each sample's target (n,)
+    group_onehot: torch.Tensor  # (n, G) float
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def linear_warmup_cosine(warmup_epochs: int, epochs: int):
+    """LR factor per epoch: linear warm-up to 1, then cosine decay towards 0 at the last epoch."""
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup_epochs:
+            return (epoch + 1) / warmup_epochs
+        span = max(epochs - warmup_epochs, 1)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / span))
+
+    return factor
+
+
+def gating_loss(model_out: torch.Tensor, batch: tuple[torch.Tensor, ...], cfg: TrainGatingConfig, temperature: float,
+                log_prior: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Total loss and the raw value of each term in TERMS (0 for a term switched off)."""
+    _, logp, sw, gh = batch
+    r = route(model_out, cfg.router, temperature, cfg.top_k, cfg.noise_std, gen, train=True)
+    zero = model_out.new_zeros(())
+    nll = losses.mixture_nll(r.log_weights, logp, sw)
+    lb = losses.load_balance(r.dense_probs, r.kept) if cfg.router == "top_k" and cfg.lambda_lb > 0 else zero
+    ent = losses.routing_entropy(r.weights, r.log_weights) if cfg.lambda_entropy > 0 else zero
+    resp = losses.responsibility_kl(r.log_weights, logp, cfg.resp_temperature) if cfg.lambda_resp > 0 else zero
+    prior = losses.group_prior_kl(r.weights, gh, log_prior) if cfg.lambda_prior > 0 else zero
+    total = nll + cfg.lambda_lb * lb + cfg.lambda_entropy * ent + cfg.lambda_resp * resp + cfg.lambda_prior * prior
+    return total, torch.stack([nll, lb, ent, resp, prior]).detach()
+
+
+def train_one_epoch(model: GatingMLP, data: TrainTensors, opt: torch.optim.Optimizer, cfg: TrainGatingConfig,
+                    temperature: float, log_prior: torch.Tensor, gen: torch.Generator, mask_rng: np.random.Generator,
+                    rec: RunRecorder) -> dict[str, float]:
+    model.train()
+    n = len(data)
+    order = torch.randperm(n, generator=gen).to(data.x.device)
+    # One gather per epoch; batches are then views (no per-batch indexing or collation).
+    shuffled = (data.x[order], data.logp_target[order], data.sample_weight[order], data.group_onehot[order])
+    masks = dropout_masks(mask_rng, n, cfg.hidden, cfg.dropout, data.x.device) if cfg.dropout > 0 else None
+    sums = torch.zeros(len(TERMS) + 1, device=data.x.device)
+    seen = 0
+    params = list(model.parameters())
+    for start in range(0, n, cfg.batch_size):
+        batch = tuple(t[start : start + cfg.batch_size] for t in shuffled)
+        if len(batch[0]) < 2 and start > 0:  # a lone leftover sample adds noise, not signal
+            break
+        batch_masks = [m[start : start + cfg.batch_size] for m in masks] if masks else None
+        total, terms = gating_loss(model(batch[0], batch_masks), batch, cfg, temperature, log_prior, gen)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+        opt.step()
+        sums += torch.cat([total.detach()[None], terms]) * len(batch[0])  # stays on the device: no sync per step
+        seen += len(batch[0])
+        rec.check_cancelled()
+    sums = (sums / seen).tolist()
+    out = {"train/loss": sums[0]}
+    on = {"nll": True, "lb": cfg.router == "top_k" and cfg.lambda_lb > 0, "entropy": cfg.lambda_entropy > 0,
+          "resp_kl": cfg.lambda_resp > 0, "prior_kl": cfg.lambda_prior > 0}
+    out.update({f"train/{t}": v for t, v in zip(TERMS, sums[1:]) if on[t]})
+    return out
+
+
+@torch.inference_mode()
+def gate_weights(model: GatingMLP, x: torch.Tensor, cfg, temperature: float, batch: int = 65536) -> torch.Tensor:
+    """Routing weights (n, E) on the CPU, in eval mode (no dropout, no router noise)."""
+    model.eval()
+    out = [route(model(x[s : s + batch]), cfg.router, temperature, cfg.top_k, 0.0, train=False).weights.float().cpu()
+           for s in range(0, len(x), batch)]
+    return torch.cat(out)
+
+
+def evaluate(model: GatingMLP, x: torch.Tensor, prep: PreparedSplit, groups: ClassGroups, cfg,
+             temperature: float, prefix: str) -> tuple[dict[str, float], dict]:
+    """The gated mixture's scores on a split, and its routing statistics."""
+    w = gate_weights(model, x, cfg, temperature)
+    return mixture_metrics(prep, w, groups, prefix), routing_stats(w, prep)
+
+
+def train_epochs(model: GatingMLP, data: TrainTensors, opt, sched, cfg: TrainGatingConfig, train: PreparedSplit,
+                 val: PreparedSplit, val_x: torch.Tensor, groups: ClassGroups, log_prior: torch.Tensor,
+                 gen: torch.Generator, mask_rng: np.random.Generator, meta: dict, history: list[dict],
+                 rec: RunRecorder) -> tuple[float, int]:
+    """The epoch loop: train, evaluate, log, checkpoint. Returns the best val balanced accuracy and its epoch."""
+    experts = train.experts
+    ckpt_dir = rec.run_dir.checkpoints
+    best, best_epoch = float("-inf"), 0
+    for epoch in range(1, cfg.epochs + 1):
+        temperature = router_temperature(epoch, cfg.epochs, cfg.temperature_start, cfg.temperature_end)
+        lr = opt.param_groups[0]["lr"]
+        stats = train_one_epoch(model, data, opt, cfg, temperature, log_prior, gen, mask_rng, rec)
+        sched.step()
+        train_w = gate_weights(model, data.x, cfg, temperature)
+        routing = routing_stats(train_w, train)
+        _, pred = mixture_predict(train, train_w)
+        stats["train/mix_acc"] = float((pred == train.targets).float().mean())
+        stats["train/eff_experts"] = routing["eff_experts"]
+        for i, e in enumerate(experts):
+            stats[f"load/{e}"] = routing["mean_weight"][i]
+            stats[f"top1/{e}"] = routing["top1_share"][i]
+            stats[f"routed_acc/{e}"] = routing["routed_acc"][i]
+        val_metrics, val_routing = evaluate(model, val_x, val, groups, cfg, temperature, "val")
+        stats.update(val_metrics)
+        stats["val/eff_experts"] = val_routing["eff_experts"]
+        stats.update({"temperature": temperature, "lr": lr})
+        rec.log_epoch(epoch, stats)
+        rec.event("expert_load", epoch=epoch, split=cfg.train_split, experts=experts,
+                  mean_weight=routing["mean_weight"], top1_share=routing["top1_share"])
+        history.append({"epoch": epoch, **stats})
+        state = {**meta, "model": model.state_dict(), "epoch": epoch, "temperature": temperature}
+        score = stats[TrainGatingConfig.primary_metric]
+        if score > best:
+            best, best_epoch = score, epoch
+            save_checkpoint({**state, "metrics": stats}, ckpt_dir / "best_gating.pth")
+        if epoch == cfg.epochs:
+            save_checkpoint({**state, "metrics": stats}, ckpt_dir / "final_gating.pth")
+    return best, best_epoch
+
+
+def _group_index(targets: torch.Tensor, groups: ClassGroups) -> torch.Tensor:
+    tail = torch.from_numpy(groups.mask("tail"))
+    return tail[targets].long()  # 0 head, 1 tail
+
+
+def run(spec: JobSpec, rec: RunRecorder) -> None:
+    cfg: TrainGatingConfig = spec.config  # type: ignore[assignment]
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    gen = seed_everything(cfg.seed)
+    mask_rng = np.random.default_rng(cfg.seed)  # dropout masks (see dropout_masks)
+    experts = cfg.experts
+
+    # -- inputs: every check before any training, so bad input fails in seconds
+    if cfg.val_split == cfg.train_split:
+        raise JobError(f"--val-split and --train-split are both '{cfg.train_split}'; select the gate on held-out data")
+    root = check_logits_dir(cfg.logits_dir, experts)
+    kw = dict(labels_dir=cfg.labels_dir, dataset=cfg.dataset)
+    train_logits = load_split(root, experts, cfg.train_split, num_classes=cfg.num_classes, **kw)
+    C = train_logits.num_classes
+    val_logits = load_split(root, experts, cfg.val_split, num_classes=C, **kw)
+    class_w, w_note = load_class_weights(cfg.class_weights, C)
+    counts, c_note = load_class_counts(cfg.class_counts, train_logits.targets, C, cfg.train_share)
+    groups = ClassGroups(tuple(int(c) for c in counts))
+    print(f"{w_note}; {c_note}", flush=True)
+    test_split = cfg.test_split if cfg.test_split and has_split(root, experts, cfg.test_split) else None
+    if cfg.test_split and not test_split:
+        print(f"note: no '{cfg.test_split}' logits for every expert; the results table covers {cfg.val_split} only", flush=True)
+
+    train = prepare_split(train_logits, cfg.feature_chunk_mb)
+    val = prepare_split(val_logits, cfg.feature_chunk_mb)
+    del train_logits, val_logits
+    norm = FeatureNorm.fit(train.features)
+    group = _group_index(train.targets, groups)
+    log_prior, present = losses.group_prior(train.expert_correct, group, len(GROUPS), cfg.prior_temperature)
+    prior_info = {g: [round(v, 4) for v in log_prior[i].exp().tolist()] for i, g in enumerate(GROUPS) if present[i]}
+    print(f"{cfg.train_split}: {train.num_samples} samples, {cfg.val_split}: {val.num_samples}, {C} classes, "
+          f"{len(experts)} experts, {train.features.shape[1]} features; group prior {prior_info}", flush=True)
+    atomic_write_json(rec.run_dir.artifacts / "inputs.json", {
+        "logits_dir": str(root), "experts": experts, "num_classes": C, "feature_names": feature_names(experts),
+        "splits": {cfg.train_split: train.num_samples, cfg.val_split: val.num_samples, "test": test_split},
+        "class_weights": w_note, "class_counts": c_note, "groups": groups.to_json()["groups"],
+        "group_prior": prior_info})
+
+    data = TrainTensors(
+        x=norm(train.features).to(device),
+        logp_target=train.logp_target.to(device),
+        sample_weight=torch.from_numpy(class_w).float()[train.targets].to(device),
+        group_onehot=F.one_hot(group, len(GROUPS)).float().to(device),
+    )
+    val_x = norm(val.features).to(device)
+    log_prior = log_prior.to(device)
+
+    model = GatingMLP(train.features.shape[1], len(experts), cfg.hidden, cfg.dropout).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=device.type in ("cpu", "cuda"))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup_cosine(cfg.warmup_epochs, cfg.epochs))
+
+    ckpt_dir = rec.run_dir.checkpoints
+    meta = {"experts": experts, "num_classes": C, "num_features": int(train.features.shape[1]),
+            "hidden": cfg.hidden, "dropout": cfg.dropout, "router": cfg.router, "top_k": cfg.top_k,
+            "feature_mean": norm.mean, "feature_std": norm.std, "class_counts": [int(c) for c in counts],
+            "config": cfg.model_dump(mode="json")}
+    history: list[dict] = []
+    try:
+        best, best_epoch = train_epochs(model, data, opt, sched, cfg, train, val, val_x, groups, log_prior, gen,
+                                        mask_rng, meta, history, rec)
+    finally:
+        # Once, not per epoch (events.jsonl already holds every epoch as it happens); also after a crash or cancel.
+        atomic_write_json(rec.run_dir.artifacts / "training_history.json", history)
+
+    ckpt = load_checkpoint(ckpt_dir / "best_gating.pth", map_location=device)
+    model.load_state_dict(ckpt["model"])
+    print(f"best val/balanced_acc {best:.4f} at epoch {best_epoch}; results of that gate:", flush=True)
+    splits = {cfg.val_split: (val, val_x)}
+    if test_split:
+        test = prepare_split(load_split(root, experts, test_split, num_classes=C, **kw), cfg.feature_chunk_mb)
+        splits[test_split] = (test, norm(test.features).to(device))
+    report(model, splits, groups, cfg, ckpt["temperature"], best_epoch, rec)
+
+
+def report(model: GatingMLP, splits: dict[str, tuple[PreparedSplit, torch.Tensor]], groups: ClassGroups,
+           cfg: TrainGatingConfig, temperature: float, best_epoch: int, rec: RunRecorder) -> None:
+    """The results table of the best gate beside each expert, the uniform average and the oracle."""
+    tables, verdicts, by_group, summary = {}, {}, {}, {"best_epoch": float(best_epoch)}
+    for name, (prep, x) in splits.items():
+        w = gate_weights(model, x, cfg, temperature)
+        tables[name] = results_table(prep, w, groups)
+        stats = routing_stats(w, prep)
+        by_group[name] = load_by_group(w, prep.targets, groups)
+        verdicts[name] = uniform_verdict(stats, tables[name], name) + f"; mean weights by group {by_group[name]}"
+        summary[f"{name}/gate/eff_experts"] = stats["eff_experts"]
+        summary[f"{name}/gate/tv_from_uniform"] = stats["tv_from_uniform"]
+        for row, metrics in tables[name].items():
+            summary.update({f"{name}/{row}/{k}": v for k, v in metrics.items()})
+    save_results(rec, tables, verdicts, {"best_epoch": best_epoch, "checkpoint": "best_gating.pth",
+                                         "experts": cfg.experts, "load_by_group": by_group})
+    rec.log_summary(summary)
+
+
+def save_results(rec: RunRecorder, tables: dict, verdicts: dict, info: dict, stem: str = "results") -> None:
+    """results.json (machine) and results.md (people), and the verdicts as events and printed lines."""
+    atomic_write_json(rec.run_dir.artifacts / f"{stem}.json", {**info, "tables": tables, "verdicts": verdicts})
+    md = table_markdown(tables, verdicts)
+    atomic_write_bytes(rec.run_dir.artifacts / f"{stem}.md", md.encode())
+    print(md, flush=True)
+    for split, text in verdicts.items():
+        rec.event("verdict", split=split, text=text)

@@ -1,0 +1,136 @@
+"""Loading experts' logits: both layouts, and a one-line error for each kind of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.gating.data import check_logits_dir, load_class_counts, load_class_weights, load_split
+from engine.run import JobError
+from tests.gating_synth import write_npz
+from tests.helpers import engine, run_dirs
+
+
+def _experts(root, n=20, C=6, experts=("a", "b"), splits=("gating", "val"), seed=0):
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        y = rng.integers(0, C, n)
+        for e in experts:
+            write_npz(root / e / f"{split}_logits.npz", rng.normal(size=(n, C)), y)
+    return root
+
+
+def _error(fn, *args, **kw) -> str:
+    with pytest.raises(JobError) as err:
+        fn(*args, **kw)
+    msg = str(err.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_npz_and_original_pt_layouts_give_the_same_split(tmp_path):
+    root = _experts(tmp_path / "npz")
+    npz = load_split(root, ["a", "b"], "val")
+    assert npz.num_samples == 20 and npz.num_classes == 6 and npz.logits[0].dtype == np.float32
+
+    pt_root, labels = tmp_path / "pt", tmp_path / "labels"
+    labels.mkdir()
+    np.save(labels / "val_targets.npy", npz.targets)
+    for e, arr in zip(["a", "b"], npz.logits):
+        (pt_root / e).mkdir(parents=True)
+        torch.save(torch.from_numpy(arr), pt_root / e / "val_logits.pt")
+    pt = load_split(pt_root, ["a", "b"], "val", labels_dir=labels)
+    assert np.array_equal(pt.targets, npz.targets)
+    assert all(np.array_equal(x, y) for x, y in zip(pt.logits, npz.logits))
+    # labels as JSON work too, and .pt logits without labels are refused
+    (labels / "val_targets.npy").unlink()
+    (labels / "val_targets.json").write_text(json.dumps(npz.targets.tolist()))
+    assert np.array_equal(load_split(pt_root, ["a", "b"], "val", labels_dir=labels).targets, npz.targets)
+    assert "--labels-dir" in _error(load_split, pt_root, ["a", "b"], "val")
+
+
+def test_labels_that_disagree_with_npz_targets(tmp_path):
+    root = _experts(tmp_path)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    np.save(labels / "val_targets.npy", np.zeros(20, dtype=np.int64))
+    assert "disagree with the labels" in _error(load_split, root, ["a", "b"], "val", labels_dir=labels)
+
+
+def test_experts_with_different_sample_counts(tmp_path):
+    root = _experts(tmp_path)
+    write_npz(root / "b" / "val_logits.npz", np.zeros((19, 6)), np.zeros(19))
+    msg = _error(load_split, root, ["a", "b"], "val")
+    assert "experts disagree on split 'val': a has 20 samples, b has 19" in msg
+
+
+def test_experts_with_different_targets(tmp_path):
+    root = _experts(tmp_path)
+    with np.load(root / "a" / "val_logits.npz") as f:
+        logits, y = f["logits"], f["targets"].copy()
+    y[3] = (y[3] + 1) % 6
+    write_npz(root / "b" / "val_logits.npz", logits, y)
+    assert "disagree on the targets of split 'val'" in _error(load_split, root, ["a", "b"], "val")
+
+
+def test_missing_split_and_missing_expert(tmp_path):
+    root = _experts(tmp_path)
+    msg = _error(load_split, root, ["a", "b"], "test")
+    assert "no logits for split 'test' of expert 'a'" in msg and "splits there: gating, val" in msg
+    msg = _error(check_logits_dir, str(root), ["a", "c"])
+    assert "expert c not found" in msg and "experts in" in msg and "a, b" in msg
+    assert "does not exist" in _error(check_logits_dir, str(tmp_path / "nope"), ["a"])
+    assert "--logits-dir" in _error(check_logits_dir, None, ["a"])
+
+
+def test_nan_logits(tmp_path):
+    root = _experts(tmp_path)
+    bad = np.random.default_rng(0).normal(size=(20, 6))
+    bad[7, 2] = np.nan
+    with np.load(root / "a" / "val_logits.npz") as f:
+        write_npz(root / "b" / "val_logits.npz", bad, f["targets"])
+    assert "NaN or Inf logits (first in row 7)" in _error(load_split, root, ["a", "b"], "val")
+
+
+def test_class_count_mismatch_and_targets_out_of_range(tmp_path):
+    root = _experts(tmp_path)
+    msg = _error(load_split, root, ["a", "b"], "val", num_classes=100, dataset="cifar100_lt_if100")
+    assert "have 6 classes but preset cifar100_lt_if100 expects 100" in msg
+    write_npz(root / "a" / "val_logits.npz", np.zeros((3, 6)), np.array([0, 1, 6]))
+    assert "outside the 6 classes" in _error(load_split, root, ["a"], "val")
+
+
+def test_class_weights_are_normalised_to_sum_to_c(tmp_path):
+    w, note = load_class_weights(None, 4)
+    assert np.allclose(w, 1) and "uniform" in note
+    f = tmp_path / "class_weights.json"
+    f.write_text(json.dumps([1, 1, 2, 4]))
+    w, _ = load_class_weights(str(f), 4)
+    assert np.allclose(w, [0.5, 0.5, 1, 2]) and w.sum() == pytest.approx(4)
+    f.write_text(json.dumps({"class_weights": [1, 2, 3]}))
+    assert "has 3 weights but the logits have 4 classes" in _error(load_class_weights, str(f), 4)
+
+
+def test_class_counts_from_file_or_estimated_from_the_train_split(tmp_path):
+    f = tmp_path / "class_groups.json"
+    f.write_text(json.dumps({"class_counts": [90, 40, 9]}))
+    counts, _ = load_class_counts(str(f), np.array([0]), 3, 0.1)
+    assert counts.tolist() == [90, 40, 9]
+    counts, note = load_class_counts(None, np.array([0] * 9 + [1] * 4 + [2]), 3, 0.1)
+    assert counts.tolist() == [90, 40, 10] and "estimated" in note
+
+
+def test_cli_fails_in_one_line_with_exit_code_2(tmp_path):
+    root = _experts(tmp_path / "logits", C=10)
+    out = engine(tmp_path, "train-gating", "--preset", "cifar100_lt_if100", "--logits-dir", str(root), "--experts", "a,b")
+    assert out.returncode == 2
+    (rd,) = run_dirs(tmp_path)
+    status = json.loads((rd / "status.json").read_text())
+    assert status["state"] == "failed" and "preset cifar100_lt_if100 expects 100" in status["error"]
+    assert out.stderr.strip().splitlines()[-1].startswith("failed: logits in")
+    assert not list((rd / "checkpoints").iterdir())  # nothing half-written
+    out = engine(tmp_path, "train-gating", "--logits-dir", str(root), "--experts", "a,a")
+    assert out.returncode == 2 and "experts must be distinct" in out.stderr
