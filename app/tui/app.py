@@ -7,6 +7,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.message import Message
 
+from app.tui.commands import ActionsProvider
 from app.tui.data import RunRow, TuiData
 from app.tui.screens.runs import RunsScreen
 from app.workspace import Workspace
@@ -25,8 +26,10 @@ class RunsUpdated(Message):
 class MoeTuiApp(App):
     TITLE = "moe-tui"
     CSS_PATH = "app.tcss"
+    COMMANDS = App.COMMANDS | {ActionsProvider}
     BINDINGS = [
         Binding("q", "quit", "Quit", id="quit"),
+        Binding("question_mark,f1", "help", "Help: all keys", id="help"),
         Binding("ctrl+p", "command_palette", "Commands", id="palette", show=False),
     ]
 
@@ -36,6 +39,7 @@ class MoeTuiApp(App):
         self.data = TuiData(ws)
         self.poll_s = poll_s
         self.runs: dict[int, RunRow] = {}
+        self.marked: set[int] = set()  # runs marked for compare and export
         self._rev = 0
 
     def on_mount(self) -> None:
@@ -48,7 +52,9 @@ class MoeTuiApp(App):
     def poll_runs(self) -> None:
         warnings = self.data.refresh_files()
         rows, rev = self.data.runs_since(self._rev)
-        removed = self.data.deleted_since(set(self.runs)) if rev < self._rev else set()
+        known = set(self.runs)
+        # A count below what we show means runs were deleted (here, by another client, or a reindex).
+        removed = self.data.deleted_since(known) if self.data.run_count() < len(known | {r.pk for r in rows}) else set()
         self._rev = rev
         if rows or removed or warnings:
             self.post_message(RunsUpdated(rows, removed, warnings))
@@ -56,6 +62,7 @@ class MoeTuiApp(App):
     def on_runs_updated(self, msg: RunsUpdated) -> None:
         for pk in msg.removed:
             self.runs.pop(pk, None)
+            self.marked.discard(pk)
         for row in msg.rows:
             self.runs[row.pk] = row
         for w in msg.warnings:
@@ -63,6 +70,16 @@ class MoeTuiApp(App):
         for screen in self.screen_stack:
             if hasattr(screen, "runs_updated"):
                 screen.runs_updated(msg.rows, msg.removed)
+
+    def forget_runs(self, pks: set[int]) -> None:
+        """Drop runs this client deleted, without waiting for the next poll."""
+        self.post_message(RunsUpdated([], pks, []))
+
+    def action_help(self) -> None:
+        from app.tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.screen))
 
 
 def run_tui(ws: Workspace, mouse: bool = True) -> None:
