@@ -146,26 +146,20 @@ async def _measure(ws, pks: list[int]) -> dict:
 
         target = pks[0]  # a finished run: all 200 epochs
         t = time.perf_counter()
-        app.push_screen(RunScreen(target))
-        while True:
+        await app.push_screen(RunScreen(target))
+        loss = app.screen.query_one("#loss-plot", Curves)
+        while len(loss.points["train/loss"]) < EPOCHS or loss._dirty:
             await asyncio.sleep(0.005)
-            if isinstance(app.screen, RunScreen):
-                loss = app.screen.query_one("#loss-plot", Curves)
-                if len(loss.points["train/loss"]) == EPOCHS and not loss._dirty:
-                    break
         out["run_screen"] = time.perf_counter() - t
         app.pop_screen()
         await pilot.pause()
 
         app.marked.update(pks[:10])
         t = time.perf_counter()
-        app.push_screen(CompareScreen(pks[:10]))
-        while True:
+        await app.push_screen(CompareScreen(pks[:10]))
+        plot = app.screen.query_one("#compare-plot", Curves)
+        while len(plot.points) < 10 or plot._dirty:
             await asyncio.sleep(0.005)
-            if isinstance(app.screen, CompareScreen):
-                plot = app.screen.query_one("#compare-plot", Curves)
-                if len(plot.points) == 10 and not plot._dirty:
-                    break
         out["compare"] = time.perf_counter() - t
     return out
 

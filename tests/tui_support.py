@@ -5,12 +5,22 @@ from __future__ import annotations
 import io
 
 from rich.console import Console
+from textual.worker import WorkerCancelled
 
 
 async def settle(app, pilot, seconds: float = 0.3):
-    """Let timers fire, then wait until every worker has posted its result."""
+    """Let timers fire, then wait until every worker has posted its result.
+
+    An exclusive worker replaced by a newer one ends cancelled; that is normal
+    here, so waiting goes on until a pass sees no cancellation.
+    """
     await pilot.pause(seconds)
-    await app.workers.wait_for_complete()
+    for _ in range(20):
+        try:
+            await app.workers.wait_for_complete()
+            break
+        except WorkerCancelled:
+            await pilot.pause(0.05)
     await pilot.pause()
 
 

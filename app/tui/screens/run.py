@@ -223,7 +223,8 @@ class RunScreen(Screen):
     def _fill_config(self) -> None:
         row = self.row
         table = self.query_one("#config-table", DataTable)
-        table.add_columns("setting", "value")
+        table.add_column("setting", key="setting")
+        table.add_column("value", key="value")
         if row is None:
             return
         for key, value in sorted(row.config.items()):
@@ -245,7 +246,8 @@ class RunScreen(Screen):
         self._artifacts = files
         table = self.query_one("#artifact-list", DataTable)
         table.clear(columns=True)
-        table.add_columns("file", "bytes")
+        table.add_column("file", key="file")
+        table.add_column("bytes", key="bytes")
         for rel, size in files:
             table.add_row(rel, str(size), key=rel)
         if not files:

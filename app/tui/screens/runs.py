@@ -92,6 +92,7 @@ def cells(row: RunRow, now: float, marked: bool) -> list:
 
 class RunsScreen(Screen):
     CSS_PATH = "runs.tcss"
+    AUTO_FOCUS = "#runs"  # keys act on the table; / moves to the filter
     BINDINGS = [
         Binding("enter", "open_run", "Open", id="open-run"),
         Binding("space", "toggle_mark", "Mark", id="mark"),
@@ -110,7 +111,8 @@ class RunsScreen(Screen):
 
     def __init__(self):
         super().__init__()
-        self.query_text = ""
+        self.query_text = ""  # the filter shown (live while typing)
+        self.committed_query = ""  # the last filter confirmed with enter
         self.predicate = compile_query("")
         self.sort_column = "run_id"
         self.sort_reverse = True  # newest first
@@ -240,7 +242,10 @@ class RunsScreen(Screen):
         if event.input.id == "filter":
             event.stop()
             if self.apply_filter(event.value):
+                self.committed_query = event.value
                 self.query_one(DataTable).focus()
+            else:  # keep showing what the last good filter showed, not a half-typed preview
+                self._apply(self.committed_query)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "filter":
@@ -249,7 +254,7 @@ class RunsScreen(Screen):
                 compile_query(event.value)
             except QueryError:
                 return
-            self.apply_filter(event.value)
+            self._apply(event.value)
 
     def apply_filter(self, text: str) -> bool:
         error = self.query_one("#filter-error", Static)
@@ -265,10 +270,16 @@ class RunsScreen(Screen):
         self.rebuild()
         return True
 
+    def _apply(self, text: str) -> None:
+        """Show the runs ``text`` selects (a query known to parse), leaving any error shown."""
+        self.query_text, self.predicate = text, compile_query(text)
+        self.rebuild()
+
     def action_clear_filter(self) -> None:
         box = self.query_one("#filter", Input)
         if box.value or self.query_text:
             box.value = ""
+            self.committed_query = ""
             self.apply_filter("")
         self.query_one(DataTable).focus()
 
