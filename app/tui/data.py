@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from sqlmodel import col, func, select
 
 from app.errors import UserError
-from app.queries import metric_rows, summaries
+from app.queries import metric_rows
 from app.store.models import ACTIVE, Metric, MetricSummary, Run, next_rev
 from app.workspace import Workspace
 from engine.run import parse_event_lines
@@ -104,24 +104,38 @@ class TuiData:
         return warnings
 
     def runs_since(self, rev: int) -> tuple[list[RunRow], int]:
-        """Runs changed after ``rev`` and the newest rev seen."""
+        """Runs changed after ``rev`` and the newest rev seen.
+
+        Reads plain columns, not ORM objects: at thousands of runs the object
+        hydration, not SQLite, is what a person would wait for.
+        """
+        cols = (Run.id, Run.run_id, Run.name, Run.kind, Run.status, Run.backend, Run.epoch, Run.total_epochs,
+                Run.primary_metric, Run.created_at, Run.started_at, Run.ended_at, Run.error, Run.command,
+                Run.config, Run.tags, Run.notes, Run.rev)
+        best: dict[int, dict[str, float]] = {}
+        final: dict[int, dict[str, float]] = {}
         with self.ws.store.read() as s:
-            runs = s.exec(select(Run).where(Run.rev > rev).order_by(Run.rev)).all()
-            summ = summaries(s, [r.id for r in runs])
+            runs = s.exec(select(*cols).where(Run.rev > rev).order_by(Run.rev)).all()
+            pks = [r[0] for r in runs]
+            for i in range(0, len(pks), 500):  # stay under SQLite's bound-parameter limit
+                q = select(MetricSummary.run, MetricSummary.key, MetricSummary.best, MetricSummary.last).where(
+                    col(MetricSummary.run).in_(pks[i : i + 500]))
+                for pk, key, b, last in s.exec(q):
+                    if b is not None:
+                        best.setdefault(pk, {})[key] = b
+                    if last is not None:
+                        final.setdefault(pk, {})[key] = last
         rows = []
-        for r in runs:
-            ms = summ.get(r.id, {})
-            m = ms.get(r.primary_metric or "")
+        for (pk, run_id, name, kind, status, backend, epoch, total, primary, created, started, ended, error,
+             command, config, tags, notes, _rev) in runs:
+            b = best.get(pk, {})
             rows.append(RunRow(
-                pk=r.id, run_id=r.run_id, name=r.name, kind=r.kind, status=r.status, backend=r.backend,
-                epoch=r.epoch, total_epochs=r.total_epochs, metric_key=r.primary_metric,
-                metric_best=m.best if m else None, created_at=r.created_at, started_at=r.started_at,
-                ended_at=r.ended_at, error=r.error, command=r.command, config=json.loads(r.config or "{}"),
-                best={k: v.best for k, v in ms.items() if v.best is not None},
-                final={k: v.last for k, v in ms.items() if v.last is not None},
-                tags=parse_tags(r.tags), notes=r.notes,
+                pk=pk, run_id=run_id, name=name, kind=kind, status=status, backend=backend, epoch=epoch,
+                total_epochs=total, metric_key=primary, metric_best=b.get(primary or ""), created_at=created,
+                started_at=started, ended_at=ended, error=error, command=command, config=json.loads(config or "{}"),
+                best=b, final=final.get(pk, {}), tags=parse_tags(tags), notes=notes,
             ))
-        return rows, max([rev] + [r.rev for r in runs])
+        return rows, max([rev] + [r[-1] for r in runs])
 
     def run_count(self) -> int:
         with self.ws.store.read() as s:

@@ -150,6 +150,7 @@ class RunScreen(Screen):
 
     def on_metrics_arrived(self, msg: MetricsArrived) -> None:
         plots = list(self.query(Curves))
+        empty = [plot for plot in plots if not plot.has_data()]
         mse = self.query_one("#mse-plot", Curves)
         for p in msg.points:
             if p.epoch is None:
@@ -158,6 +159,10 @@ class RunScreen(Screen):
                 plot.add(p.key, p.epoch, p.value)
         if mse.has_data():
             self.query_one("#mse-row").display = True
+        for plot in empty:  # the first curves show at once; later ones wait for the redraw timer
+            if plot.has_data():
+                plot.set_options(self.smooth, self.log_y)
+                plot.redraw()
 
     def on_load_arrived(self, msg: LoadArrived) -> None:
         self.loads = (self.loads + msg.loads)[-LOAD_EPOCHS:]
