@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from sqlmodel import col, func, select
 
 from app.errors import UserError
-from app.queries import metric_rows
 from app.store.models import ACTIVE, Metric, MetricSummary, Run, next_rev
 from app.workspace import Workspace
 from engine.run import parse_event_lines
@@ -150,8 +149,11 @@ class TuiData:
         return known - present
 
     def metrics_since(self, run_pk: int, after_id: int) -> list[MetricPoint]:
+        """Metric rows of a run newer than ``after_id`` (plain columns: no ORM objects to build)."""
+        q = (select(Metric.id, Metric.epoch, Metric.key, Metric.value)
+             .where(Metric.run == run_pk, Metric.id > after_id).order_by(Metric.id))
         with self.ws.store.read() as s:
-            return [MetricPoint(m.id, m.epoch, m.key, m.value) for m in metric_rows(s, run_pk, after_id)]
+            return [MetricPoint(*row) for row in s.exec(q)]
 
     # -- writes: short writer sessions that bump rev so every client's poll sees them
 

@@ -9,6 +9,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.lazy import Lazy
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, RichLog, Static, TabbedContent, TabPane
@@ -105,21 +106,23 @@ class RunScreen(Screen):
                     with Horizontal(classes="plot-row", id="mse-row"):
                         yield Curves("Log2-MSE", match=lambda k: bool(LOG2_MSE.search(k)),
                                      label_of=lambda k: k.split("/", 1)[-1], id="mse-plot")
+            # The other tabs mount after the first paint: the plots are what a person waits for.
             with TabPane("2 Config", id="config"):
-                yield DataTable(id="config-table", cursor_type="row", zebra_stripes=True)
+                yield Lazy(DataTable(id="config-table", cursor_type="row", zebra_stripes=True))
             with TabPane("3 Log", id="log"):
-                yield RichLog(id="log-view", max_lines=LOG_LINES, wrap=False, markup=False, highlight=False)
+                yield Lazy(RichLog(id="log-view", max_lines=LOG_LINES, wrap=False, markup=False, highlight=False))
             with TabPane("4 Artifacts", id="artifacts"):
-                with Horizontal():
-                    yield DataTable(id="artifact-list", cursor_type="row")
-                    yield RichLog(id="artifact-view", wrap=False, markup=False, highlight=False)
+                yield Lazy(Horizontal(
+                    DataTable(id="artifact-list", cursor_type="row"),
+                    RichLog(id="artifact-view", wrap=False, markup=False, highlight=False),
+                ))
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#load-row").display = False
         self.query_one("#mse-row").display = False
         self._show_info()
-        self._fill_config()
+        self.call_after_refresh(self._fill_config)
         self.poll()
         self.set_interval(POLL_S, self.poll)
         self.set_interval(REDRAW_S, self._redraw)
@@ -227,7 +230,11 @@ class RunScreen(Screen):
 
     def _fill_config(self) -> None:
         row = self.row
-        table = self.query_one("#config-table", DataTable)
+        tables = self.query("#config-table")
+        if not tables:  # not mounted yet (Lazy)
+            self.call_after_refresh(self._fill_config)
+            return
+        table = tables.first(DataTable)
         table.add_column("setting", key="setting")
         table.add_column("value", key="value")
         if row is None:

@@ -28,7 +28,7 @@ STATUS_STYLE = {
 }
 STATUS_ORDER = {s: i for i, s in enumerate(("running", "queued", "failed", "lost", "cancelled", "succeeded"))}
 MARK = "●"
-NAME_WIDTH = 20  # longer names are cut in the table (the detail line shows them whole)
+NAME_WIDTH = 18  # longer names are cut in the table (the detail line shows them whole)
 
 # key, label, width. What matters most comes first, for an 80-column terminal.
 # Fixed widths: measuring every cell of thousands of rows is what made the table slow.
@@ -37,9 +37,9 @@ COLUMNS = [
     ("status", "Status", 9),
     ("name", "Name", NAME_WIDTH),
     ("kind", "Kind", 12),
-    ("config", "Config", 18),
     ("progress", "Epoch", 7),
     ("metric", "Key metric", 10),
+    ("config", "Config", 18),
     ("time", "Time", 6),
     ("backend", "Backend", 8),
     ("run_id", "ID", 18),
@@ -82,9 +82,9 @@ def cells(row: RunRow, now: float, marked: bool) -> list:
         Text(row.status, style=STATUS_STYLE.get(row.status, "")),
         name,
         row.kind,
-        row.key_config,
         row.progress,
         Text(metric, justify="right"),
+        row.key_config,
         fmt_duration(row.duration(now)),
         row.backend,
         row.run_id,
