@@ -113,6 +113,7 @@ class CompareScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.sub_title = "Compare"
         runs = self.runs
         primary = [r.metric_key for r in runs if r.metric_key]
         keys = sorted({k for r in runs for k in r.best})

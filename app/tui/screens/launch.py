@@ -81,7 +81,7 @@ class LaunchScreen(Screen):
             yield Input("0", id="priority", type="integer", compact=True,
                         tooltip="higher starts first among queued runs")
         yield Static("", id="form-error")
-        yield VerticalScroll(id="fields")
+        yield VerticalScroll(id="fields", can_focus=False)  # tab goes from field to field
         yield Static("", id="field-help", markup=False)
         with Horizontal(id="launch-buttons"):
             yield Button("Submit", variant="primary", id="submit", compact=True)

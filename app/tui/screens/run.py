@@ -119,6 +119,7 @@ class RunScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.sub_title = self.row.run_id if self.row else ""
         self.query_one("#load-row").display = False
         self.query_one("#mse-row").display = False
         self._show_info()
