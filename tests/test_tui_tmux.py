@@ -1,0 +1,69 @@
+"""The real ``moe-tui`` in a real terminal (tmux, 80 x 24): launch a run from the
+form with the keyboard alone and watch it finish in the Runs table."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import BIN
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")]
+
+
+class Tmux:
+    """One private tmux server (its own socket), so nothing touches a person's sessions."""
+
+    def __init__(self, socket: str):
+        self.socket = socket
+
+    def __call__(self, *args: str) -> str:
+        out = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def keys(self, *keys: str) -> None:
+        for k in keys:
+            self("send-keys", "-t", "tui", k)
+            time.sleep(0.15)  # a person types slower than this; Textual reads key by key
+
+    def screen(self) -> str:
+        return self("capture-pane", "-p", "-t", "tui")
+
+    def wait_for(self, *needles: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.screen()
+            if all(n in text for n in needles):
+                return text
+            time.sleep(0.3)
+        raise AssertionError(f"never saw {needles} on screen; last screen:\n{self.screen()}")
+
+
+def test_launch_a_run_and_see_it_complete(ws_path):
+    tmux = Tmux(f"moe-tui-test-{os.getpid()}")
+    command = " ".join(["env", f"MOE_TUI_WORKSPACE={ws_path}", "OMP_NUM_THREADS=1", "MOE_TUI_IDLE_EXIT=30",
+                        f"{BIN / 'moe-tui'}", "--no-mouse"])
+    tmux("new-session", "-d", "-s", "tui", "-x", "80", "-y", "24", command)
+    try:
+        tmux.wait_for("No runs yet", "Launch", timeout=60)
+        tmux.keys("l")
+        tmux.wait_for("train-expert", "ctrl+s queues 1 run")
+        # Focus starts on the job kind; tab walks the form: preset, backend, name, priority, then the fields.
+        tmux.keys(*["Tab"] * 3, *"tmux-run", *["Tab"] * 4, "8")  # name, then image_size (after dataset, imb_factor)
+        tmux.keys(*["Tab"] * 5, "3")  # epochs
+        tmux.keys(*["Tab"] * 6, "2")  # lr_milestones
+        tmux.wait_for("ctrl+s queues 1 run")
+        tmux.keys("C-s")
+        tmux.wait_for("tmux-run", "queued 1 run", timeout=30)
+        screen = tmux.wait_for("tmux-run", "succeeded", "3/3", timeout=240)
+        assert "train-expert" in screen
+        tmux.keys("q")  # quitting the TUI ends the session; the finished run is not touched
+    finally:
+        subprocess.run(["tmux", "-L", tmux.socket, "kill-server"], capture_output=True)
+    runs = list((ws_path / "runs").iterdir())
+    assert len(runs) == 1 and '"epochs": 3' in (runs[0] / "run.json").read_text()
