@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 
 import pytest
 
-from tests.helpers import BIN
+from tests.helpers import BIN, env_for, epoch_events, run_dirs
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")]
 
@@ -67,3 +68,27 @@ def test_launch_a_run_and_see_it_complete(ws_path):
         subprocess.run(["tmux", "-L", tmux.socket, "kill-server"], capture_output=True)
     runs = list((ws_path / "runs").iterdir())
     assert len(runs) == 1 and '"epochs": 3' in (runs[0] / "run.json").read_text()
+
+
+def test_killing_the_tui_stops_no_run(ws_path):
+    """SIGKILL the TUI while it shows a training run: the run still finishes, and a new TUI shows it."""
+    submit = subprocess.run([str(BIN / "moe-tui"), "--workspace", str(ws_path), "submit", "--name", "survivor", "--",
+                             "train-expert", "--preset", "quick", "--epochs", "6", "--image-size", "8",
+                             "--lr-milestones", "4"],
+                            capture_output=True, text=True, timeout=60, env=env_for(ws_path), stdin=subprocess.DEVNULL)
+    assert submit.returncode == 0, submit.stderr
+    tmux = Tmux(f"moe-tui-test-{os.getpid()}-kill")
+    command = f"env MOE_TUI_WORKSPACE={ws_path} OMP_NUM_THREADS=1 {BIN / 'moe-tui'} --no-mouse"
+    tmux("new-session", "-d", "-s", "tui", "-x", "80", "-y", "24", command)
+    try:
+        tmux.wait_for("survivor", "running", timeout=120)
+        pid = int(tmux("display-message", "-p", "-t", "tui", "#{pane_pid}").strip())
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        subprocess.run(["tmux", "-L", tmux.socket, "kill-server"], capture_output=True)
+    done = subprocess.run([str(BIN / "moe-tui"), "--workspace", str(ws_path), "wait", "--timeout", "240"],
+                          capture_output=True, text=True, timeout=300, env=env_for(ws_path), stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "succeeded" in done.stdout
+    (rd,) = run_dirs(ws_path)
+    assert [e["epoch"] for e in epoch_events(rd)] == [1, 2, 3, 4, 5, 6]
