@@ -263,12 +263,6 @@ class TuiData:
                     out[pk][key].append((epoch, value))
         return out
 
-    def goals(self, run_pks: list[int]) -> dict[str, str]:
-        """Metric key -> "max"/"min", from the summaries of these runs."""
-        with self.ws.store.read() as s:
-            rows = s.exec(select(MetricSummary.key, MetricSummary.goal).where(col(MetricSummary.run).in_(run_pks))).all()
-        return dict(rows)
-
     def export_csv(self, run_pks: list[int], out_path: str, history: bool = False) -> int:
         """The same CSV as ``moe-tui export``, for these runs (oldest first)."""
         from app.export import export
