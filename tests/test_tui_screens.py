@@ -314,6 +314,14 @@ async def test_help_and_command_palette(ws, copy_run):
         await pilot.press("enter")
         await settle(app, pilot, 0.5)
         assert isinstance(app.screen, CompareScreen)
+        # An app-level action (help) through the palette, from another screen.
+        await pilot.press("ctrl+p")
+        await settle(app, pilot)
+        await pilot.press(*"help: all")
+        await settle(app, pilot, 0.5)
+        await pilot.press("enter")
+        await settle(app, pilot, 0.5)
+        assert isinstance(app.screen, HelpScreen) and "Compare" in str(app.screen.query_one("Label").render())
 
 
 def test_group_by_config_except_seed():

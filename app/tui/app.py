@@ -45,12 +45,12 @@ class MoeTuiApp(App):
     def on_mount(self) -> None:
         self.sub_title = str(self.ws.root)
         self.push_screen(RunsScreen())
-        self.poll_runs()
+        self.poll_runs(ingest=False)  # show what the database holds at once; the next poll ingests
         self.set_interval(self.poll_s, self.poll_runs)
 
     @work(thread=True, exclusive=True, group="poll-runs", exit_on_error=False)
-    def poll_runs(self) -> None:
-        warnings = self.data.refresh_files()
+    def poll_runs(self, ingest: bool = True) -> None:
+        warnings = self.data.refresh_files() if ingest else []
         rows, rev = self.data.runs_since(self._rev)
         known = set(self.runs)
         # A count below what we show means runs were deleted (here, by another client, or a reindex).

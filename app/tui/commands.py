@@ -8,15 +8,16 @@ from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 
-def screen_bindings(app, screen) -> list[Binding]:
-    """The bindings a person can use on ``screen``: its own, then the app's (no duplicates)."""
+def screen_bindings(app, screen) -> list[tuple[Binding, object]]:
+    """The bindings a person can use on ``screen``, each with the node that runs it:
+    the screen's own first, then the app's (no duplicates)."""
     seen, out = set(), []
-    for source in (screen, app):
-        for b in getattr(type(source), "BINDINGS", []):
+    for owner in (screen, app):
+        for b in getattr(type(owner), "BINDINGS", []):
             if not isinstance(b, Binding) or b.action in seen or b.action == "command_palette":
                 continue
             seen.add(b.action)
-            out.append(b)
+            out.append((b, owner))
     return out
 
 
@@ -28,13 +29,8 @@ class ActionsProvider(Provider):
     """Offers each binding of the screen the palette was opened on."""
 
     def _commands(self):
-        screen = self.screen
-        for b in screen_bindings(self.app, screen):
-            yield f"{b.description} ({key_label(self.app, b)})", b, partial(self._run, screen, b.action)
-
-    async def _run(self, screen, action: str) -> None:
-        target = self.app if action.startswith("app.") or screen not in self.app.screen_stack else screen
-        await target.run_action(action.removeprefix("app.") if target is self.app else action)
+        for b, owner in screen_bindings(self.app, self.screen):
+            yield f"{b.description} ({key_label(self.app, b)})", b, partial(owner.run_action, b.action)
 
     async def discover(self) -> Hits:
         for text, b, run in self._commands():

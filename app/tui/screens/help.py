@@ -33,7 +33,7 @@ class HelpScreen(ModalScreen[None]):
         table = self.query_one(DataTable)
         table.add_column("Key", key="key")
         table.add_column("Action", key="action")
-        for b in screen_bindings(self.app, self.over):
+        for b, _owner in screen_bindings(self.app, self.over):
             table.add_row(key_label(self.app, b), b.description)
         table.add_row(key_label(self.app, Binding("ctrl+p", "")), "Command palette")
 
