@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from textual import work
 from textual.app import App
 from textual.binding import Binding
@@ -41,18 +43,30 @@ class MoeTuiApp(App):
         self.runs: dict[int, RunRow] = {}
         self.marked: set[int] = set()  # runs marked for compare and export
         self._rev = 0
+        self._poll_lock = threading.Lock()
 
     def on_mount(self) -> None:
         self.sub_title = str(self.ws.root)
         self.push_screen(RunsScreen())
-        self.poll_runs(ingest=False)  # show what the database holds at once; the next poll ingests
+        self.poll_runs(first=True)
         self.set_interval(self.poll_s, self.poll_runs)
 
-    @work(thread=True, exclusive=True, group="poll-runs", exit_on_error=False)
-    def poll_runs(self, ingest: bool = True) -> None:
+    @work(thread=True, group="poll-runs", exit_on_error=False)
+    def poll_runs(self, first: bool = False) -> None:
+        # One poll at a time: on a slow disk a pass may outlast the interval.
+        if not self._poll_lock.acquire(blocking=False):
+            return
+        try:
+            if first:
+                self._poll(ingest=False)  # what the database holds, shown before the first ingest pass
+            self._poll(ingest=True)
+        finally:
+            self._poll_lock.release()
+
+    def _poll(self, ingest: bool) -> None:
         warnings = self.data.refresh_files() if ingest else []
         rows, rev = self.data.runs_since(self._rev)
-        known = set(self.runs)
+        known = set(self.runs.copy())  # a snapshot: the UI thread updates the dict
         # A count below what we show means runs were deleted (here, by another client, or a reindex).
         removed = self.data.deleted_since(known) if self.data.run_count() < len(known | {r.pk for r in rows}) else set()
         self._rev = rev

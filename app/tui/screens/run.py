@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 
 from textual import work
 from textual.app import ComposeResult
@@ -85,6 +86,7 @@ class RunScreen(Screen):
         self.log_y = False
         self.loads: list[tuple[int, list[float]]] = []
         self._artifacts: list[tuple[str, int]] | None = None
+        self._poll_lock = threading.Lock()
 
     @property
     def row(self) -> RunRow | None:
@@ -136,8 +138,18 @@ class RunScreen(Screen):
             return
         self.poll_files(row.run_id)
 
-    @work(thread=True, exclusive=True, group="poll-run", exit_on_error=False)
+    @work(thread=True, group="poll-run", exit_on_error=False)
     def poll_files(self, run_id: str) -> None:
+        # One reader at a time: a slow read overlapping the next tick would read
+        # the same new rows twice (a cancelled thread worker still runs to its end).
+        if not self._poll_lock.acquire(blocking=False):
+            return
+        try:
+            self._read_new(run_id)
+        finally:
+            self._poll_lock.release()
+
+    def _read_new(self, run_id: str) -> None:
         data = self.app.data
         points = data.metrics_since(self.run_pk, self.last_id)
         if points:
