@@ -283,6 +283,12 @@ async def test_expert_load_and_log2_mse_plots(ws):
         assert sorted(over.points) == ["load/e0", "load/e1", "load/e2"] and len(over.points["load/e1"]) == 3
         mse = screen.query_one("#mse-plot", Curves)
         assert sorted(mse.series_labels.values()) == ["log2_mse", "log2_mse/n9_k4_m2"]
+        # Three rows of plots do not fit in 40 lines: page down reaches the last one.
+        grid = screen.query_one("#plot-grid")
+        assert grid.max_scroll_y > 0
+        await pilot.press("pagedown", "pagedown")
+        await settle(app, pilot)
+        assert grid.scroll_y == grid.max_scroll_y
 
 
 def test_ema_is_bias_corrected_like_tensorboard():

@@ -9,7 +9,7 @@ import threading
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, VerticalScroll
 from textual.lazy import Lazy
 from textual.message import Message
 from textual.screen import Screen
@@ -69,6 +69,8 @@ class RunScreen(Screen):
         Binding("escape", "app.pop_screen", "Back", id="back"),
         Binding("m", "toggle_smoothing", "Smooth", id="smooth"),
         Binding("l", "toggle_log_scale", "Log scale", id="log-scale"),
+        Binding("pagedown", "scroll_plots(1)", "More plots", id="plots-down", show=False),
+        Binding("pageup", "scroll_plots(-1)", "Plots above", id="plots-up", show=False),
         Binding("1", "tab('plots')", "Plots", id="tab-plots", show=False),
         Binding("2", "tab('config')", "Config", id="tab-config", show=False),
         Binding("3", "tab('log')", "Log", id="tab-log", show=False),
@@ -97,7 +99,8 @@ class RunScreen(Screen):
         yield Static("", id="run-info")
         with TabbedContent(initial="plots"):
             with TabPane("1 Plots", id="plots"):
-                with Vertical(id="plot-grid"):
+                yield Static("pgdn/pgup: expert load and Log2-MSE plots below", id="plot-hint")
+                with VerticalScroll(id="plot-grid"):
                     with Horizontal(classes="plot-row"):
                         yield Curves("loss", LOSS, id="loss-plot")
                         yield Curves("accuracy (val)", ACCURACY, id="acc-plot")
@@ -129,6 +132,12 @@ class RunScreen(Screen):
         self.poll()
         self.set_interval(POLL_S, self.poll)
         self.set_interval(REDRAW_S, self._redraw)
+        self.set_interval(1.0, self._tick)
+
+    def _tick(self) -> None:
+        """A running run's time advances without a database read."""
+        if self.row is not None and self.row.status == "running":
+            self._show_info()
 
     # -- polling: one worker reads metrics, expert loads and the log ----------
 
@@ -175,6 +184,7 @@ class RunScreen(Screen):
                 plot.add(p.key, p.epoch, p.value)
         if mse.has_data():
             self.query_one("#mse-row").display = True
+            self.query_one("#plot-hint", Static).display = True
         for plot in empty:  # the first curves show at once; later ones wait for the redraw timer
             if plot.has_data():
                 plot.set_options(self.smooth, self.log_y)
@@ -189,6 +199,7 @@ class RunScreen(Screen):
         epoch, vec = self.loads[-1]
         self.query_one("#load-bars", Bars).set(vec, f"(epoch {epoch})")
         self.query_one("#load-row").display = True
+        self.query_one("#plot-hint", Static).display = True
 
     def on_log_arrived(self, msg: LogArrived) -> None:
         view = self.query_one("#log-view", RichLog)
@@ -212,6 +223,11 @@ class RunScreen(Screen):
     def action_toggle_log_scale(self) -> None:
         self.log_y = not self.log_y
         self._redraw()
+
+    def action_scroll_plots(self, direction: int) -> None:
+        """Expert load and Log2-MSE plots sit below loss and accuracy; in a small terminal, scroll to them."""
+        grid = self.query_one("#plot-grid", VerticalScroll)
+        (grid.scroll_page_down if direction > 0 else grid.scroll_page_up)(animate=False)
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
