@@ -323,7 +323,7 @@ async def test_help_and_command_palette(ws, copy_run):
         # An app-level action (help) through the palette, from another screen.
         await pilot.press("ctrl+p")
         await settle(app, pilot)
-        await pilot.press(*"help: all")
+        await pilot.press(*"help (")
         await settle(app, pilot, 0.5)
         await pilot.press("enter")
         await settle(app, pilot, 0.5)

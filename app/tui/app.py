@@ -31,7 +31,7 @@ class MoeTuiApp(App):
     COMMANDS = App.COMMANDS | {ActionsProvider}
     BINDINGS = [
         Binding("q", "quit", "Quit", id="quit"),
-        Binding("question_mark,f1", "help", "Help: all keys", id="help"),
+        Binding("question_mark,f1", "help", "Help", id="help"),
         Binding("ctrl+p", "command_palette", "Commands", id="palette", show=False),
     ]
 

@@ -79,7 +79,7 @@ class CompareScreen(Screen):
     CSS_PATH = "compare.tcss"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="compare-back"),
-        Binding("a", "toggle_all", "All/diff config", id="compare-all"),
+        Binding("a", "toggle_all", "All settings", id="compare-all"),
         Binding("k", "next_metric", "Next metric", id="compare-metric"),
         Binding("m", "toggle_smoothing", "Smooth", id="compare-smooth"),
         Binding("1", "tab('table')", "Table", id="compare-tab-table", show=False),
@@ -110,7 +110,7 @@ class CompareScreen(Screen):
                 yield Curves("", id="compare-plot")
             with TabPane("3 Groups", id="groups"):
                 yield DataTable(id="group-table", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.sub_title = "Compare"

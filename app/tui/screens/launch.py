@@ -86,7 +86,7 @@ class LaunchScreen(Screen):
         with Horizontal(id="launch-buttons"):
             yield Button("Submit", variant="primary", id="submit", compact=True)
             yield Static("", id="sweep-info")
-        yield Footer()
+        yield Footer(compact=True)
 
     async def on_mount(self) -> None:
         self.sub_title = "Launch"

@@ -121,7 +121,7 @@ class RunScreen(Screen):
                     DataTable(id="artifact-list", cursor_type="row"),
                     RichLog(id="artifact-view", wrap=False, markup=False, highlight=False),
                 ))
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.sub_title = self.row.run_id if self.row else ""

@@ -141,7 +141,7 @@ class RunsScreen(Screen):
         yield Static("", id="filter-error")
         yield RunsTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Static("", id="run-detail")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
