@@ -41,7 +41,7 @@ def config_rows(runs: list[RunRow], only_differences: bool) -> list[tuple[str, l
     return out
 
 
-def metric_rows(runs: list[RunRow]) -> list[tuple[str, list[str]]]:
+def metric_summary_rows(runs: list[RunRow]) -> list[tuple[str, list[str]]]:
     keys = sorted({k for r in runs for k in r.best})
     out = []
     for k in keys:
@@ -135,7 +135,7 @@ class CompareScreen(Screen):
         rows = config_rows(runs, self.only_differences)
         for k, values in rows:
             table.add_row(k, *values)
-        for k, values in metric_rows(runs):
+        for k, values in metric_summary_rows(runs):
             table.add_row(k, *values)
         scope = "differing settings only (a: all)" if self.only_differences else "all settings (a: differences only)"
         self.query_one("#compare-info", Static).update(f"{len(runs)} runs · config: {scope}")
