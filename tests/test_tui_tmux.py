@@ -3,6 +3,7 @@ form with the keyboard alone and watch it finish in the Runs table."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -32,6 +33,10 @@ class Tmux:
             self("send-keys", "-t", "tui", k)
             time.sleep(0.15)  # a person types slower than this; Textual reads key by key
 
+    def tab(self, times: int) -> None:
+        self.keys(*["Tab"] * times)
+        time.sleep(0.8)
+
     def screen(self) -> str:
         return self("capture-pane", "-p", "-t", "tui")
 
@@ -55,19 +60,27 @@ def test_launch_a_run_and_see_it_complete(ws_path):
         tmux.keys("l")
         tmux.wait_for("train-expert", "ctrl+s queues 1 run")
         # Focus starts on the job kind; tab walks the form: preset, backend, name, priority, then the fields.
-        tmux.keys(*["Tab"] * 3, *"tmux-run", *["Tab"] * 4, "8")  # name, then image_size (after dataset, imb_factor)
-        tmux.keys(*["Tab"] * 5, "3")  # epochs
-        tmux.keys(*["Tab"] * 6, "2")  # lr_milestones
+        # A focused field selects its text (typing replaces it): let the focus land before typing.
+        tmux.tab(3)
+        tmux.keys(*"tmux-run")
+        tmux.tab(4)  # priority, dataset, imb_factor, image_size
+        tmux.keys("8")
+        tmux.tab(5)  # augment, split_seed, arch, loss, epochs
+        tmux.keys("3")
+        tmux.tab(6)  # batch_size, lr, momentum, weight_decay, warmup_epochs, lr_milestones
+        tmux.keys("2")
         tmux.wait_for("ctrl+s queues 1 run")
         tmux.keys("C-s")
-        tmux.wait_for("tmux-run", "queued 1 run", timeout=30)
         screen = tmux.wait_for("tmux-run", "succeeded", "3/3", timeout=240)
         assert "train-expert" in screen
         tmux.keys("q")  # quitting the TUI ends the session; the finished run is not touched
     finally:
         subprocess.run(["tmux", "-L", tmux.socket, "kill-server"], capture_output=True)
     runs = list((ws_path / "runs").iterdir())
-    assert len(runs) == 1 and '"epochs": 3' in (runs[0] / "run.json").read_text()
+    assert len(runs) == 1
+    submitted = json.loads((runs[0] / "submit.json").read_text())
+    assert submitted["name"] == "tmux-run"
+    assert (submitted["config"]["epochs"], submitted["config"]["image_size"]) == (3, 8)
 
 
 def test_killing_the_tui_stops_no_run(ws_path):
