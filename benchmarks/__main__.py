@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ["ingest", "queue", "gating", "gating_digits"]
+BENCHES = ["ingest", "queue", "gating", "gating_digits", "tui"]
 RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADER = """# Benchmark results
 

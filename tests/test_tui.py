@@ -9,12 +9,7 @@ from app.tui.app import MoeTuiApp
 from app.tui.screens.run import RunScreen
 from app.tui.widgets.curves import Curves, downsample
 from tests.helpers import engine_bg, epoch_events, run_dirs, wait_for
-
-
-async def settle(app, pilot, seconds: float = 0.3):
-    await pilot.pause(seconds)
-    await app.workers.wait_for_complete()
-    await pilot.pause()
+from tests.tui_support import settle
 
 
 async def test_runs_table_shows_existing_runs(ws, copy_run):
@@ -24,8 +19,9 @@ async def test_runs_table_shows_existing_runs(ws, copy_run):
         await settle(app, pilot)
         table = app.screen.query_one(DataTable)
         assert table.row_count == 1
-        row = table.get_row_at(0)
-        assert str(row[0]) == "succeeded" and row[1] == rd.name and row[4] == "3/3"
+        cell = lambda key: str(table.get_cell_at((0, table.get_column_index(key))))  # noqa: E731
+        assert cell("status") == "succeeded" and cell("run_id") == rd.name and cell("progress") == "3/3"
+        assert cell("config") == "ce/resnet32" and cell("backend") == "headless" and cell("metric")
 
 
 @pytest.mark.slow
@@ -39,7 +35,7 @@ async def test_table_and_plots_follow_a_training_run(ws):
         async with app.run_test(size=(100, 30)) as pilot:
             await settle(app, pilot, 0.5)
             table = app.screen.query_one(DataTable)
-            assert table.row_count == 1 and str(table.get_row_at(0)[0]) == "running"
+            assert table.row_count == 1 and str(table.get_cell_at((0, table.get_column_index("status")))) == "running"
             await pilot.press("enter")
             await settle(app, pilot, 1.2)
             assert isinstance(app.screen, RunScreen)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.message import Message
 
+from app.tui.commands import ActionsProvider
 from app.tui.data import RunRow, TuiData
 from app.tui.screens.runs import RunsScreen
 from app.workspace import Workspace
@@ -25,8 +28,10 @@ class RunsUpdated(Message):
 class MoeTuiApp(App):
     TITLE = "moe-tui"
     CSS_PATH = "app.tcss"
+    COMMANDS = App.COMMANDS | {ActionsProvider}
     BINDINGS = [
         Binding("q", "quit", "Quit", id="quit"),
+        Binding("question_mark,f1", "help", "Help", id="help"),
         Binding("ctrl+p", "command_palette", "Commands", id="palette", show=False),
     ]
 
@@ -36,19 +41,34 @@ class MoeTuiApp(App):
         self.data = TuiData(ws)
         self.poll_s = poll_s
         self.runs: dict[int, RunRow] = {}
+        self.marked: set[int] = set()  # runs marked for compare and export
         self._rev = 0
+        self._poll_lock = threading.Lock()
 
     def on_mount(self) -> None:
         self.sub_title = str(self.ws.root)
         self.push_screen(RunsScreen())
-        self.poll_runs()
+        self.poll_runs(first=True)
         self.set_interval(self.poll_s, self.poll_runs)
 
-    @work(thread=True, exclusive=True, group="poll-runs", exit_on_error=False)
-    def poll_runs(self) -> None:
-        warnings = self.data.refresh_files()
+    @work(thread=True, group="poll-runs", exit_on_error=False)
+    def poll_runs(self, first: bool = False) -> None:
+        # One poll at a time: on a slow disk a pass may outlast the interval.
+        if not self._poll_lock.acquire(blocking=False):
+            return
+        try:
+            if first:
+                self._poll(ingest=False)  # what the database holds, shown before the first ingest pass
+            self._poll(ingest=True)
+        finally:
+            self._poll_lock.release()
+
+    def _poll(self, ingest: bool) -> None:
+        warnings = self.data.refresh_files() if ingest else []
         rows, rev = self.data.runs_since(self._rev)
-        removed = self.data.deleted_since(set(self.runs)) if rev < self._rev else set()
+        known = set(self.runs.copy())  # a snapshot: the UI thread updates the dict
+        # A count below what we show means runs were deleted (here, by another client, or a reindex).
+        removed = self.data.deleted_since(known) if self.data.run_count() < len(known | {r.pk for r in rows}) else set()
         self._rev = rev
         if rows or removed or warnings:
             self.post_message(RunsUpdated(rows, removed, warnings))
@@ -56,6 +76,7 @@ class MoeTuiApp(App):
     def on_runs_updated(self, msg: RunsUpdated) -> None:
         for pk in msg.removed:
             self.runs.pop(pk, None)
+            self.marked.discard(pk)
         for row in msg.rows:
             self.runs[row.pk] = row
         for w in msg.warnings:
@@ -63,6 +84,16 @@ class MoeTuiApp(App):
         for screen in self.screen_stack:
             if hasattr(screen, "runs_updated"):
                 screen.runs_updated(msg.rows, msg.removed)
+
+    def forget_runs(self, pks: set[int]) -> None:
+        """Drop runs this client deleted, without waiting for the next poll."""
+        self.post_message(RunsUpdated([], pks, []))
+
+    def action_help(self) -> None:
+        from app.tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.screen))
 
 
 def run_tui(ws: Workspace, mouse: bool = True) -> None:

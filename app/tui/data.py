@@ -7,16 +7,29 @@ attached to a session.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 
-from app.queries import metric_rows, summaries
-from app.store.models import Run
+from app.errors import UserError
+from app.store.models import ACTIVE, Metric, MetricSummary, Run, next_rev
 from app.workspace import Workspace
+from engine.run import parse_event_lines
 
+EVENTS_CHUNK = 4 << 20  # events.jsonl bytes read per poll (a bounded read)
+LOG_TAIL = 64 << 10  # stdout.log bytes read per poll, and shown at first
+PREVIEW_BYTES = 64 << 10  # artifact preview size
 INGEST_EVERY_S = 1.0  # when no daemon runs, the TUI tails run directories itself
+# Config fields shown in the Runs table's "config" column, in this order, when a run has them.
+KEY_CONFIG = ("loss", "arch", "model", "routing", "gating")
+
+
+def parse_tags(text: str) -> tuple[str, ...]:
+    """``"Baseline, seed-sweep ,baseline"`` -> ``("baseline", "seed-sweep")``: lower-case, unique, sorted."""
+    return tuple(sorted({t.strip().lower() for t in text.replace(" ", ",").split(",") if t.strip()}))
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,21 @@ class RunRow:
     error: str | None
     command: str
     config: dict = field(compare=False)
+    best: dict[str, float] = field(default_factory=dict, compare=False)  # metric key -> best value
+    final: dict[str, float] = field(default_factory=dict, compare=False)  # metric key -> last value
+    tags: tuple[str, ...] = ()
+    notes: str = ""
+
+    @property
+    def key_config(self) -> str:
+        """The settings that tell runs of a kind apart at a glance (loss/arch, model...)."""
+        return "/".join(str(self.config[k]) for k in KEY_CONFIG if self.config.get(k) not in (None, ""))
+
+    @property
+    def progress(self) -> str:
+        if self.total_epochs:
+            return f"{self.epoch}/{self.total_epochs}"
+        return str(self.epoch) if self.epoch else ""
 
     def duration(self, now: float | None = None) -> float | None:
         if self.started_at is None:
@@ -75,23 +103,45 @@ class TuiData:
         return warnings
 
     def runs_since(self, rev: int) -> tuple[list[RunRow], int]:
-        """Runs changed after ``rev`` and the newest rev seen."""
+        """Runs changed after ``rev`` and the newest rev seen.
+
+        Reads plain columns, not ORM objects: at thousands of runs the object
+        hydration, not SQLite, is what a person would wait for.
+        """
+        cols = (Run.id, Run.run_id, Run.name, Run.kind, Run.status, Run.backend, Run.epoch, Run.total_epochs,
+                Run.primary_metric, Run.created_at, Run.started_at, Run.ended_at, Run.error, Run.command,
+                Run.config, Run.tags, Run.notes, Run.rev)
+        best: dict[int, dict[str, float]] = {}
+        final: dict[int, dict[str, float]] = {}
         with self.ws.store.read() as s:
-            runs = s.exec(select(Run).where(Run.rev > rev).order_by(Run.rev)).all()
-            summ = summaries(s, [r.id for r in runs])
+            runs = s.exec(select(*cols).where(Run.rev > rev).order_by(Run.rev)).all()
+            pks = [r[0] for r in runs]
+            for i in range(0, len(pks), 500):  # stay under SQLite's bound-parameter limit
+                q = select(MetricSummary.run, MetricSummary.key, MetricSummary.best, MetricSummary.last).where(
+                    col(MetricSummary.run).in_(pks[i : i + 500]))
+                for pk, key, b, last in s.exec(q):
+                    if b is not None:
+                        best.setdefault(pk, {})[key] = b
+                    if last is not None:
+                        final.setdefault(pk, {})[key] = last
         rows = []
-        for r in runs:
-            m = summ.get(r.id, {}).get(r.primary_metric or "")
+        for (pk, run_id, name, kind, status, backend, epoch, total, primary, created, started, ended, error,
+             command, config, tags, notes, _rev) in runs:
+            b = best.get(pk, {})
             rows.append(RunRow(
-                pk=r.id, run_id=r.run_id, name=r.name, kind=r.kind, status=r.status, backend=r.backend,
-                epoch=r.epoch, total_epochs=r.total_epochs, metric_key=r.primary_metric,
-                metric_best=m.best if m else None, created_at=r.created_at, started_at=r.started_at,
-                ended_at=r.ended_at, error=r.error, command=r.command, config=json.loads(r.config or "{}"),
+                pk=pk, run_id=run_id, name=name, kind=kind, status=status, backend=backend, epoch=epoch,
+                total_epochs=total, metric_key=primary, metric_best=b.get(primary or ""), created_at=created,
+                started_at=started, ended_at=ended, error=error, command=command, config=json.loads(config or "{}"),
+                best=b, final=final.get(pk, {}), tags=parse_tags(tags), notes=notes,
             ))
-        return rows, max([rev] + [r.rev for r in runs])
+        return rows, max([rev] + [r[-1] for r in runs])
+
+    def run_count(self) -> int:
+        with self.ws.store.read() as s:
+            return s.exec(select(func.count()).select_from(Run)).one()
 
     def deleted_since(self, known: set[int]) -> set[int]:
-        """Which of the runs the TUI shows no longer exist (after a reindex)."""
+        """Which of the runs the TUI shows no longer exist (after a reindex or a delete)."""
         if not known:
             return set()
         with self.ws.store.read() as s:
@@ -99,5 +149,124 @@ class TuiData:
         return known - present
 
     def metrics_since(self, run_pk: int, after_id: int) -> list[MetricPoint]:
+        """Metric rows of a run newer than ``after_id`` (plain columns: no ORM objects to build)."""
+        q = (select(Metric.id, Metric.epoch, Metric.key, Metric.value)
+             .where(Metric.run == run_pk, Metric.id > after_id).order_by(Metric.id))
         with self.ws.store.read() as s:
-            return [MetricPoint(m.id, m.epoch, m.key, m.value) for m in metric_rows(s, run_pk, after_id)]
+            return [MetricPoint(*row) for row in s.exec(q)]
+
+    # -- writes: short writer sessions that bump rev so every client's poll sees them
+
+    def set_tags(self, run_pk: int, tags: tuple[str, ...]) -> None:
+        self._update(run_pk, tags=",".join(tags))
+
+    def set_notes(self, run_pk: int, notes: str) -> None:
+        self._update(run_pk, notes=notes.strip())
+
+    def _update(self, run_pk: int, **values) -> None:
+        with self.ws.store.write() as s:
+            run = s.get(Run, run_pk)
+            if run is None:
+                raise UserError("that run no longer exists (deleted elsewhere?)")
+            for k, v in values.items():
+                setattr(run, k, v)
+            run.rev = next_rev(s)
+            s.add(run)
+
+    def delete_run(self, run_pk: int) -> str:
+        """Remove a finished run: its directory and its row (metrics go with it)."""
+        with self.ws.store.read() as s:
+            run = s.get(Run, run_pk)
+        if run is None:
+            raise UserError("that run no longer exists")
+        if run.status in ACTIVE:
+            raise UserError(f"{run.run_id} is {run.status}; only finished runs can be deleted")
+        src = self.ws.run_dir(run.run_id).path
+        # Rename first: the ingester only reads run-id names, so a crash between
+        # the steps leaves a dead ``.deleted-*`` folder, never a half-deleted run
+        # that reindex would bring back.
+        trash = src.with_name(f".deleted-{run.run_id}")
+        if src.exists():
+            os.replace(src, trash)
+        with self.ws.store.write() as s:
+            row = s.get(Run, run_pk)
+            if row is not None:
+                s.delete(row)
+        shutil.rmtree(trash, ignore_errors=True)
+        return run.run_id
+
+    # -- run directory reads (bounded)
+
+    def read_events(self, run_id: str, offset: int, types: tuple[str, ...]) -> tuple[list[dict], int]:
+        """Events of the given types appended to events.jsonl after byte ``offset``."""
+        path = self.ws.run_dir(run_id).events
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read(EVENTS_CHUNK)
+        except FileNotFoundError:
+            return [], offset
+        lines, used = parse_event_lines(chunk, 1)
+        return [ln.event for ln in lines if ln.event and ln.event.get("type") in types], offset + used
+
+    def read_log(self, run_id: str, offset: int | None) -> tuple[str, int]:
+        """New text of stdout.log after ``offset`` (None: start with its last LOG_TAIL bytes)."""
+        path = self.ws.run_dir(run_id).stdout_log
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                if offset is None or offset > size:  # first read, or the log was replaced
+                    offset = max(0, size - LOG_TAIL)
+                f.seek(offset)
+                data = f.read(LOG_TAIL)
+        except FileNotFoundError:
+            return "", offset or 0
+        end = data.rfind(b"\n") + 1  # whole lines only; the rest comes next time
+        return data[:end].decode("utf-8", "replace"), offset + end
+
+    def artifacts(self, run_id: str) -> list[tuple[str, int]]:
+        """(path relative to artifacts/, size in bytes) of every artifact file."""
+        root = self.ws.run_dir(run_id).artifacts
+        if not root.is_dir():
+            return []
+        return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
+
+    def artifact_text(self, run_id: str, rel: str) -> str:
+        """The start of a text artifact (JSON pretty-printed), for the preview pane."""
+        root = self.ws.run_dir(run_id).artifacts.resolve()
+        path = (root / rel).resolve()
+        if root not in path.parents:
+            raise UserError(f"{rel} is outside the run's artifacts/")
+        with open(path, "rb") as f:
+            data = f.read(PREVIEW_BYTES)
+        if b"\0" in data:
+            return f"{rel}: binary file, {path.stat().st_size} bytes"
+        text = data.decode("utf-8", "replace")
+        if path.suffix == ".json" and len(data) < PREVIEW_BYTES:
+            try:
+                text = json.dumps(json.loads(text), indent=2)
+            except ValueError:
+                pass
+        return text
+
+    # -- compare and export
+
+    def series(self, run_pks: list[int], keys: list[str]) -> dict[int, dict[str, list[tuple[int, float]]]]:
+        """Per run and key, the (epoch, value) points, through the (run, key, epoch) index."""
+        out: dict[int, dict[str, list[tuple[int, float]]]] = {pk: {k: [] for k in keys} for pk in run_pks}
+        with self.ws.store.read() as s:
+            for pk in run_pks:
+                q = (select(Metric.key, Metric.epoch, Metric.value)
+                     .where(Metric.run == pk, col(Metric.key).in_(keys), col(Metric.epoch).is_not(None))
+                     .order_by(Metric.key, Metric.epoch))
+                for key, epoch, value in s.exec(q):
+                    out[pk][key].append((epoch, value))
+        return out
+
+    def export_csv(self, run_pks: list[int], out_path: str, history: bool = False) -> int:
+        """The same CSV as ``moe-tui export``, for these runs (oldest first)."""
+        from app.export import export
+
+        with self.ws.store.read() as s:
+            runs = list(s.exec(select(Run).where(col(Run.id).in_(run_pks)).order_by(Run.id)).all())
+            return export(s, runs, out_path, history=history)

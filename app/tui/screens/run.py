@@ -1,29 +1,48 @@
-"""Run: live curves of one run while it trains."""
+"""Run: live curves of one run while it trains; its config, log and artifacts in tabs."""
 
 from __future__ import annotations
+
+import json
+import re
+import threading
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
+from textual.containers import Horizontal, VerticalScroll
+from textual.lazy import Lazy
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import DataTable, Footer, Header, RichLog, Static, TabbedContent, TabPane
 
+from app.errors import UserError
 from app.queries import fmt_duration
 from app.tui.data import MetricPoint, RunRow
-from app.tui.widgets.curves import Curves
+from app.tui.widgets.curves import Bars, Curves
 
-POLL_S = 1.0  # new metric rows are read at most this often
+POLL_S = 1.0  # new metric rows, events and log lines are read at most this often
 REDRAW_S = 0.5  # plots redraw at most twice a second
+LOG_LINES = 2000  # lines the log tab keeps
+LOAD_EPOCHS = 1000  # expert-load vectors kept (a bounded buffer)
 
-LOSS = {"train/loss": "train loss", "val/nll": "val NLL", "val/loss": "val loss"}
+LOSS = {"train/loss": "train loss", "val/loss": "val loss", "val/nll": "val NLL"}
 ACCURACY = {
     "val/acc": "val acc",
     "val/balanced_acc": "balanced",
     "val/head_acc": "head",
     "val/tail_acc": "tail",
 }
+# m-height runs log Log2-MSE overall and per (n, k, m); any key naming log2_mse is plotted.
+LOG2_MSE = re.compile(r"log2_?mse", re.I)
+EXPERT_LOAD = "expert_load"  # events.jsonl type: {"type": "expert_load", "epoch": E, "load": [f_0, ..., f_E-1]}
+
+
+def load_vector(event: dict) -> list[float] | None:
+    """The per-expert load fractions of an expert_load event (``load`` or ``loads``)."""
+    vec = event.get("load", event.get("loads"))
+    if isinstance(vec, list) and vec and all(isinstance(v, (int, float)) for v in vec):
+        return [float(v) for v in vec]
+    return None
 
 
 class MetricsArrived(Message):
@@ -32,62 +51,265 @@ class MetricsArrived(Message):
         self.points = points
 
 
+class LoadArrived(Message):
+    def __init__(self, loads: list[tuple[int, list[float]]]):
+        super().__init__()
+        self.loads = loads
+
+
+class LogArrived(Message):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+
 class RunScreen(Screen):
     CSS_PATH = "run.tcss"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="back"),
+        Binding("m", "toggle_smoothing", "Smooth", id="smooth"),
+        Binding("l", "toggle_log_scale", "Log scale", id="log-scale"),
+        Binding("pagedown", "scroll_plots(1)", "More plots", id="plots-down", show=False),
+        Binding("pageup", "scroll_plots(-1)", "Plots above", id="plots-up", show=False),
+        Binding("1", "tab('plots')", "Plots", id="tab-plots", show=False),
+        Binding("2", "tab('config')", "Config", id="tab-config", show=False),
+        Binding("3", "tab('log')", "Log", id="tab-log", show=False),
+        Binding("4", "tab('artifacts')", "Artifacts", id="tab-artifacts", show=False),
     ]
 
     def __init__(self, run_pk: int):
         super().__init__()
         self.run_pk = run_pk
         self.last_id = 0
+        self.events_offset = 0
+        self.log_offset: int | None = None
+        self.log_wanted = False  # the log is read only once its tab was opened
+        self.smooth = False
+        self.log_y = False
+        self.loads: list[tuple[int, list[float]]] = []
+        self._artifacts: list[tuple[str, int]] | None = None
+        self._poll_lock = threading.Lock()
+
+    @property
+    def row(self) -> RunRow | None:
+        return self.app.runs.get(self.run_pk)
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="run-info")
-        with Horizontal(id="plots"):
-            yield Curves("loss", LOSS, id="loss-plot")
-            yield Curves("accuracy (val)", ACCURACY, id="acc-plot")
-        yield Footer()
+        with TabbedContent(initial="plots"):
+            with TabPane("1 Plots", id="plots"):
+                yield Static("pgdn/pgup: expert load and Log2-MSE plots below", id="plot-hint")
+                with VerticalScroll(id="plot-grid"):
+                    with Horizontal(classes="plot-row"):
+                        yield Curves("loss", LOSS, id="loss-plot")
+                        yield Curves("accuracy (val)", ACCURACY, id="acc-plot")
+                    with Horizontal(classes="plot-row", id="load-row"):
+                        yield Bars("expert load", id="load-bars")
+                        yield Curves("expert load over epochs", match=lambda k: k.startswith("load/e"),
+                                     label_of=lambda k: k.split("/")[-1], id="load-plot")
+                    with Horizontal(classes="plot-row", id="mse-row"):
+                        yield Curves("Log2-MSE", match=lambda k: bool(LOG2_MSE.search(k)),
+                                     label_of=lambda k: k.split("/", 1)[-1], id="mse-plot")
+            # The other tabs mount after the first paint: the plots are what a person waits for.
+            with TabPane("2 Config", id="config"):
+                yield Lazy(DataTable(id="config-table", cursor_type="row", zebra_stripes=True))
+            with TabPane("3 Log", id="log"):
+                yield Lazy(RichLog(id="log-view", max_lines=LOG_LINES, wrap=False, markup=False, highlight=False))
+            with TabPane("4 Artifacts", id="artifacts"):
+                yield Lazy(Horizontal(
+                    DataTable(id="artifact-list", cursor_type="row"),
+                    RichLog(id="artifact-view", wrap=False, markup=False, highlight=False),
+                ))
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
+        self.sub_title = self.row.run_id if self.row else ""
+        self.query_one("#load-row").display = False
+        self.query_one("#mse-row").display = False
         self._show_info()
-        self.poll_metrics()
-        self.set_interval(POLL_S, self.poll_metrics)
+        self.call_after_refresh(self._fill_config)
+        self.poll()
+        self.set_interval(POLL_S, self.poll)
         self.set_interval(REDRAW_S, self._redraw)
+        self.set_interval(1.0, self._tick)
 
-    @work(thread=True, exclusive=True, group="poll-metrics", exit_on_error=False)
-    def poll_metrics(self) -> None:
-        points = self.app.data.metrics_since(self.run_pk, self.last_id)
+    def _tick(self) -> None:
+        """A running run's time advances without a database read."""
+        if self.row is not None and self.row.status == "running":
+            self._show_info()
+
+    # -- polling: one worker reads metrics, expert loads and the log ----------
+
+    def poll(self) -> None:
+        row = self.row
+        if row is None:
+            return
+        self.poll_files(row.run_id)
+
+    @work(thread=True, group="poll-run", exit_on_error=False)
+    def poll_files(self, run_id: str) -> None:
+        # One reader at a time: a slow read overlapping the next tick would read
+        # the same new rows twice (a cancelled thread worker still runs to its end).
+        if not self._poll_lock.acquire(blocking=False):
+            return
+        try:
+            self._read_new(run_id)
+        finally:
+            self._poll_lock.release()
+
+    def _read_new(self, run_id: str) -> None:
+        data = self.app.data
+        points = data.metrics_since(self.run_pk, self.last_id)
         if points:
             self.last_id = points[-1].id
             self.post_message(MetricsArrived(points))
+        events, self.events_offset = data.read_events(run_id, self.events_offset, (EXPERT_LOAD,))
+        loads = [(int(e.get("epoch") or 0), vec) for e in events if (vec := load_vector(e)) is not None]
+        if loads:
+            self.post_message(LoadArrived(loads))
+        if self.log_wanted:
+            text, self.log_offset = data.read_log(run_id, self.log_offset)
+            if text:
+                self.post_message(LogArrived(text))
 
     def on_metrics_arrived(self, msg: MetricsArrived) -> None:
         plots = list(self.query(Curves))
+        empty = [plot for plot in plots if not plot.has_data()]
+        mse = self.query_one("#mse-plot", Curves)
         for p in msg.points:
             if p.epoch is None:
                 continue
             for plot in plots:
                 plot.add(p.key, p.epoch, p.value)
+        if mse.has_data():
+            self.query_one("#mse-row").display = True
+            self.query_one("#plot-hint", Static).display = True
+        for plot in empty:  # the first curves show at once; later ones wait for the redraw timer
+            if plot.has_data():
+                plot.set_options(self.smooth, self.log_y)
+                plot.redraw()
+
+    def on_load_arrived(self, msg: LoadArrived) -> None:
+        self.loads = (self.loads + msg.loads)[-LOAD_EPOCHS:]
+        over = self.query_one("#load-plot", Curves)
+        for epoch, vec in msg.loads:
+            for i, v in enumerate(vec):
+                over.add(f"load/e{i}", epoch, v)
+        epoch, vec = self.loads[-1]
+        self.query_one("#load-bars", Bars).set(vec, f"(epoch {epoch})")
+        self.query_one("#load-row").display = True
+        self.query_one("#plot-hint", Static).display = True
+
+    def on_log_arrived(self, msg: LogArrived) -> None:
+        view = self.query_one("#log-view", RichLog)
+        for line in msg.text.splitlines():
+            view.write(line)
 
     def _redraw(self) -> None:
         for plot in self.query(Curves):
-            plot.redraw()
+            plot.set_options(self.smooth, self.log_y)
+            if plot.display or plot.has_data():
+                plot.redraw()
+        self.query_one(Bars).redraw()
+
+    # -- actions ---------------------------------------------------------------
+
+    def action_toggle_smoothing(self) -> None:
+        self.smooth = not self.smooth
+        self.notify("smoothing " + ("on (EMA 0.6, raw in grey)" if self.smooth else "off"), timeout=2)
+        self._redraw()
+
+    def action_toggle_log_scale(self) -> None:
+        self.log_y = not self.log_y
+        self._redraw()
+
+    def action_scroll_plots(self, direction: int) -> None:
+        """Expert load and Log2-MSE plots sit below loss and accuracy; in a small terminal, scroll to them."""
+        grid = self.query_one("#plot-grid", VerticalScroll)
+        (grid.scroll_page_down if direction > 0 else grid.scroll_page_up)(animate=False)
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "log" and not self.log_wanted:
+            self.log_wanted = True
+            self.poll()
+        if event.pane.id == "artifacts":
+            self.load_artifacts()
+
+    # -- info, config, artifacts ---------------------------------------------------
 
     def runs_updated(self, rows: list[RunRow], removed: set[int]) -> None:
         if any(r.pk == self.run_pk for r in rows):
             self._show_info()
 
     def _show_info(self) -> None:
-        row = self.app.runs.get(self.run_pk)
+        row = self.row
         if row is None:
             return
-        progress = f"epoch {row.epoch}/{row.total_epochs}" if row.total_epochs else ""
         best = f"best {row.metric_key} {row.metric_best:.4f}" if row.metric_best is not None else ""
+        progress = f"epoch {row.progress}" if row.progress else ""
         head = f"[b]{row.run_id}[/b]  {row.name}  [b]{row.status}[/b]  {progress}  {fmt_duration(row.duration())}  {best}"
         lines = [head, row.command]
         if row.error:
             lines.append(f"[red]{row.error}[/red]")
         self.query_one("#run-info", Static).update("\n".join(lines))
+
+    def _fill_config(self) -> None:
+        row = self.row
+        tables = self.query("#config-table")
+        if not tables:  # not mounted yet (Lazy)
+            self.call_after_refresh(self._fill_config)
+            return
+        table = tables.first(DataTable)
+        table.add_column("setting", key="setting")
+        table.add_column("value", key="value")
+        if row is None:
+            return
+        for key, value in sorted(row.config.items()):
+            table.add_row(key, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
+        for key in sorted(row.best):
+            table.add_row(f"best.{key}", f"{row.best[key]:.6g}")
+            table.add_row(f"final.{key}", f"{row.final.get(key, float('nan')):.6g}")
+
+    @work(thread=True, exclusive=True, group="artifacts", exit_on_error=False)
+    def load_artifacts(self) -> None:
+        row = self.row
+        if row is not None:
+            files = self.app.data.artifacts(row.run_id)
+            self.app.call_from_thread(self._show_artifacts, files)
+
+    def _show_artifacts(self, files: list[tuple[str, int]]) -> None:
+        if files == self._artifacts:
+            return
+        self._artifacts = files
+        table = self.query_one("#artifact-list", DataTable)
+        table.clear(columns=True)
+        table.add_column("file", key="file")
+        table.add_column("bytes", key="bytes")
+        for rel, size in files:
+            table.add_row(rel, str(size), key=rel)
+        if not files:
+            self.query_one("#artifact-view", RichLog).write("no artifacts yet")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "artifact-list" and event.row_key is not None and event.row_key.value:
+            self.preview_artifact(event.row_key.value)
+
+    @work(thread=True, exclusive=True, group="artifact-preview", exit_on_error=False)
+    def preview_artifact(self, rel: str) -> None:
+        row = self.row
+        if row is None:
+            return
+        try:
+            text = self.app.data.artifact_text(row.run_id, rel)
+        except (UserError, OSError) as e:
+            text = f"cannot read {rel}: {e}"
+        self.app.call_from_thread(self._show_preview, text)
+
+    def _show_preview(self, text: str) -> None:
+        view = self.query_one("#artifact-view", RichLog)
+        view.clear()
+        view.write(text)

@@ -1,0 +1,246 @@
+"""Launch: a form generated from a job's config model; submit puts runs on the queue.
+
+Every field starts at the chosen preset's value (else the recipe default) and
+is checked as it is typed, by the same resolver the job itself uses. A field
+holding ``a | b | c`` is a sweep: one run per value, and per combination when
+several fields sweep.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
+
+from app.errors import UserError
+from app.queue.submit import BACKENDS
+from engine.config import JOBS, ConfigError, literal_choices, resolve
+
+SWEEP_SEP = "|"
+MAX_SWEEP = 64  # runs one submit may queue: a typo like 0|1|...|999 should not flood the queue
+NO_PRESET = "(recipe defaults)"
+
+
+def show_value(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def sweep_values(text: str) -> list[str]:
+    return [v.strip() for v in text.split(SWEEP_SEP)] if SWEEP_SEP in text else [text]
+
+
+def option_args(name: str, value: str, annotation) -> list[str]:
+    """The engine command-line options that set ``name`` to the form text ``value``."""
+    flag = "--" + name.replace("_", "-")
+    if annotation is bool:
+        low = value.strip().lower()
+        if low in ("true", "1", "yes", "on"):
+            return [flag]
+        if low in ("false", "0", "no", "off"):
+            return ["--no-" + name.replace("_", "-")]
+    return [f"{flag}={value}"]
+
+
+class LaunchScreen(Screen):
+    CSS_PATH = "launch.tcss"
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Cancel", id="launch-cancel"),
+        Binding("ctrl+s", "submit", "Submit", id="launch-submit"),
+    ]
+
+    def __init__(self, kind: str | None = None):
+        super().__init__()
+        self.kind = kind or sorted(JOBS)[0]
+        self.preset: str | None = None
+        self.defaults: dict[str, str] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="launch-top"):
+            yield Select([(k, k) for k in sorted(JOBS)], value=self.kind, allow_blank=False, id="kind",
+                         compact=True, tooltip="job kind")
+            yield Select(self.preset_options(self.kind), id="preset", allow_blank=False, compact=True,
+                         tooltip="preset: a named set of overrides (quick: seconds on a CPU)")
+            yield Select([(b, b) for b in BACKENDS], value=BACKENDS[0], allow_blank=False, id="backend",
+                         compact=True, tooltip="where the run executes")
+        with Horizontal(id="launch-run"):
+            yield Label("name", classes="field-name")
+            yield Input(placeholder="default: from the config", id="run-name", compact=True)
+            yield Label(" priority ", id="priority-label")
+            yield Input("0", id="priority", type="integer", compact=True,
+                        tooltip="higher starts first among queued runs")
+        yield Static("", id="form-error")
+        yield VerticalScroll(id="fields", can_focus=False)  # tab goes from field to field
+        yield Static("", id="field-help", markup=False)
+        with Horizontal(id="launch-buttons"):
+            yield Button("Submit", variant="primary", id="submit", compact=True)
+            yield Static("", id="sweep-info")
+        yield Footer(compact=True)
+
+    async def on_mount(self) -> None:
+        self.sub_title = "Launch"
+        await self.set_kind(self.kind)
+
+    @staticmethod
+    def preset_options(kind: str) -> list[tuple[str, str]]:
+        return [(f"preset {p}", p) for p in sorted(JOBS[kind].presets)] + [(NO_PRESET, NO_PRESET)]
+
+    async def set_kind(self, kind: str) -> None:
+        self.kind = kind
+        presets = sorted(JOBS[kind].presets)
+        preset = self.query_one("#preset", Select)
+        preset.set_options(self.preset_options(kind))
+        preset.value = presets[0] if presets else NO_PRESET
+        await self.set_preset(presets[0] if presets else None)
+
+    async def set_preset(self, preset: str | None) -> None:
+        self.preset = preset
+        cfg = resolve(self.kind, preset=preset)
+        self.defaults = {name: show_value(getattr(cfg, name)) for name in type(cfg).model_fields}
+        await self.build_fields()
+
+    async def build_fields(self) -> None:
+        box = self.query_one("#fields", VerticalScroll)
+        await box.remove_children()
+        cls = JOBS[self.kind]
+        rows = []
+        for name, info in cls.model_fields.items():
+            choices = literal_choices(info.annotation)
+            hint = info.description or ""
+            if choices:
+                hint += f" [{' | '.join(map(str, choices))}]"
+            field_input = Input(self.defaults[name], id=f"field-{name}", classes="field-input", compact=True, tooltip=hint)
+            field_input.hint = hint
+            rows.append(Vertical(
+                Horizontal(Label(name, classes="field-name"), field_input, classes="field-row"),
+                Static("", id=f"error-{name}", classes="field-error", markup=False),
+                classes="field",
+            ))
+        await box.mount_all(rows)
+        self.query_one("#form-error", Static).update("")
+        self._update_sweep_info()
+
+    def on_descendant_focus(self, event) -> None:
+        hint = getattr(event.widget, "hint", None) or getattr(event.widget, "tooltip", None) or ""
+        self.query_one("#field-help", Static).update(str(hint))
+
+    async def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "kind" and event.value != self.kind:
+            await self.set_kind(str(event.value))
+        elif event.select.id == "preset":
+            preset = None if event.value in (NO_PRESET, Select.BLANK) else str(event.value)
+            if preset != self.preset:
+                await self.set_preset(preset)
+
+    # -- validation ------------------------------------------------------------
+
+    def field_values(self) -> dict[str, str]:
+        return {i.id.removeprefix("field-"): i.value for i in self.query(".field-input").results(Input)}
+
+    def check_field(self, name: str, text: str) -> str | None:
+        for value in sweep_values(text):
+            try:
+                resolve(self.kind, preset=self.preset, fields={name: value})
+            except ConfigError as e:
+                return str(e)
+        return None
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        input_id = event.input.id or ""
+        if input_id.startswith("field-"):
+            name = input_id.removeprefix("field-")
+            error = self.check_field(name, event.value)
+            label = self.query_one(f"#error-{name}", Static)
+            label.update(error or "")
+            label.display = bool(error)
+            event.input.set_class(bool(error), "-invalid-field")
+            self._update_sweep_info()
+
+    def combinations(self) -> list[dict[str, str]]:
+        """One dict of changed fields per run to queue."""
+        changed = {n: v for n, v in self.field_values().items() if v.strip() != self.defaults.get(n)}
+        axes = [[(n, v) for v in sweep_values(text)] for n, text in changed.items()]
+        return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
+
+    def _update_sweep_info(self) -> None:
+        n = len(self.combinations())
+        self.query_one("#sweep-info", Static).update(
+            f"ctrl+s queues {n} runs (a sweep)" if n > 1 else "ctrl+s queues 1 run · a|b|c in a field sweeps it")
+
+    # -- submit ----------------------------------------------------------------
+
+    def build_argvs(self) -> list[tuple[list[str], dict[str, str]]]:
+        """The engine argv of every run to queue, validated; raises UserError in one line."""
+        cls = JOBS[self.kind]
+        combos = self.combinations()
+        if len(combos) > MAX_SWEEP:
+            raise UserError(f"this sweep makes {len(combos)} runs; at most {MAX_SWEEP} per submit")
+        out = []
+        for combo in combos:
+            try:
+                resolve(self.kind, preset=self.preset, fields=combo)
+            except ConfigError as e:
+                raise UserError(str(e)) from None
+            argv = [self.kind] + (["--preset", self.preset] if self.preset else [])
+            for name, value in combo.items():
+                argv += option_args(name, value, cls.model_fields[name].annotation)
+            out.append((argv, combo))
+        return out
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "submit":
+            self.action_submit()
+
+    def action_submit(self) -> None:
+        error = self.query_one("#form-error", Static)
+        try:
+            argvs = self.build_argvs()
+            priority = int(self.query_one("#priority", Input).value or 0)
+        except UserError as e:
+            error.update(f"[b red]cannot submit:[/] {e}")
+            return
+        except ValueError:
+            error.update("[b red]cannot submit:[/] priority must be a whole number")
+            return
+        error.update("submitting…")
+        name = self.query_one("#run-name", Input).value.strip() or None
+        backend = str(self.query_one("#backend", Select).value)
+        self.submit_runs(argvs, name, backend, priority)
+
+    @work(thread=True, exclusive=True, group="submit", exit_on_error=False)
+    def submit_runs(self, argvs, name: str | None, backend: str, priority: int) -> None:
+        from app.queue.daemon import ensure_daemon
+        from app.queue.submit import submit
+
+        ws = self.app.ws
+        queued = []
+        try:
+            for argv, combo in argvs:
+                suffix = "-".join(f"{k}={v}" for k, v in combo.items()) if len(argvs) > 1 else ""
+                run_name = f"{name}-{suffix}" if name and suffix else name
+                queued.append(submit(ws, argv, name=run_name, backend=backend, priority=priority).run_id)
+            ensure_daemon(ws)
+        except UserError as e:
+            self.app.call_from_thread(self._submit_failed, str(e), queued)
+            return
+        self.app.call_from_thread(self._submitted, queued)
+
+    def _submit_failed(self, message: str, queued: list[str]) -> None:
+        done = f" (queued before the error: {', '.join(queued)})" if queued else ""
+        self.query_one("#form-error", Static).update(f"[b red]cannot submit:[/] {message}{done}")
+
+    def _submitted(self, queued: list[str]) -> None:
+        self.app.notify(f"queued {len(queued)} run{'s' if len(queued) > 1 else ''}: {', '.join(queued)}", title="launch")
+        self.app.poll_runs()
+        self.app.pop_screen()

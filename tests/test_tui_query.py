@@ -1,0 +1,82 @@
+"""The Runs filter language: what matches, and the one-line errors for bad queries."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.tui.data import RunRow, parse_tags
+from app.tui.query import QueryError, compile_query
+
+
+def row(pk: int, status="succeeded", kind="train-expert", name="ce-resnet32-digits", loss="ce", seed=0,
+        best=None, tags=(), epoch=3) -> RunRow:
+    return RunRow(
+        pk=pk, run_id=f"241124-0000{pk:02d}-abcd", name=name, kind=kind, status=status, backend="local",
+        epoch=epoch, total_epochs=3, metric_key="val/balanced_acc",
+        metric_best=(best or {}).get("val/balanced_acc"), created_at=0.0, started_at=None, ended_at=None,
+        error=None, command="engine train-expert", config={"loss": loss, "seed": seed, "arch": "resnet32"},
+        best=best or {}, final=best or {}, tags=tuple(tags),
+    )
+
+
+RUNS = [
+    row(1, status="running", loss="ce", best={"val/balanced_acc": 0.30}, tags=("baseline",)),
+    row(2, status="succeeded", loss="logit_adjust", best={"val/balanced_acc": 0.55}),
+    row(3, status="failed", loss="balanced_softmax", seed=1, best={}, epoch=1),
+    row(4, status="running", kind="gating", name="gate-dense", loss="ce", best={"val/balanced_acc": 0.45},
+        tags=("baseline", "sweep")),
+]
+
+
+def matching(query: str) -> list[int]:
+    pred = compile_query(query)
+    return [r.pk for r in RUNS if pred(r)]
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("", [1, 2, 3, 4]),
+    ("status=running and kind=train-expert", [1]),
+    ("status = running", [1, 4]),
+    ("loss in (ce, logit_adjust)", [1, 2, 4]),
+    ("best.val/balanced_acc > 0.4", [2, 4]),
+    ("best.val/balanced_acc <= 0.45", [1, 4]),
+    ("tag:baseline", [1, 4]),
+    ("not tag:baseline", [2, 3]),
+    ("tag:sweep or status=failed", [3, 4]),
+    ("(status=failed or status=succeeded) and seed=1", [3]),
+    ("status=running or status=failed and loss=ce", [1, 4]),  # and binds tighter
+    ("name~GATE", [4]),
+    ("gate", [4]),
+    ("config.loss != ce", [2, 3]),
+    ("epoch < 2", [3]),
+    ("loss='logit_adjust'", [2]),
+    ("best.val/missing > 0", []),
+])
+def test_queries_select_the_right_runs(query, expected):
+    assert matching(query) == expected
+
+
+@pytest.mark.parametrize("query, message", [
+    ("status=", "'status =' needs a value at the end"),
+    ("status=running and", "expected a condition such as status=running, got the end of the filter at the end"),
+    ("loss in ce", "'loss in' needs a list in parentheses at column 9"),
+    ("loss in ()", "'loss in ()' at column 9 is empty"),
+    ("loss in (ce logit_adjust)", "expected ',' or ')' at column 13"),
+    ("(status=running", "missing ')' at the end to close the '(' at column 1"),
+    ("status=running)", "unexpected ')' at column 15"),
+    ("status=running kind=gating", "unexpected 'kind' at column 16; join conditions with 'and' or 'or'"),
+    ("and status=running", "'and' at column 1 needs a condition before it"),
+    ("tag:", "'tag:' at column 1 needs a tag name"),
+    ("status=running && kind=x", "unexpected '&&' at column 16; join conditions with 'and' or 'or'"),
+    ("status=running and !", "unexpected character '!' at column 20"),
+])
+def test_bad_queries_say_what_and_where(query, message):
+    with pytest.raises(QueryError) as err:
+        compile_query(query)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_tags_are_normalised():
+    assert parse_tags(" Baseline, sweep-1 ,baseline  lr") == ("baseline", "lr", "sweep-1")
+    assert parse_tags("") == ()

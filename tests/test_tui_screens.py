@@ -1,0 +1,359 @@
+"""Pilot tests of each screen: filter, sort, mark, tags, notes, delete, compare, export, palette, help.
+
+Real SQLite workspaces: real finished training runs copied from the session's
+run, and for scale and variety the benchmark's deterministic seeder (real Run,
+Metric and MetricSummary rows through the store).
+"""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from textual.widgets import DataTable, Input, Static
+
+from app.store.models import Run
+from app.tui.app import MoeTuiApp
+from app.tui.screens.compare import CompareScreen, group_by_config, mean_std
+from app.tui.screens.dialogs import Confirm, Prompt
+from app.tui.screens.help import HelpScreen
+from app.tui.screens.run import RunScreen
+from app.tui.widgets.curves import Bars, Curves, ema
+from benchmarks.bench_tui import seed_runs
+from engine.run import RunDir, RunRecorder
+from tests.helpers import moe
+from tests.tui_support import screen_text, settle
+
+
+def column(table: DataTable, key: str) -> list[str]:
+    return [str(table.get_cell_at((r, table.get_column_index(key)))) for r in range(table.row_count)]
+
+
+async def test_filter_sort_and_bad_filter(ws):
+    seed_runs(ws, runs=20, epochs=5)
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        table = app.screen.query_one(DataTable)
+        assert table.row_count == 20
+        # Newest first by default.
+        ids = column(table, "run_id")
+        assert ids == sorted(ids, reverse=True)
+
+        await pilot.press("slash")
+        await pilot.press(*"status=running and loss in (ce, moe_head)")
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert set(column(table, "status")) == {"running"}
+        assert set(column(table, "config")) <= {"ce/resnet32", "moe_head/resnet32"}
+        assert 0 < table.row_count < 20
+        assert app.screen.query_one(DataTable).has_focus
+
+        # A malformed filter: an inline message, the previous filter stays.
+        shown = table.row_count
+        await pilot.press("slash", "ctrl+u")  # ctrl+u clears the input
+        await pilot.press(*"best.val/balanced_acc >")
+        await pilot.press("enter")
+        await settle(app, pilot)
+        error = app.screen.query_one("#filter-error", Static)
+        assert error.display and "needs a value at the end" in str(error.render())
+        assert table.row_count == shown
+
+        await pilot.press("escape", "escape")  # leave the input, then clear the filter
+        await settle(app, pilot)
+        assert table.row_count == 20 and not error.display
+
+        # Sort by key metric (best first), then reverse it.
+        app.screen.sort_by("metric")
+        await settle(app, pilot)
+        values = [float(v) for v in column(table, "metric")]
+        assert values == sorted(values, reverse=True)
+        await pilot.press("S")
+        await settle(app, pilot)
+        values = [float(v) for v in column(table, "metric")]
+        assert values == sorted(values)
+        # s moves the sort to the next column; the header shows it.
+        await pilot.press("s")
+        assert app.screen.sort_column == "config"
+        assert "▲" in str(table.columns["config"].label)
+
+
+async def test_header_click_sorts(ws):
+    seed_runs(ws, runs=8, epochs=3)
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(100, 24)) as pilot:
+        await settle(app, pilot)
+        table = app.screen.query_one(DataTable)
+        # Click on the "Name" header: sorted by name ascending; click again: descending.
+        x = sum(c.get_render_width(table) for c in list(table.columns.values())[:2]) + 2
+        await pilot.click(DataTable, offset=(x, 0))
+        await settle(app, pilot)
+        assert app.screen.sort_column == "name"
+        names = column(table, "name")
+        assert names == sorted(names)
+        await pilot.click(DataTable, offset=(x, 0))
+        await settle(app, pilot)
+        assert column(table, "name") == sorted(names, reverse=True)
+
+
+async def test_mark_compare_groups_and_export_match_the_cli(ws, copy_run):
+    for i in range(3):
+        copy_run(ws.root, f"241124-00000{i}-abc{i}")
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot, 0.5)
+        table = app.screen.query_one(DataTable)
+        assert table.row_count == 3
+        await pilot.press("space", "space")  # marks the first two (the cursor moves down)
+        assert len(app.marked) == 2
+        assert column(table, "mark").count("●") == 2
+
+        await pilot.press("c")
+        await settle(app, pilot, 0.5)
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        cmp_table = screen.query_one("#compare-table", DataTable)
+        settings = column(cmp_table, "setting")
+        # Same config: no differing settings, but the metrics are there; 'a' shows every setting.
+        assert "loss" not in settings and "best.val/balanced_acc" in settings
+        await pilot.press("a")
+        assert "loss" in column(screen.query_one("#compare-table", DataTable), "setting")
+        plot = screen.query_one("#compare-plot", Curves)
+        assert len(plot.points) == 2 and all(len(p) == 3 for p in plot.points.values())
+        groups = screen.query_one("#group-table", DataTable)
+        assert groups.row_count == 1 and str(groups.get_cell_at((0, 1))) == "2"
+        assert "±" in str(groups.get_cell_at((0, 2)))  # two runs: mean ± std
+        await pilot.press("escape")
+        await settle(app, pilot)
+
+        # Export with nothing marked exports what the table shows: here all runs, as the CLI does.
+        await pilot.press("u")
+        out = ws.root / "tui.csv"
+        await pilot.press("x")
+        await settle(app, pilot)
+        assert isinstance(app.screen, Prompt)
+        prompt = app.screen.query_one(Input)
+        prompt.value = str(out)
+        await pilot.press("enter")
+        await settle(app, pilot, 0.5)
+    cli = moe(ws.root, "export", "--out", str(ws.root / "cli.csv"))
+    assert cli.returncode == 0, cli.stderr
+    assert out.read_text() == (ws.root / "cli.csv").read_text()
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 3 and rows[0]["config.loss"] == "ce"
+
+
+async def test_export_of_marked_runs(ws):
+    seed_runs(ws, runs=6, epochs=3)
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("space", "down", "space")
+        marked = {app.runs[pk].run_id for pk in app.marked}
+        out = ws.root / "marked.csv"
+        await pilot.press("x")
+        await settle(app, pilot)
+        app.screen.query_one(Input).value = str(out)
+        await pilot.press("enter")
+        await settle(app, pilot, 0.5)
+    assert {r["run_id"] for r in csv.DictReader(out.open())} == marked
+
+
+async def test_tags_notes_and_tag_filter(ws, copy_run):
+    rd = copy_run(ws.root)
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("t")
+        await settle(app, pilot)
+        app.screen.query_one(Input).value = "Baseline, lt"
+        await pilot.press("enter")
+        await settle(app, pilot, 0.5)
+        await pilot.press("n")
+        await settle(app, pilot)
+        app.screen.query_one(Input).value = "first try"
+        await pilot.press("enter")
+        await settle(app, pilot, 0.5)
+        table = app.screen.query_one(DataTable)
+        assert column(table, "tags") == ["baseline,lt"]
+        assert "notes: first try" in str(app.screen.query_one("#run-detail", Static).render())
+        app.screen.apply_filter("tag:baseline")
+        assert table.row_count == 1
+        app.screen.apply_filter("tag:other")
+        assert table.row_count == 0
+    with ws.store.read() as s:
+        run = s.exec(Run.__table__.select()).first()
+    assert run.tags == "baseline,lt" and run.notes == "first try" and run.run_id == rd.name
+
+
+async def test_delete_asks_first_and_removes_dir_and_row(ws, copy_run):
+    rd = copy_run(ws.root)
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("d")
+        await settle(app, pilot)
+        assert isinstance(app.screen, Confirm)
+        await pilot.press("n")  # no: nothing happens
+        await settle(app, pilot)
+        assert rd.exists() and app.screen.query_one(DataTable).row_count == 1
+        await pilot.press("d")
+        await settle(app, pilot)
+        await pilot.press("y")
+        await settle(app, pilot, 0.5)
+        assert not rd.exists()
+        assert app.screen.query_one(DataTable).row_count == 0
+        await settle(app, pilot, 0.5)  # a later poll does not bring it back
+        assert app.screen.query_one(DataTable).row_count == 0
+    assert not any(p.name.startswith(".deleted-") for p in (ws.root / "runs").iterdir())
+    with ws.store.read() as s:
+        assert s.exec(Run.__table__.select()).first() is None
+
+
+async def test_running_runs_cannot_be_deleted(ws):
+    seed_runs(ws, runs=5, epochs=3)  # run 4 (the newest, first row) is running
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        assert column(app.screen.query_one(DataTable), "status")[0] == "running"
+        await pilot.press("d")
+        await settle(app, pilot)
+        assert not isinstance(app.screen, Confirm)
+        assert app.screen.query_one(DataTable).row_count == 5
+
+
+async def test_run_screen_tabs_log_config_artifacts(ws, copy_run):
+    rd = copy_run(ws.root)
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("enter")
+        await settle(app, pilot, 1.2)
+        screen = app.screen
+        assert isinstance(screen, RunScreen)
+        acc = screen.query_one("#acc-plot", Curves)
+        assert [x for x, _ in acc.points["val/balanced_acc"]] == [1, 2, 3]
+        assert not screen.query_one("#load-row").display  # no expert_load events in a plain expert
+
+        await pilot.press("m", "l")
+        await settle(app, pilot, 0.7)
+        assert acc.smooth and acc.log_y
+
+        await pilot.press("2")
+        config = screen.query_one("#config-table", DataTable)
+        assert "loss" in [str(config.get_cell_at((r, 0))) for r in range(config.row_count)]
+
+        await pilot.press("3")
+        await settle(app, pilot, 1.5)
+        log_text = "\n".join(line.text for line in screen.query_one("#log-view").lines)
+        assert "epoch 3/3" in log_text and log_text.strip().splitlines()[-1] in (rd / "stdout.log").read_text()
+
+        await pilot.press("4")
+        await settle(app, pilot, 0.5)
+        files = screen.query_one("#artifact-list", DataTable)
+        assert "class_groups.json" in column(files, "file")
+        await settle(app, pilot, 0.5)
+        preview = "\n".join(line.text for line in screen.query_one("#artifact-view").lines)
+        first = sorted(p.name for p in (rd / "artifacts").iterdir())[0]
+        assert first == "class_groups.json" and "{" in preview
+
+
+async def test_expert_load_and_log2_mse_plots(ws):
+    """A MoE run's expert_load events and m-height Log2-MSE keys get their own plots."""
+    from app.ingest import Ingester
+
+    rd = RunDir.create(ws.runs)
+    rec = RunRecorder(rd, kind="train-expert", config={"loss": "moe_head"}, argv=["train-expert"], total_epochs=3)
+    with rec:
+        for e in range(1, 4):
+            rec.log_epoch(e, {"train/loss": 1.0 / e, "val/log2_mse": 0.5 / e, "val/log2_mse/n9_k4_m2": 0.7 / e})
+            rec.event("expert_load", epoch=e, load=[0.5, 0.3 - 0.05 * e, 0.2 + 0.05 * e])
+    Ingester(ws).run_pass()
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("enter")
+        await settle(app, pilot, 1.2)
+        screen = app.screen
+        assert screen.query_one("#load-row").display and screen.query_one("#mse-row").display
+        bars = screen.query_one("#load-bars", Bars)
+        assert bars.values == pytest.approx([0.5, 0.15, 0.35]) and "epoch 3" in bars.caption
+        over = screen.query_one("#load-plot", Curves)
+        assert sorted(over.points) == ["load/e0", "load/e1", "load/e2"] and len(over.points["load/e1"]) == 3
+        mse = screen.query_one("#mse-plot", Curves)
+        assert sorted(mse.series_labels.values()) == ["log2_mse", "log2_mse/n9_k4_m2"]
+        # Three rows of plots do not fit in 40 lines: page down reaches the last one.
+        grid = screen.query_one("#plot-grid")
+        assert grid.max_scroll_y > 0
+        await pilot.press("pagedown", "pagedown")
+        await settle(app, pilot)
+        assert grid.scroll_y == grid.max_scroll_y
+
+
+def test_ema_is_bias_corrected_like_tensorboard():
+    assert ema([]) == []
+    assert ema([2.0, 2.0, 2.0]) == [2.0, 2.0, 2.0]  # no pull towards 0 at the start
+    out = ema([1.0, 3.0], weight=0.5)
+    assert out[0] == 1.0 and abs(out[1] - (0.5 * 0.5 * 1 + 0.5 * 3) / 0.75) < 1e-12
+    assert ema([1.0, float("nan"), 1.0])[1] != ema([1.0, float("nan"), 1.0])[1]  # nan kept, not spread
+
+
+async def test_help_and_command_palette(ws, copy_run):
+    copy_run(ws.root)
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("question_mark")
+        await settle(app, pilot)
+        assert isinstance(app.screen, HelpScreen)
+        keys = app.screen.query_one(DataTable)
+        actions = [str(keys.get_cell_at((r, 1))) for r in range(keys.row_count)]
+        for needed in ("Mark", "Filter", "Sort", "Compare", "Export", "Launch", "Tags", "Notes", "Delete", "Quit"):
+            assert needed in actions
+        await pilot.press("escape")
+        await pilot.press("space")  # mark the run, then compare through the palette
+        await pilot.press("ctrl+p")
+        await settle(app, pilot)
+        await pilot.press(*"compare")
+        await settle(app, pilot, 0.5)
+        await pilot.press("enter")
+        await settle(app, pilot, 0.5)
+        assert isinstance(app.screen, CompareScreen)
+        # An app-level action (help) through the palette, from another screen.
+        await pilot.press("ctrl+p")
+        await settle(app, pilot)
+        await pilot.press(*"help (")
+        await settle(app, pilot, 0.5)
+        await pilot.press("enter")
+        await settle(app, pilot, 0.5)
+        assert isinstance(app.screen, HelpScreen) and "Compare" in str(app.screen.query_one("Label").render())
+
+
+def test_group_by_config_except_seed():
+    from tests.test_tui_query import row
+
+    runs = [row(1, loss="ce", seed=0, best={"val/balanced_acc": 0.2}),
+            row(2, loss="ce", seed=1, best={"val/balanced_acc": 0.4}),
+            row(3, loss="logit_adjust", seed=0, best={"val/balanced_acc": 0.5})]
+    groups = group_by_config(runs)
+    assert [len(g.runs) for g in groups] == [2, 1]
+    assert groups[0].config == {"loss": "ce"}
+    assert mean_std([0.2, 0.4]) == "0.3000 ± 0.1414"
+    assert mean_std([0.5]) == "0.5000" and mean_std([]) == "—"
+
+
+async def test_every_screen_reads_in_80x24(ws, copy_run):
+    """Nothing essential is cut off in the smallest terminal a person uses over SSH."""
+    copy_run(ws.root)
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        text = screen_text(app)
+        for needed in ("Status", "Name", "Epoch", "Key metric", "succeeded", "3/3", "Filter", "Compare"):
+            assert needed in text, needed
+        await pilot.press("enter")
+        await settle(app, pilot, 1.2)
+        text = screen_text(app)
+        for needed in ("loss", "accuracy (val)", "epoch", "Smooth", "Log scale"):
+            assert needed in text, needed

@@ -1,0 +1,33 @@
+"""Shared by the TUI tests: waiting for workers, and the screen as plain text."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from textual.worker import WorkerCancelled
+
+
+async def settle(app, pilot, seconds: float = 0.3):
+    """Let timers fire, then wait until every worker has posted its result.
+
+    An exclusive worker replaced by a newer one ends cancelled; that is normal
+    here, so waiting goes on until a pass sees no cancellation.
+    """
+    await pilot.pause(seconds)
+    for _ in range(20):
+        try:
+            await app.workers.wait_for_complete()
+            break
+        except WorkerCancelled:
+            await pilot.pause(0.05)
+    await pilot.pause()
+
+
+def screen_text(app) -> str:
+    """What a person sees, as text (the text behind ``App.export_screenshot``)."""
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True,
+                      color_system="truecolor", record=True, legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True))
+    return console.export_text()
