@@ -67,8 +67,15 @@ class DeviceImages:
         xb = (xb.float() - self.mean) / self.std
         return xb.contiguous(memory_format=torch.channels_last) if self.channels_last else xb
 
-    def train_batches(self, batch_size: int, gen: torch.Generator, augment: bool, hflip: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self), generator=gen).to(self.device)
+    def train_batches(self, batch_size: int, gen: torch.Generator, augment: bool, hflip: bool,
+                      balanced: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled batches of one epoch; ``balanced`` draws every class equally often (with replacement)."""
+        if balanced:
+            counts = torch.bincount(self.y.cpu()).double()
+            weights = (1.0 / counts)[self.y.cpu()]
+            order = torch.multinomial(weights, len(self), replacement=True, generator=gen).to(self.device)
+        else:
+            order = torch.randperm(len(self), generator=gen).to(self.device)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on a single image
@@ -81,6 +88,26 @@ class DeviceImages:
     def eval_batches(self, batch_size: int = 1024) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self), batch_size):
             yield self._prepare(self.x[start : start + batch_size]), self.y[start : start + batch_size]
+
+
+def make_feed(data, split: str, device: torch.device, channels_last: bool = False, image_size: int | None = None,
+              workers: int = 4):
+    """Batches of one split: on the device for tensor data sets, through a DataLoader for file lists."""
+    if data.streamed:
+        from engine.data.stream import StreamedImages
+
+        return StreamedImages(data.splits[split], device, data.mean, data.std, image_size or 224, data.hflip,
+                              workers, channels_last)
+    return DeviceImages(data.splits[split], device, data.mean, data.std, channels_last=channels_last)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on a GPU; a no-op elsewhere (bf16 convolutions are slower than fp32 on most CPUs)."""
+    import contextlib
+
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class Stopwatch:
