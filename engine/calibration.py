@@ -2,29 +2,41 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from engine.metrics import ECE_BINS
 
 
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 200) -> float:
-    """The T > 0 minimising the NLL of softmax(logits / T) on held-out data (L-BFGS on log T)."""
-    # clone: the logits may come from inference mode, whose tensors autograd refuses
-    logits, targets = logits.float().cpu().clone(), targets.cpu().clone()
-    log_t = torch.zeros((), requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+T_RANGE = (0.05, 20.0)  # temperatures searched; outside it the model is degenerate, not miscalibrated
 
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), targets)
-        loss.backward()
-        return loss
 
-    opt.step(closure)
-    t = float(log_t.detach().exp())
-    # A degenerate fit (e.g. a constant predictor) would return 0 or inf; no scaling is the safe answer.
-    return t if 1e-2 < t < 1e2 else 1.0
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The T minimising the NLL of softmax(logits / T) on held-out data.
+
+    The NLL is convex in 1/T, so a coarse log-spaced grid followed by a golden-section
+    refinement finds the minimum; unlike L-BFGS it cannot overflow on a degenerate
+    (e.g. barely trained) model's huge logits.
+    """
+    z, y = logits.float().cpu(), targets.cpu()
+
+    def nll(log_t: float) -> float:
+        return float(F.cross_entropy(z / math.exp(log_t), y))
+
+    lo, hi = math.log(T_RANGE[0]), math.log(T_RANGE[1])
+    grid = [lo + (hi - lo) * i / 60 for i in range(61)]
+    best = min(range(len(grid)), key=lambda i: nll(grid[i]))
+    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(40):
+        c, d = b - ratio * (b - a), a + ratio * (b - a)
+        if nll(c) < nll(d):
+            b = d
+        else:
+            a = c
+    return math.exp((a + b) / 2)
 
 
 def reliability_bins(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> list[dict]:

@@ -109,7 +109,7 @@ def verify(folder: Path) -> list[Check]:
                 problems["pt"].append(f"{where}: {entry['pt']} missing")
             else:
                 t = torch.load(pt, map_location="cpu", weights_only=True)
-                if not isinstance(t, torch.Tensor) or tuple(t.shape) != z.shape or not np.array_equal(t.numpy(), z):
+                if not isinstance(t, torch.Tensor) or tuple(t.shape) != z.shape or not np.array_equal(t.numpy(), z, equal_nan=True):
                     problems["pt"].append(f"{where}: {entry['pt']} does not hold the same [N, C] logits")
     for split, ys in targets_by_split.items():
         ref_name, ref = ys[0]

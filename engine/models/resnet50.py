@@ -11,7 +11,9 @@ class ResNet50(nn.Module):
         super().__init__()
         from torchvision.models import resnet50
 
-        net = resnet50(weights=None)
+        # zero_init_residual: each block starts as the identity (Goyal et al. 2017), which keeps activations
+        # bounded early in training, when BatchNorm's running statistics are still far from the batch's.
+        net = resnet50(weights=None, zero_init_residual=True)
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         self.feature_dim = net.fc.in_features
