@@ -46,6 +46,16 @@ class _Files(Dataset):
         return self.transform(img), self.split.y[i]
 
 
+def _leave_cancel_to_the_main_process(_worker_id: int) -> None:
+    # A cancel reaches the whole process group. A worker dying of it would turn the
+    # main process's clean stop (status "cancelled") into a "DataLoader worker killed" crash;
+    # the main process shuts its workers down itself, and they exit if it dies.
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class StreamedImages:
     def __init__(self, split: FileSplit, device: torch.device, mean, std, image_size: int, hflip: bool,
                  workers: int, channels_last: bool = False):
@@ -62,7 +72,7 @@ class StreamedImages:
     def _loader(self, ds, batch_size: int, sampler=None, shuffle=False, gen=None, drop_last=False) -> DataLoader:
         return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=shuffle, generator=gen,
                           num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=drop_last,
-                          persistent_workers=False)
+                          persistent_workers=False, worker_init_fn=_leave_cancel_to_the_main_process)
 
     def _move(self, xb, yb):
         xb = xb.to(self.device, non_blocking=True)
