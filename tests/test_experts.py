@@ -244,19 +244,19 @@ def test_sigterm_saves_and_ends_cancelled_then_resumes(tmp_path):
     args = ["train-expert", "--preset", "quick", "--image-size", "8", "--epochs", "40"]
     p = engine_bg(ws, *args)
     rd = wait_for(lambda: (run_dirs(ws) or [None])[0], what="the run directory")
-    wait_for(lambda: len(epoch_events(rd)) >= 2, timeout=120, what="two epochs")
+    wait_for(lambda: len(epoch_events(rd)) >= 1, timeout=120, what="an epoch")
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=60) == 128 + signal.SIGTERM
     status = json.loads((rd / "status.json").read_text())
     assert status["state"] == "cancelled" and "SIGTERM" in status["error"]
     saved = torch.load(rd / "checkpoints" / "last.pth", weights_only=True)
-    assert saved["epoch"] == len(epoch_events(rd)) >= 2
+    assert saved["epoch"] == len(epoch_events(rd)) >= 1
     assert "--resume" in (rd / "stdout.log").read_text()
     out = engine(ws, *args[:-1], str(saved["epoch"] + 1), "--resume", str(rd))
     assert out.returncode == 0, out.stderr
 
 
-def test_cifar_and_file_list_experts_end_to_end(tmp_path):
+def test_cifar_and_file_list_experts_end_to_end(tmp_path, capsys):
     ws = tmp_path / "ws"
     root = tmp_path / "data"
     write_cifar(root, "cifar10", train_per_class=20, test_per_class=10)
@@ -267,16 +267,16 @@ def test_cifar_and_file_list_experts_end_to_end(tmp_path):
     train, test = write_filelist(root, [12, 6, 3], test_per_class=10, side=20)
     out = engine(ws, "train-expert", "--dataset", "filelist", "--data-root", str(root), "--train-list", str(train),
                  "--test-list", str(test), "--arch", "resnet50", "--image-size", "16", "--epochs", "1",
-                 "--batch-size", "8", "--workers", "0", "--lr", "0.01", "--warmup-epochs", "0")
+                 "--batch-size", "8", "--workers", "1", "--lr", "0.01", "--warmup-epochs", "0")
     assert out.returncode == 0, out.stderr
     cifar_rd, files_rd = run_dirs(ws)
     for rd in (cifar_rd, files_rd):
-        out = engine(ws, "recompute-logits", "--experts", str(rd), "--splits", "val")
-        assert out.returncode == 0, out.stderr
-        logits_rd = max(run_dirs(ws))
-        ver = engine(ws, "verify-logits", "--logits", str(logits_rd))
-        # 2-epoch experts on noise-plus-bands data can sit at chance; every other check must pass
-        failing = [ln for ln in ver.stdout.splitlines() if ln.startswith("FAIL") and not ln.startswith("FAIL accuracy")]
-        assert not failing, ver.stdout
+        code, line = engine_here(ws, capsys, "recompute-logits", "--experts", str(rd), "--splits", "val")
+        assert code == 0, line
+        code, _ = engine_here(ws, capsys, "verify-logits", "--logits", str(max(run_dirs(ws))))
+        checks = [e for e in read_events(max(run_dirs(ws))) if e["type"] == "check"]
+        # 1-epoch experts on noise-plus-bands data can sit at chance; every other check must pass
+        assert len(checks) == 7 and all(c["ok"] for c in checks if c["name"] != "accuracy"), checks
     cfg = json.loads((files_rd / "run.json").read_text())["config"]
     assert cfg["arch"] == "resnet50" and cfg["dataset"] == "filelist"
+    assert json.loads((files_rd / "artifacts" / "splits" / "class_counts.json").read_text())["train_lt"] == [12, 6, 3]
