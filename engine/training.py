@@ -85,7 +85,9 @@ class DeviceImages:
                 xb = random_crop_flip(xb, pad=max(1, xb.shape[-1] // 8), flip=hflip, gen=gen)
             yield self._prepare(xb), self.y[idx]
 
-    def eval_batches(self, batch_size: int = 1024) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(self, batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # On a CPU, batches whose activations fit the cache run about twice as fast as batches of 512.
+        batch_size = batch_size or (1024 if self.device.type == "cuda" else 64)
         for start in range(0, len(self), batch_size):
             yield self._prepare(self.x[start : start + batch_size]), self.y[start : start + batch_size]
 
@@ -101,12 +103,33 @@ def make_feed(data, split: str, device: torch.device, channels_last: bool = Fals
     return DeviceImages(data.splits[split], device, data.mean, data.std, channels_last=channels_last)
 
 
+def cpu_has_bf16_units() -> bool:
+    """AMX tiles (Intel Sapphire Rapids and later): bf16 convolutions run 2-3x faster than fp32 there.
+
+    Elsewhere bf16 on a CPU is emulated and slower than fp32, so it stays off.
+    """
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe and probe())
+    except RuntimeError:
+        return False
+
+
+def uses_bf16(device: torch.device, amp: bool) -> bool:
+    return amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units()))
+
+
+def uses_channels_last(device: torch.device, amp: bool) -> bool:
+    """channels_last pays off with cuDNN and with oneDNN's bf16 kernels, not with plain fp32 CPU code."""
+    return device.type == "cuda" or uses_bf16(device, amp)
+
+
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on a GPU; a no-op elsewhere (bf16 convolutions are slower than fp32 on most CPUs)."""
+    """bf16 autocast on a GPU and on CPUs with bf16 units; a no-op elsewhere."""
     import contextlib
 
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if uses_bf16(device, enabled):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -16,7 +16,7 @@ from engine.jobs.train_expert import build_expert, predict
 from engine.logit_files import MANIFEST, sha256_file, write_split_logits
 from engine.metrics import classification_metrics
 from engine.run import JobError, RunRecorder, atomic_write_json
-from engine.training import make_feed, pick_device
+from engine.training import make_feed, pick_device, uses_channels_last
 
 
 def predict_with_backoff(model, feed, batch_size: int, amp: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -50,7 +50,8 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     manifest = {"checkpoint_prefix": cfg.checkpoint_prefix, "num_classes": classes.pop(), "splits": cfg.splits,
                 "experts": {}}
     data_cache: dict = {}
-    batch = cfg.batch_size
+    batch = cfg.batch_size or (512 if device.type == "cuda" else 64)
+    cl = uses_channels_last(device, cfg.amp)
     for path, ckpt in zip(paths, ckpts):
         overrides = {k: v for k, v in (("data_root", cfg.data_root), ("splits_dir", cfg.splits_dir)) if v}
         tcfg = TrainExpertConfig.model_validate({**ckpt["config"], **overrides, "resume": None})
@@ -64,6 +65,8 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
                            f"settings give ({data.index.fingerprint}); pass --splits-dir of its training run")
         model = build_expert(tcfg, data.num_classes, data.channels).to(device)
         load_weights(model, ckpt["model"], path, tcfg.arch, data.num_classes, data.name)
+        if cl:
+            model = model.to(memory_format=torch.channels_last)
         temperature = float(ckpt.get("temperature", 1.0)) if cfg.checkpoint_prefix == "final_calibrated_" else 1.0
         name = ckpt.get("expert") or path.stem.removeprefix(cfg.checkpoint_prefix)
         base, n = name, 2
@@ -74,7 +77,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
                  "splits_fingerprint": data.index.fingerprint, "splits": {}}
         scores = {}
         for split in cfg.splits:
-            feed = make_feed(data, split, device, False, tcfg.image_size, tcfg.workers)
+            feed = make_feed(data, split, device, cl, tcfg.image_size, tcfg.workers)
             logits, targets, batch = predict_with_backoff(model, feed, batch, cfg.amp)
             logits = logits / temperature
             entry["splits"][split] = write_split_logits(out / name, split, logits, targets)

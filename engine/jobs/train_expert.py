@@ -31,7 +31,8 @@ from engine.losses import make_loss
 from engine.metrics import classification_metrics
 from engine.models import build_network
 from engine.run import Cancelled, JobError, RunRecorder, atomic_write_json
-from engine.training import Stopwatch, autocast, make_feed, pick_device, seed_everything, warmup_multistep
+from engine.training import (Stopwatch, autocast, make_feed, pick_device, seed_everything, uses_channels_last,
+                             warmup_multistep)
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     data.index.write(artifacts / "splits", data.source_targets)
     if data.streamed and cfg.arch != "resnet50":
         print(f"note: {cfg.arch} is a 32 px network; file lists usually train --arch resnet50", flush=True)
-    cl = device.type == "cuda"  # channels_last pays off with cuDNN, not on the CPU
+    cl = uses_channels_last(device, cfg.amp)
     feed = lambda split: make_feed(data, split, device, cl, cfg.image_size, cfg.workers)  # noqa: E731
     train, val = feed("expert"), feed("val")
 
