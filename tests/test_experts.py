@@ -271,10 +271,13 @@ def test_cifar_and_file_list_experts_end_to_end(tmp_path, capsys):
     assert out.returncode == 0, out.stderr
     cifar_rd, files_rd = run_dirs(ws)
     for rd in (cifar_rd, files_rd):
+        known = set(run_dirs(ws))
         code, line = engine_here(ws, capsys, "recompute-logits", "--experts", str(rd), "--splits", "val")
         assert code == 0, line
-        code, _ = engine_here(ws, capsys, "verify-logits", "--logits", str(max(run_dirs(ws))))
-        checks = [e for e in read_events(max(run_dirs(ws))) if e["type"] == "check"]
+        (logits_rd,) = set(run_dirs(ws)) - known  # run ids of the same second do not sort by time
+        code, _ = engine_here(ws, capsys, "verify-logits", "--logits", str(logits_rd))
+        (verify_rd,) = set(run_dirs(ws)) - known - {logits_rd}
+        checks = [e for e in read_events(verify_rd) if e["type"] == "check"]
         # 1-epoch experts on noise-plus-bands data can sit at chance; every other check must pass
         assert len(checks) == 7 and all(c["ok"] for c in checks if c["name"] != "accuracy"), checks
     cfg = json.loads((files_rd / "run.json").read_text())["config"]
