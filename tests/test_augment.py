@@ -29,3 +29,13 @@ def test_flip_mirrors_about_half_of_a_batch():
 def test_uint8_batches_keep_their_dtype():
     x = torch.randint(0, 255, (4, 1, 8, 8), dtype=torch.uint8)
     assert random_crop_flip(x, pad=1, flip=True).dtype == torch.uint8
+
+
+def test_cpu_and_gather_crops_agree():
+    from engine.data.augment import _crop_by_gather, _crop_by_offset_groups
+
+    x = torch.randint(0, 255, (64, 3, 10, 10), dtype=torch.uint8)
+    padded = F.pad(x, (4, 4, 4, 4))
+    g = torch.Generator().manual_seed(1)
+    oy, ox = torch.randint(0, 9, (64,), generator=g), torch.randint(0, 9, (64,), generator=g)
+    assert torch.equal(_crop_by_offset_groups(padded, oy, ox, 10, 10), _crop_by_gather(padded, oy, ox, 10, 10))

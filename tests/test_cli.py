@@ -31,8 +31,8 @@ def test_ls_show_export_on_a_real_run(ws_path, copy_run):
 
 
 def test_unknown_loss(ws_path):
-    assert "--loss 'focal' is not one of: ce" in one_line_error(moe(ws_path, "submit", "--", "train-expert", "--loss", "focal"))
-    assert "--loss 'focal' is not one of: ce" in one_line_error(engine(ws_path, "train-expert", "--loss", "focal"))
+    assert "--loss 'focal' is not one of: ce, logit_adjust, balanced_softmax, decoupling, moe_head" in one_line_error(moe(ws_path, "submit", "--", "train-expert", "--loss", "focal"))
+    assert "--loss 'focal' is not one of: ce, logit_adjust, balanced_softmax, decoupling, moe_head" in one_line_error(engine(ws_path, "train-expert", "--loss", "focal"))
     assert not (ws_path / "runs").exists() or not any((ws_path / "runs").iterdir())  # nothing half-made
 
 

@@ -35,7 +35,7 @@ def test_run_location_is_not_part_of_the_job():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train-expert", "--loss", "focal"], "--loss 'focal' is not one of: ce"),
+        (["train-expert", "--loss", "focal"], "--loss 'focal' is not one of: ce, logit_adjust, balanced_softmax, decoupling, moe_head"),
         (["train-expert", "--epochs", "-1"], "--epochs '-1': input should be greater than or equal to 1"),
         (["train-expert", "--epochs", "many"], "--epochs 'many'"),
         (["train-expert", "--bogus", "1"], "unrecognized arguments: --bogus 1"),

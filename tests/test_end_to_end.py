@@ -33,7 +33,7 @@ def test_headless_run_shows_up_and_exports(ws_path):
     (rd,) = run_dirs(ws_path)
     for name in ("run.json", "events.jsonl", "status.json", "stdout.log", "checkpoints", "artifacts"):
         assert (rd / name).exists(), name
-    assert {p.name for p in (rd / "checkpoints").iterdir()} == {"best_ce.pth", "last.pth"}
+    assert {p.name for p in (rd / "checkpoints").iterdir()} == {"best_ce.pth", "final_calibrated_ce.pth", "last.pth"}
     run = json.loads((rd / "run.json").read_text())
     assert run["command"].startswith("engine train-expert --loss ce --preset quick")
     assert run["config"]["epochs"] == 2 and run["config"]["image_size"] == 16
@@ -126,7 +126,7 @@ def test_a_run_whose_arguments_went_bad_fails_with_the_cause(ws_path, ws):
     with ws.store.read() as s:
         r = s.get(Run, run.id)
     assert r.status == "failed" and r.exit_code == 2
-    assert r.error == "--loss 'focal' is not one of: ce"
+    assert r.error == "--loss 'focal' is not one of: ce, logit_adjust, balanced_softmax, decoupling, moe_head"
 
 
 def test_eight_writers_and_concurrent_readers(ws_path, ws):

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.data.images import ImageData, TensorSplit
-from engine.data.longtail import ClassGroups, lt_counts, select_lt, split_per_class
+from engine.data.longtail import lt_counts, select_lt
+from engine.data.splits import Splits, make_splits, reuse_or_make
 
 HELD_OUT_PER_CLASS = 80  # balanced evaluation pool per class (64 test, 8 val, 8 tunev)
 N_MAX = 90  # head-class size; the smallest class has 94 images after the held-out pool
@@ -40,35 +41,40 @@ def _resize(images: np.ndarray, size: int) -> torch.Tensor:
     return x.round().clamp_(0, 255).to(torch.uint8)
 
 
-def load_digits_lt(image_size: int = 32, imb_factor: float | None = None, split_seed: int = 0) -> ImageData:
+def load_digits_lt(image_size: int | None = 32, imb_factor: float | None = None, split_seed: int = 0,
+                   splits_dir: str | None = None) -> ImageData:
     imb = imb_factor or DEFAULT_IMB_FACTOR
     images, targets = _raw_digits()
     num_classes = 10
-    rng = np.random.default_rng(split_seed)
-    held, pool = [], []
-    for c in range(num_classes):
-        idx = rng.permutation(np.flatnonzero(targets == c))
-        held.append(idx[:HELD_OUT_PER_CLASS])
-        pool.append(idx[HELD_OUT_PER_CLASS:])
-    held_idx, pool_idx = np.concatenate(held), np.concatenate(pool)
+    recipe = {"dataset": "digits", "num_classes": num_classes, "imb_factor": imb, "n_max": N_MAX,
+              "held_out_per_class": HELD_OUT_PER_CLASS, "seed": split_seed, "sizes": [len(targets)]}
 
-    counts = lt_counts(N_MAX, num_classes, imb)
-    pool_targets = np.full(len(targets), -1)
-    pool_targets[pool_idx] = targets[pool_idx]
-    train_lt = select_lt(pool_targets, counts, seed=split_seed)
-    train = split_per_class(train_lt, targets, {"expert": 0.9, "gating": 0.1}, seed=split_seed)
-    evals = split_per_class(held_idx, targets, {"test": 0.8, "val": 0.1, "tunev": 0.1}, seed=split_seed)
+    def make() -> Splits:
+        rng = np.random.default_rng(split_seed)
+        held, pool = [], []
+        for c in range(num_classes):
+            idx = rng.permutation(np.flatnonzero(targets == c))
+            held.append(idx[:HELD_OUT_PER_CLASS])
+            pool.append(idx[HELD_OUT_PER_CLASS:])
+        held_idx, pool_idx = np.concatenate(held), np.concatenate(pool)
+        pool_targets = np.full(len(targets), -1)
+        pool_targets[pool_idx] = targets[pool_idx]
+        train_lt = select_lt(pool_targets, lt_counts(N_MAX, num_classes, imb), seed=split_seed)
+        return make_splits(train_lt, targets, held_idx, targets, recipe, split_seed, "all", "all")
 
-    x = _resize(images, image_size)
+    index = reuse_or_make(splits_dir, recipe, make)
+    x = _resize(images, image_size or 32)
     y = torch.from_numpy(targets)
-    splits = {name: TensorSplit(x[idx], y[idx]) for name, idx in {**train, **evals}.items()}
+    splits = {name: TensorSplit(x[idx], y[idx]) for name, idx in index.indices.items()}
     return ImageData(
         name="digits",
         num_classes=num_classes,
         splits=splits,
-        groups=ClassGroups(tuple(counts)),
+        groups=index.groups,
         mean=MEAN,
         std=STD,
         hflip=False,  # a mirrored 2 or 7 is not a 2 or 7
+        index=index,
+        source_targets={"all": targets},
         info={"source": "sklearn.datasets.load_digits", "imb_factor": imb, "n_max": N_MAX},
     )

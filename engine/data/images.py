@@ -1,8 +1,9 @@
-"""Image data held as uint8 tensors, split and grouped for long-tail training."""
+"""Image data held as uint8 tensors (or file lists), split and grouped for long-tail training."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,15 +29,21 @@ class ImageData:
 
     name: str
     num_classes: int
-    splits: dict[str, TensorSplit]  # expert, gating (train-LT); test, val, tunev (balanced)
+    splits: dict[str, Any]  # expert, gating (train-LT); test, val, tunev (balanced): TensorSplit or FileSplit
     groups: ClassGroups  # from the counts of the whole train-LT set
     mean: tuple[float, ...]  # per-channel, in [0, 1] units
     std: tuple[float, ...]
     hflip: bool  # whether a mirror image keeps its label
+    index: Any = None  # engine.data.splits.Splits: the split index files behind ``splits``
+    source_targets: dict[str, np.ndarray] = field(default_factory=dict)  # labels of each pool the indices point into
     info: dict = field(default_factory=dict)
+    in_channels: int | None = None
+    streamed: bool = False  # images decoded from files by a DataLoader rather than held in memory
 
     @property
     def channels(self) -> int:
+        if self.in_channels is not None:
+            return self.in_channels
         return int(self.splits["expert"].x.shape[1])
 
     def describe(self) -> str:
@@ -45,10 +52,30 @@ class ImageData:
         return f"{self.name}: {self.num_classes} classes, train-LT {sum(c)} ({c[0]} down to {c[-1]}); {sizes}"
 
 
+def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, H, W) uint8 images to ``size`` x ``size`` (bilinear, antialiased when shrinking), once at load time."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    import torch.nn.functional as F
+
+    out = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
+                        antialias=size < x.shape[-1])
+    return out.round().clamp_(0, 255).to(torch.uint8)
+
+
 def load_image_data(cfg) -> ImageData:
-    """The data set a train-expert config names."""
+    """The data set a config (engine.config.DataSettings) names, with its splits."""
     if cfg.dataset == "digits":
         from engine.data.embedded import load_digits_lt
 
-        return load_digits_lt(image_size=cfg.image_size, imb_factor=cfg.imb_factor, split_seed=cfg.split_seed)
+        return load_digits_lt(image_size=cfg.image_size, imb_factor=cfg.imb_factor, split_seed=cfg.split_seed,
+                              splits_dir=cfg.splits_dir)
+    if cfg.dataset in ("cifar10", "cifar100"):
+        from engine.data.cifar import load_cifar_lt
+
+        return load_cifar_lt(cfg.dataset, cfg.data_root, cfg.imb_factor, cfg.split_seed, cfg.splits_dir, cfg.image_size)
+    if cfg.dataset == "filelist":
+        from engine.data.filelist import load_filelist_lt
+
+        return load_filelist_lt(cfg.data_root, cfg.train_list, cfg.test_list, cfg.split_seed, cfg.splits_dir)
     raise ValueError(f"unknown dataset {cfg.dataset!r}")
