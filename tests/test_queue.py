@@ -130,6 +130,24 @@ def test_cancel_running_and_queued_runs(ws_path, ws):
     assert "already cancelled" in moe(ws_path, "cancel", long).stderr
 
 
+def test_retry_resume_continues_a_cancelled_run_from_its_last_epoch(ws_path, ws):
+    run = queued_id(moe(ws_path, "submit", "--", *TINY, "--epochs", "12"))
+    rd = ws_path / "runs" / run
+    wait_for(lambda: len(epoch_events(rd)) >= 2, timeout=120, what="two epochs")
+    assert moe(ws_path, "cancel", run).returncode == 0
+    assert moe(ws_path, "wait", run, "--timeout", "60").returncode == 1
+    done = len(epoch_events(rd))
+    assert runs_by_id(ws)[run].status == "cancelled" and (rd / "checkpoints" / "last.pth").exists()
+
+    out = moe(ws_path, "retry", run, "--resume")
+    assert out.returncode == 0, out.stderr
+    new = next(r for r in runs_by_id(ws).values() if r.retry_of == run)
+    assert moe(ws_path, "wait", new.run_id, "--timeout", "180").returncode == 0
+    epochs = [e["epoch"] for e in epoch_events(ws_path / "runs" / new.run_id)]
+    assert epochs == list(range(done + 1, 13)), epochs  # continues, does not start over
+    assert f"--resume {rd}/checkpoints/last.pth" in runs_by_id(ws)[new.run_id].command
+
+
 def test_cancel_escalates_to_sigkill_after_the_grace_period(ws, ws_path, monkeypatch):
     """A job that ignores SIGTERM is killed, with its whole process group."""
     from app.queue.control import cancel

@@ -76,7 +76,8 @@ def retry(ws: Workspace, ref: str, resume_from_last: bool = False) -> Run:
     """A new run from the same arguments; blocked or queued dependents now wait for it.
 
     With ``resume_from_last`` the new run continues from the old run's
-    ``checkpoints/last.pth`` (jobs whose config has a ``resume_from`` setting).
+    ``checkpoints/last.pth`` (jobs whose config has a ``resume`` setting; the
+    engine checks that the settings still describe the same model and data).
     """
     with ws.store.read() as s:
         old = find_run(s, ref)
@@ -86,12 +87,12 @@ def retry(ws: Workspace, ref: str, resume_from_last: bool = False) -> Run:
                         + (" (cancel it first)" if old.status == "running" else ""))
     argv = json.loads(old.argv)
     if resume_from_last:
-        if "resume_from" not in job_class(old.kind).model_fields:
-            raise UserError(f"{old.kind} jobs cannot resume yet (no resume_from setting); retry without --resume")
+        if "resume" not in job_class(old.kind).model_fields:
+            raise UserError(f"{old.kind} jobs cannot resume (no resume setting); retry without --resume")
         last = ws.run_dir(old.run_id).checkpoints / "last.pth"
         if not last.exists():
             raise UserError(f"{last} does not exist (the run saved no checkpoint); retry without --resume")
-        argv = [*argv, "--resume-from", str(last)]
+        argv = [*argv, "--resume", str(last)]
     new = submit(ws, argv, name=old.name, backend=old.backend, priority=old.priority, gpus=old.gpus,
                  after=parent_ids, group_id=old.group_id, pipeline_id=old.pipeline_id, retry_of=old.run_id)
     _repoint_dependents(ws, old, new)
