@@ -318,3 +318,6 @@ def strip_run_location(args: list[str]) -> list[str]:
             continue
         out.append(a)
     return out
+
+# m-height jobs live with the rest of the m-height code; importing registers them.
+import engine.mheight.config  # noqa: E402,F401

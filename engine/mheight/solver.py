@@ -125,22 +125,28 @@ def heights_batch(P: torch.Tensor, ms: list[int]) -> torch.Tensor:
     denom = torch.where(is_basis, M, torch.ones_like(M))
     cidx = torch.as_tensor(t.cramer_idx, device=dev)
     A = M[:, cidx] * torch.as_tensor(t.cramer_sign, device=dev) / denom[:, :, None, None]  # (B, NI, k, n-k)
-    sigma = torch.as_tensor(t.sigma, device=dev)
-    v = torch.einsum("sr,birj->bisj", sigma, A).abs()  # outside entries of every vertex codeword
-    v = v.sort(dim=-1, descending=True).values
-    top = v[..., 0]
+    # Outside entries of every vertex codeword sigma G_I^-1 G, for the 2^(k-1) sign vectors
+    # with sigma_0 = +1 (the rest are negations), built by doubling: only additions.
+    V = torch.empty(B, A.shape[1], 2 ** (k - 1), r, dtype=A.dtype, device=dev)
+    V[:, :, 0] = A[:, :, 0]
+    for row in range(1, k):
+        h, a = 2 ** (row - 1), A[:, :, row:row + 1, :]
+        torch.sub(V[:, :, :h], a, out=V[:, :, h:2 * h])
+        V[:, :, :h] += a
+    V = V.abs_()  # (B, NI, 2^(k-1), n-k)
+    top = torch.where(is_basis[:, :, None], V.amax(-1), 1.0)  # the vertex's largest entry (I's entries are 1)
+    above = (V > 1 + FEASIBLE_TOL).sum(-1)  # entries above 1: the vertex is feasible for every m >= this
+    # best[:, c] = largest top among vertices with exactly c entries above 1; a running max over c
+    # then answers every m at once.
+    best = torch.ones(B, r + 1, dtype=torch.float64, device=dev)
+    best.scatter_reduce_(1, above.flatten(1), top.flatten(1), reduce="amax")
+    best = best.cummax(dim=1).values
     out = torch.empty(B, len(ms), dtype=torch.float64, device=dev)
     for col, m in enumerate(ms):
-        if m == 0:
-            out[:, col] = 1.0
-            continue
-        ok = is_basis[:, :, None]
-        if m < r:
-            ok = ok & (v[..., m] <= 1 + FEASIBLE_TOL)  # at most m entries above 1
-        best = torch.where(ok, top, torch.ones_like(top)).flatten(1).amax(1).clamp(min=1.0)
+        h = best[:, min(m, r)] if m > 0 else torch.ones(B, dtype=torch.float64, device=dev)
         avoid = torch.as_tensor(t.avoid(m), device=dev, dtype=torch.float64)  # (C(n,m), NI)
         finite = ((is_basis.to(torch.float64) @ avoid.T) > 0).all(1)
-        out[:, col] = torch.where(finite, best, torch.full_like(best, math.inf))
+        out[:, col] = torch.where(finite, h, torch.full_like(h, math.inf))
     return out
 
 
