@@ -27,8 +27,9 @@ MANIFEST = "manifest.json"
 SHARDS_DIRNAME = "shards"
 
 
-def shard_name(n: int, k: int, index: int) -> str:
-    return f"n{n}_k{k}_{index:05d}.npz"
+def shard_name(n: int, k: int, index: int, m: int | None = None) -> str:
+    """n9_k4_00000.npz (every m of the grid), or n9_k4_m2_00000.npz (one m: imported data)."""
+    return f"n{n}_k{k}_{index:05d}.npz" if m is None else f"n{n}_k{k}_m{m}_{index:05d}.npz"
 
 
 def grid_groups(n_values, k_values, m_min: int, m_max: int | None) -> list[tuple[int, int, list[int]]]:
@@ -147,7 +148,7 @@ def load_labels(path: str | Path, pad: int) -> tuple[LabelSet, dict]:
     code_base = 0
     for entry in man.get("shards", []):
         sh = read_shard(directory / entry["file"])
-        if (sh.n, sh.k) not in grid or sh.m.tolist() != grid[(sh.n, sh.k)]:
+        if (sh.n, sh.k) not in grid or not set(sh.m.tolist()) <= set(grid[(sh.n, sh.k)]):
             raise JobError(f"shard {entry['file']} holds n={sh.n}, k={sh.k}, m={sh.m.tolist()}, which is not in the grid "
                            f"of {directory / MANIFEST}; it comes from a different data set")
         if sh.k > pad or sh.n - sh.k > pad:
