@@ -84,6 +84,7 @@ class _MHeightFitConfig(JobConfig):
 
     data: str = Field(..., description="training data: a generate/import run directory or its shards/ folder")
     val_data: str | None = Field(None, description="validation data (same forms); default: a val_fraction split of --data")
+    pairs: list[str] | None = Field(None, description="train on these (n, k) pairs only, e.g. 9x4,10x5 (to pretrain specialised experts); default: all")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of each (n, k, m) group held out for validation when --val-data is not given")
     canonicalize: bool = Field(True, description="put P in a canonical signed-permutation form (h is invariant to it) before the model sees it")
     augment: bool = Field(False, description="random row/column permutations and sign flips of P per batch (h is invariant); redundant when canonicalizing")
