@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ["ingest", "mheight"]
+BENCHES = ["ingest", "mheight", "mheight_models"]
 RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADER = """# Benchmark results
 
