@@ -97,7 +97,7 @@ class _MHeightFitConfig(JobConfig):
     vit_depth: int = Field(3, ge=1, description="vit: transformer layers")
     vit_heads: int = Field(4, ge=1, description="vit: attention heads")
     num_experts: int = Field(6, ge=2, description="sparse_moe: experts (the course grid has 6 (n, k) pairs)")
-    top_k: Literal[1, 2] = Field(2, description="sparse_moe: experts per sample (Shazeer et al. 2017 top-k gating)")
+    top_k: int = Field(2, ge=1, le=2, description="sparse_moe: experts per sample (Shazeer et al. 2017 top-k gating)")
     balance_weight: float = Field(0.01, ge=0, description="sparse_moe: weight of the load-balance loss E * sum_e f_e p_e (Switch Transformer, Fedus et al. 2021)")
     epochs: int = Field(60, ge=1, description="training epochs")
     batch_size: int = Field(256, ge=2, description="samples per AdamW step")
