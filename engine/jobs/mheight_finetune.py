@@ -20,9 +20,10 @@ from engine.run import JobError, RunRecorder
 from engine.training import pick_device, seed_everything
 
 
-def load_experts(paths: list[str], device: torch.device) -> tuple[dict, list[dict], float, bool]:
-    """The shared expert spec, each expert's weights, and the input scale and canonicalisation they used."""
-    specs, states, scales, canon = [], [], set(), set()
+def load_experts(paths: list[str], device: torch.device) -> tuple[dict, list[dict], torch.Tensor, float, bool]:
+    """The shared expert spec, each expert's weights, the per-group baseline, and the input scale and
+    canonicalisation they used."""
+    specs, states, bases, scales, canon = [], [], [], set(), set()
     for p in paths:
         path = checkpoint_path(p)
         st = load_checkpoint(path, map_location=device)
@@ -31,7 +32,8 @@ def load_experts(paths: list[str], device: torch.device) -> tuple[dict, list[dic
             got = spec.get("model") if spec else "not an m-height checkpoint"
             raise JobError(f"{path} is {got!r}; experts must be single fc, resnet2d or vit mheight-train checkpoints")
         specs.append({**spec["expert"], "arch": spec["model"]})
-        states.append({k.removeprefix("net."): v for k, v in st["model"].items()})
+        states.append({k.removeprefix("net."): v for k, v in st["model"].items() if k.startswith("net.")})
+        bases.append(st["model"]["group_base"])
         scales.add(float(st["scale"]))
         canon.add(bool(st["canonicalize"]))
     if any(s != specs[0] for s in specs):
@@ -39,7 +41,9 @@ def load_experts(paths: list[str], device: torch.device) -> tuple[dict, list[dic
                        "train them with the same --model and sizes")
     if len(scales) > 1 or len(canon) > 1:
         raise JobError("the expert checkpoints saw differently scaled or canonicalised inputs; train them on the same kind of data")
-    return specs[0], states, scales.pop(), canon.pop()
+    # every expert learned its correction on top of its own per-group baseline; the mixture
+    # starts from their average (identical when the experts saw the same data)
+    return specs[0], states, torch.stack(bases).mean(0), scales.pop(), canon.pop()
 
 
 def run(spec: JobSpec, rec: RunRecorder) -> None:
@@ -48,7 +52,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     gen = seed_everything(cfg.seed)
-    expert, states, scale, canonical = load_experts(cfg.experts, device)
+    expert, states, base, scale, canonical = load_experts(cfg.experts, device)
     if canonical != cfg.canonicalize:
         print(f"note: using canonicalize={canonical}, as the experts were trained", flush=True)
     mspec = {"model": "sparse_moe", "expert": expert, "pairs": [], "num_experts": len(states), "top_k": cfg.top_k}
@@ -56,6 +60,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     moe: SparseMoE = model.net  # type: ignore[assignment]
     for e, st in enumerate(states):
         moe.experts[e].load_state_dict(st)
+    model.group_base.copy_(base)
     print(f"sparse top-{cfg.top_k} MoE of {len(states)} pretrained {expert['arch']} experts", flush=True)
 
     train_l, val_l = load_split(cfg)

@@ -7,7 +7,7 @@ import torch
 from engine.config import JobSpec
 from engine.mheight.config import PAD, MHeightTrainConfig
 from engine.mheight.data import Batchable
-from engine.mheight.fit import data_scale, fit, load_split
+from engine.mheight.fit import data_scale, fit, group_means, load_split
 from engine.mheight.models import build, model_spec
 from engine.run import RunRecorder
 from engine.training import pick_device, seed_everything
@@ -27,6 +27,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     pairs = sorted({(g[0], g[1]) for g in train.groups})
     mspec = model_spec(cfg, cfg.model, [list(p) for p in pairs])
     model = build(mspec).to(device)
+    model.set_group_means(*group_means(train))
     print(f"{cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     meta = {"spec": mspec, "scale": scale, "canonicalize": cfg.canonicalize, "pad": PAD,

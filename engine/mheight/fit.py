@@ -91,7 +91,7 @@ def train_one_epoch(model: Regressor, data: Batchable, opt, sched, cfg, gen: tor
             P = augment(P, k, r, gen)
             if cfg.canonicalize:
                 P = canonicalize(P)
-        pred = model(P, data.feats[idx], k, r)
+        pred = model(P, data.feats[idx], k, r, data.m[idx])
         loss = ((pred - data.y[idx]) ** 2).mean()
         if isinstance(moe, SparseMoE) and cfg.balance_weight > 0:
             loss = loss + cfg.balance_weight * moe.aux_loss
@@ -125,7 +125,7 @@ def predict(model: Regressor, data: Batchable, batch_size: int = 4096) -> torch.
     outs = []
     for s in range(0, len(data), batch_size):
         sl = slice(s, s + batch_size)
-        outs.append(model(data.P[sl], data.feats[sl], data.k[sl], data.n[sl] - data.k[sl]))
+        outs.append(model(data.P[sl], data.feats[sl], data.k[sl], data.n[sl] - data.k[sl], data.m[sl]))
     return torch.cat(outs) if outs else torch.zeros(0, device=data.y.device)
 
 
@@ -133,12 +133,18 @@ def evaluate(model: Regressor, data: Batchable, prefix: str) -> dict[str, float]
     return mse_metrics(predict(model, data), data, prefix)
 
 
+def group_means(data: Batchable) -> tuple[dict[tuple[int, int, int], float], float]:
+    """Mean log2 h of each (n, k, m) group of ``data``, and the overall mean."""
+    sums = torch.zeros(len(data.groups), device=data.y.device).index_add_(0, data.group, data.y)
+    cnt = torch.zeros(len(data.groups), device=data.y.device).index_add_(0, data.group, torch.ones_like(data.y))
+    means = {g: float(s / c) for g, s, c in zip(data.groups, sums, cnt) if c > 0}
+    return means, float(data.y.mean()) if len(data) else 1.0
+
+
 def group_mean_baseline(train: Batchable, val: Batchable) -> float:
     """Val Log2-MSE of predicting each (n, k, m) group's training mean: the floor any model must beat."""
-    sums = torch.zeros(len(train.groups), device=train.y.device).index_add_(0, train.group, train.y)
-    cnt = torch.zeros(len(train.groups), device=train.y.device).index_add_(0, train.group, torch.ones_like(train.y))
-    means = {g: float(s / c) for g, s, c in zip(train.groups, sums, cnt) if c > 0}
-    pred = torch.tensor([means.get(val.groups[i], float(train.y.mean())) for i in val.group.tolist()], device=val.y.device)
+    means, overall = group_means(train)
+    pred = torch.tensor([means.get(val.groups[i], overall) for i in val.group.tolist()], device=val.y.device)
     mse, c = group_mse(pred, val.y, val.group, len(val.groups))
     return float(mse[c > 0].mean())
 

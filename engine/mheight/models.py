@@ -166,14 +166,27 @@ class SparseMoE(nn.Module):
 
 
 class Regressor(nn.Module):
-    """Wraps any net: log2 h >= 0 through a softplus."""
+    """Wraps any net: log2 h = softplus(net + b[n, k, m]) >= 0.
 
-    def __init__(self, net: nn.Module):
+    b starts at softplus^-1 of each (n, k, m) group's training mean, so an
+    untrained net already predicts the per-group-mean baseline and learning
+    spends itself on what distinguishes codes within a group.
+    """
+
+    def __init__(self, net: nn.Module, pad: int = PAD):
         super().__init__()
         self.net = net
+        self.register_buffer("group_base", torch.zeros(2 * pad + 1, pad + 1, 2 * pad))
 
-    def forward(self, P, feats, k, r):
-        return F.softplus(self.net(P, feats, k, r))
+    def set_group_means(self, means: dict[tuple[int, int, int], float], fallback: float) -> None:
+        table = torch.full_like(self.group_base, fallback)
+        for (n, k, m), v in means.items():
+            table[n, k, m] = v
+        y = table.clamp(min=1e-3)
+        self.group_base.copy_(y + torch.log(-torch.expm1(-y)))  # inverse softplus
+
+    def forward(self, P, feats, k, r, m):
+        return F.softplus(self.net(P, feats, k, r) + self.group_base[k + r, k, m])
 
 
 def build(spec: dict[str, Any]) -> Regressor:
