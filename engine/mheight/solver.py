@@ -15,9 +15,11 @@ The structure that makes this cheap: every entry of G_I^-1 G is a ratio of two
 k x k minors of G (Cramer's rule: replace column r of G_I by column j), so one
 pass computing the C(n, k) maximal minors (Laplace expansion, exact for
 integer P) gives the whole tableau of every basis at once. Only the n-k
-columns outside I vary with sigma, and one sorted tableau serves every m.
+columns outside I vary with sigma, and one pass serves every m: for each
+vertex count its entries above 1 and keep its largest; a running maximum over
+that count is h_m for all m together.
 
-Runs on numpy-free torch tensors so the same code uses a GPU when present.
+Written in torch so the same code runs batched on a CPU or a GPU.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _parity(seq: tuple[int, ...]) -> int:
 
 @dataclass(frozen=True)
 class Tables:
-    """Index tables for one (n, k): Laplace steps, bases, Cramer indices, signs."""
+    """Index tables for one (n, k): Laplace steps, bases, Cramer indices and signs."""
 
     n: int
     k: int
@@ -55,7 +57,6 @@ class Tables:
     outside: np.ndarray  # (NI, n-k) the other columns
     cramer_idx: np.ndarray  # (NI, k, n-k) index of the minor with column r replaced by outside j
     cramer_sign: np.ndarray  # (NI, k, n-k) +-1
-    sigma: np.ndarray  # (2^(k-1), k) sign vectors with sigma_0 = +1 (-sigma gives -c)
 
     def avoid(self, m: int) -> np.ndarray:
         """(C(n, m), NI) bool: basis I is disjoint from m-subset S."""
@@ -91,8 +92,7 @@ def tables(n: int, k: int) -> Tables:
                 replaced = I[:r] + (j,) + I[r + 1:]
                 cidx[b, r, jj] = index[k][tuple(sorted(replaced))]
                 csgn[b, r, jj] = _parity(replaced)
-    sigma = np.array([(1,) + s for s in itertools.product((1, -1), repeat=k - 1)], dtype=np.float64)
-    return Tables(n, k, tuple(laplace), np.array(bases), np.array(outside), cidx, csgn, sigma)
+    return Tables(n, k, tuple(laplace), np.array(bases), np.array(outside), cidx, csgn)
 
 
 def maximal_minors(G: torch.Tensor, t: Tables) -> torch.Tensor:
