@@ -20,7 +20,7 @@ from pathlib import Path
 
 TRAIN_CODES = 1500  # per (n, k): every m of the course grid, ~31k labels
 HELD_OUT_CODES = 500
-EPOCHS = 6
+EPOCHS = 8
 FT_EPOCHS = 2
 FC = ["--hidden", "128"]
 RESNET = ["--channels", "16", "--blocks", "2"]
@@ -57,7 +57,10 @@ def run() -> str:
         fit = ["--data", str(train), "--epochs", str(EPOCHS), "--batch-size", "256", "--threads", "1"]
         rows, timings = [], {}
         runs = {}
-        for name, args in {"fc": ["--model", "fc", *FC], "resnet2d": ["--model", "resnet2d", *RESNET],
+        for name, args in {"fc": ["--model", "fc", *FC],
+                           "fc, raw P (no canonicalisation)": ["--model", "fc", *FC, "--no-canonicalize"],
+                           "fc, raw P + signed-permutation augmentation": ["--model", "fc", *FC, "--no-canonicalize", "--augment"],
+                           "resnet2d": ["--model", "resnet2d", *RESNET],
                            "resnet2d-seed1": ["--model", "resnet2d", *RESNET, "--seed", "1"]}.items():
             t = time.perf_counter()
             runs[name] = _engine(ws, "mheight", "train", *fit, *args)

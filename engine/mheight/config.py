@@ -105,7 +105,8 @@ class _MHeightFitConfig(JobConfig):
     weight_decay: float = Field(1e-4, ge=0, description="AdamW decoupled weight decay")
     warmup_epochs: int = Field(2, ge=0, description="linear learning-rate warm-up, in epochs")
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
-    seed: int = Field(0, description="seed of the split, initialisation and batch order")
+    split_seed: int = Field(0, description="seed of the train/val split of --data; keep it fixed so runs (and the experts of a finetune) share one validation set")
+    seed: int = Field(0, description="seed of initialisation, batch order and augmentation")
     device: str = Field("auto", description=DEVICE_HELP)
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice")
 

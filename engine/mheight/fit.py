@@ -46,7 +46,7 @@ def load_split(cfg, rec: RunRecorder | None = None) -> tuple[LabelSet, LabelSet]
     if cfg.val_data:
         return labels, load_labels(cfg.val_data, PAD)[0]
     codes = np.unique(labels.code)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.split_seed)
     val_codes = rng.permutation(codes)[: max(1, int(round(cfg.val_fraction * len(codes))))]
     is_val = np.isin(labels.code, val_codes)
     if is_val.all():
