@@ -88,8 +88,7 @@ def test_an_untrained_model_predicts_the_per_group_training_mean(tmp_path, data_
 
     cfg = resolve("mheight-train", preset="quick", fields={"data": str(data_run), "model": "fc"})
     train_l, _ = load_split(cfg)
-    train = Batchable.from_labels(train_l, train_l.take(train_l.finite.nonzero()[0]).groups(), 100.0, True,
-                                  torch.device("cpu"))
+    train = Batchable.from_labels(train_l, train_l.finite_groups(), 100.0, True, torch.device("cpu"))
     model = build(model_spec(cfg, "fc", []))
     torch.nn.init.zeros_(model.net.head.weight), torch.nn.init.zeros_(model.net.head.bias)
     means, _ = group_means(train)
@@ -177,3 +176,28 @@ def test_augmented_codes_keep_their_height():
     a = heights_batch(P[:, :4, :5], [2, 3, 4])
     b = heights_batch(moved[:, :4, :5], [2, 3, 4])
     assert torch.allclose(a, b, rtol=1e-10) and math.isfinite(float(a.sum()))
+
+
+def test_minor_features_are_log_determinants_of_square_submatrices():
+    from engine.mheight.data import MINOR_STATS, minor_features
+    from engine.mheight.shards import LabelSet
+
+    P = np.zeros((1, 6, 6), dtype=np.float32)
+    P[0, :2, :2] = [[1, 2], [3, 4]]  # 1x1 minors 1, 2, 3, 4; the 2x2 minor -2
+    one = np.array([0])
+    f = minor_features(LabelSet(np.array([4]), np.array([2]), np.array([1]), P, np.zeros(1), one))[0] * 10
+    logs = np.log2([1, 2, 3, 4])
+    assert f[:MINOR_STATS].tolist() == pytest.approx([*np.quantile(logs, [0, 0.1, 0.5, 1]), logs.mean()], rel=1e-5)
+    assert f[MINOR_STATS:2 * MINOR_STATS].tolist() == pytest.approx([1.0] * 5)
+    assert (f[2 * MINOR_STATS:] == 0).all()  # no 3x3 minors in a 2 x 2 P
+
+
+def test_train_and_evaluate_with_minor_features(tmp_path, data_run):
+    out, rd = _train(tmp_path, data_run, "--model", "fc", "--minor-features")
+    assert out.returncode == 0, out.stderr
+    ckpt = load_checkpoint(rd / "checkpoints" / "best.pth")
+    assert ckpt["minor_features"] and ckpt["spec"]["expert"]["fdim"] > feature_dim()
+    out = engine(tmp_path, "mheight", "evaluate", str(rd), "--data", str(data_run))
+    assert out.returncode == 0, out.stderr
+    summary = [e for e in read_events(run_dirs(tmp_path)[-1]) if e["type"] == "summary"][0]["metrics"]
+    assert summary["feature_seconds"] > 0 and math.isfinite(summary["test/log2_mse"])

@@ -13,7 +13,7 @@ import torch
 from engine.checkpoint import load_checkpoint
 from engine.config import JobSpec
 from engine.mheight.config import PAD, MHeightFinetuneConfig
-from engine.mheight.data import Batchable
+from engine.mheight.data import Batchable, feature_dim
 from engine.mheight.fit import checkpoint_path, fit, load_split
 from engine.mheight.models import SparseMoE, build
 from engine.run import JobError, RunRecorder
@@ -64,13 +64,16 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     print(f"sparse top-{cfg.top_k} MoE of {len(states)} pretrained {expert['arch']} experts", flush=True)
 
     train_l, val_l = load_split(cfg)
-    train = Batchable.from_labels(train_l, train_l.take(train_l.finite.nonzero()[0]).groups(), scale, canonical, device)
-    val = Batchable.from_labels(val_l, val_l.take(val_l.finite.nonzero()[0]).groups(), scale, canonical, device)
+    minors = bool(expert.get("fdim", feature_dim()) > feature_dim())  # the experts' inputs decide
+    if minors != cfg.minor_features:
+        print(f"note: using minor_features={minors}, as the experts were trained", flush=True)
+    train = Batchable.from_labels(train_l, train_l.finite_groups(), scale, canonical, device, minors)
+    val = Batchable.from_labels(val_l, val_l.finite_groups(), scale, canonical, device, minors)
     gate_params = list(moe.gate.parameters()) + [moe.log_temp]
     opt = torch.optim.AdamW([
         {"params": [p for e in moe.experts for p in e.parameters()], "lr": cfg.lr},
         {"params": gate_params, "lr": cfg.lr * cfg.gate_lr_scale},
     ], weight_decay=cfg.weight_decay)
-    meta = {"spec": mspec, "scale": scale, "canonicalize": canonical, "pad": PAD,
+    meta = {"spec": mspec, "scale": scale, "canonicalize": canonical, "minor_features": minors, "pad": PAD,
             "config": cfg.model_dump(mode="json"), "experts_from": [str(checkpoint_path(p)) for p in cfg.experts]}
     fit(model, meta, train, val, opt, cfg, rec, gen)

@@ -21,8 +21,8 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     gen = seed_everything(cfg.seed)
     train_l, val_l = load_split(cfg)
     scale = data_scale(train_l)
-    train = Batchable.from_labels(train_l, train_l.take(train_l.finite.nonzero()[0]).groups(), scale, cfg.canonicalize, device)
-    val = Batchable.from_labels(val_l, val_l.take(val_l.finite.nonzero()[0]).groups(), scale, cfg.canonicalize, device)
+    train = Batchable.from_labels(train_l, train_l.finite_groups(), scale, cfg.canonicalize, device, cfg.minor_features)
+    val = Batchable.from_labels(val_l, val_l.finite_groups(), scale, cfg.canonicalize, device, cfg.minor_features)
     print(f"infinite labels left out: train {int((~train_l.finite).sum())}, val {int((~val_l.finite).sum())}", flush=True)
     pairs = sorted({(g[0], g[1]) for g in train.groups})
     mspec = model_spec(cfg, cfg.model, [list(p) for p in pairs])
@@ -30,6 +30,6 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     model.set_group_means(*group_means(train))
     print(f"{cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    meta = {"spec": mspec, "scale": scale, "canonicalize": cfg.canonicalize, "pad": PAD,
+    meta = {"spec": mspec, "scale": scale, "canonicalize": cfg.canonicalize, "minor_features": cfg.minor_features, "pad": PAD,
             "config": cfg.model_dump(mode="json")}
     fit(model, meta, train, val, opt, cfg, rec, gen)

@@ -7,6 +7,7 @@ picks one representative of that orbit; ``augment`` samples the orbit.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,8 @@ from engine.mheight.config import PAD
 from engine.mheight.shards import LabelSet
 
 MAX_M = 10  # one-hot width of m (the course grid has m <= 6; n <= 10 allows m <= 9)
+MINOR_STATS = 5  # min, 10th percentile, median, max, mean of log2 |minor| per minor size
+MINOR_FEATURES = MINOR_STATS * PAD
 
 
 def feature_dim(pad: int = PAD) -> int:
@@ -28,6 +31,34 @@ def features(n: torch.Tensor, k: torch.Tensor, m: torch.Tensor, pad: int = PAD) 
     base = torch.stack([n, k, m, r], 1).float() / 10
     oh = lambda v, w: torch.nn.functional.one_hot(v.clamp(0, w - 1).long(), w).float()  # noqa: E731
     return torch.cat([base, oh(m, MAX_M), oh(k - 1, pad), oh(r - 1, pad)], 1)
+
+
+def minor_features(labels: LabelSet) -> torch.Tensor:
+    """(L, MINOR_FEATURES): statistics of log2 |det| of P's square submatrices, per size 1..PAD.
+
+    Every entry of a vertex codeword is a ratio of two such minors (Cramer), so
+    their magnitudes say most of what the height depends on; a net given raw P
+    would have to learn determinants. The maximal minors of [I | P] are exactly
+    P's square minors, computed by the solver's first (cheap) stage.
+    Singular minors count as |det| = 0.5 (log2 = -1).
+    """
+    from engine.mheight.solver import maximal_minors, tables
+
+    out = torch.zeros(len(labels), MINOR_FEATURES)
+    for n, k in sorted(set(zip(labels.n.tolist(), labels.k.tolist()))):
+        rows = np.flatnonzero((labels.n == n) & (labels.k == k))
+        r = n - k
+        P = torch.as_tensor(labels.P[rows][:, :k, :r], dtype=torch.float64)
+        G = torch.cat([torch.eye(k, dtype=P.dtype).expand(len(P), k, k), P], 2)
+        t = tables(n, k)
+        logdet = torch.log2(maximal_minors(G, t).abs().clamp(min=0.5))
+        size = torch.as_tensor((t.bases >= k).sum(1))  # P columns in the basis = the minor's size
+        q = torch.tensor([0.0, 0.1, 0.5, 1.0], dtype=torch.float64)
+        for s in range(1, min(k, r) + 1):
+            v = logdet[:, size == s]
+            stats = torch.cat([torch.quantile(v, q, dim=1).T, v.mean(1, keepdim=True)], 1)
+            out[rows, (s - 1) * MINOR_STATS:s * MINOR_STATS] = (stats / 10).float()
+    return out
 
 
 def canonicalize(P: torch.Tensor) -> torch.Tensor:
@@ -73,23 +104,27 @@ class Batchable:
     y: torch.Tensor  # (N,) log2 h
     group: torch.Tensor  # (N,) index into groups
     groups: list[tuple[int, int, int]]
+    feature_seconds: float = 0.0  # time spent computing minor features (part of the cost of a prediction)
 
     def __len__(self) -> int:
         return len(self.y)
 
     @classmethod
     def from_labels(cls, labels: LabelSet, groups: list[tuple[int, int, int]], scale: float, canonical: bool,
-                    device: torch.device) -> "Batchable":
+                    device: torch.device, minors: bool = False) -> "Batchable":
         finite = labels.finite
         sel = labels.take(np.flatnonzero(finite))
+        t0 = time.perf_counter()
+        extra = minor_features(sel) if minors else torch.zeros(len(sel), 0)
+        feature_seconds = time.perf_counter() - t0
         P = torch.as_tensor(sel.P, dtype=torch.float32) / scale
         if canonical:
             P = canonicalize(P)
         n, k, m = (torch.as_tensor(a, dtype=torch.long) for a in (sel.n, sel.k, sel.m))
         index = {g: i for i, g in enumerate(groups)}
         gid = torch.tensor([index.get(g, -1) for g in zip(sel.n.tolist(), sel.k.tolist(), sel.m.tolist())], dtype=torch.long)
-        return cls(P.to(device), n.to(device), k.to(device), m.to(device), features(n, k, m).to(device),
-                   torch.as_tensor(sel.log2h, dtype=torch.float32).to(device), gid.to(device), groups)
+        return cls(P.to(device), n.to(device), k.to(device), m.to(device), torch.cat([features(n, k, m), extra], 1).to(device),
+                   torch.as_tensor(sel.log2h, dtype=torch.float32).to(device), gid.to(device), groups, feature_seconds)
 
 
 def group_mse(pred: torch.Tensor, y: torch.Tensor, group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:

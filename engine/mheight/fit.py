@@ -180,7 +180,7 @@ def fit(model: Regressor, meta: dict[str, Any], train: Batchable, val: Batchable
     predict(model, val)
     secs = time.perf_counter() - t0
     rec.log_summary({"val/log2_mse": best, "best_epoch": best_epoch, "val/log2_mse_group_mean_baseline": baseline,
-                     "predict_per_s": len(val) / max(secs, 1e-9)})
+                     "predict_per_s": len(val) / max(secs + val.feature_seconds, 1e-9)})
 
 
 def checkpoint_path(path: str | Path) -> Path:

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.mheight.config import PAD
-from engine.mheight.data import feature_dim
+from engine.mheight.data import MINOR_FEATURES, feature_dim
 from engine.run import JobError
 
 
@@ -30,9 +30,9 @@ def _mask(P: torch.Tensor, k: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 
 class FC(nn.Module):
-    def __init__(self, hidden: int = 256, depth: int = 3, pad: int = PAD):
+    def __init__(self, hidden: int = 256, depth: int = 3, fdim: int = feature_dim(), pad: int = PAD):
         super().__init__()
-        layers, width = [], pad * pad + feature_dim(pad)
+        layers, width = [], pad * pad + fdim
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.GELU()]
             width = hidden
@@ -57,9 +57,9 @@ class ResBlock(nn.Module):
 
 
 class ResNet2D(nn.Module):
-    def __init__(self, channels: int = 64, blocks: int = 4, pad: int = PAD):
+    def __init__(self, channels: int = 64, blocks: int = 4, fdim: int = feature_dim(), pad: int = PAD):
         super().__init__()
-        fd = feature_dim(pad)
+        fd = fdim
         self.stem = nn.Sequential(nn.Conv2d(2 + fd, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU())
         self.blocks = nn.Sequential(*[ResBlock(channels) for _ in range(blocks)])
         self.head = nn.Sequential(nn.Linear(2 * channels + fd, 128), nn.GELU(), nn.Linear(128, 1))
@@ -74,12 +74,12 @@ class ResNet2D(nn.Module):
 
 
 class RowViT(nn.Module):
-    def __init__(self, dim: int = 64, depth: int = 3, heads: int = 4, pad: int = PAD):
+    def __init__(self, dim: int = 64, depth: int = 3, heads: int = 4, fdim: int = feature_dim(), pad: int = PAD):
         super().__init__()
         if dim % heads:
             raise JobError(f"--vit-dim {dim} must be a multiple of --vit-heads {heads}")
         self.embed = nn.Linear(2 * pad, dim)
-        self.cls = nn.Linear(feature_dim(pad), dim)
+        self.cls = nn.Linear(fdim, dim)
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 1))
@@ -95,13 +95,13 @@ class RowViT(nn.Module):
 
 
 def single(spec: dict[str, Any]) -> nn.Module:
-    arch = spec["arch"]
+    arch, fdim = spec["arch"], spec.get("fdim", feature_dim())
     if arch == "fc":
-        return FC(spec["hidden"], spec["depth"])
+        return FC(spec["hidden"], spec["depth"], fdim)
     if arch == "resnet2d":
-        return ResNet2D(spec["channels"], spec["blocks"])
+        return ResNet2D(spec["channels"], spec["blocks"], fdim)
     if arch == "vit":
-        return RowViT(spec["vit_dim"], spec["vit_depth"], spec["vit_heads"])
+        return RowViT(spec["vit_dim"], spec["vit_depth"], spec["vit_heads"], fdim)
     raise JobError(f"unknown m-height architecture '{arch}'")
 
 
@@ -140,7 +140,8 @@ class SparseMoE(nn.Module):
         super().__init__()
         self.top_k = top_k
         self.experts = nn.ModuleList(single(expert) for _ in range(num_experts))
-        self.gate = nn.Sequential(nn.Linear(pad * pad + feature_dim(pad), 128), nn.GELU(), nn.Linear(128, num_experts))
+        fdim = expert.get("fdim", feature_dim())
+        self.gate = nn.Sequential(nn.Linear(pad * pad + fdim, 128), nn.GELU(), nn.Linear(128, num_experts))
         self.log_temp = nn.Parameter(torch.zeros(()))  # temperature exp(log_temp), starts at 1
         self.aux_loss = torch.zeros(())
         self.last_load = torch.zeros(num_experts)
@@ -203,6 +204,7 @@ def build(spec: dict[str, Any]) -> Regressor:
 
 def model_spec(cfg, model: str, pairs: list[list[int]]) -> dict[str, Any]:
     arch = model if model in ("fc", "resnet2d", "vit") else cfg.expert_arch
-    expert = {"arch": arch, "hidden": cfg.hidden, "depth": cfg.depth, "channels": cfg.channels, "blocks": cfg.blocks,
+    fdim = feature_dim() + (MINOR_FEATURES if cfg.minor_features else 0)
+    expert = {"arch": arch, "fdim": fdim, "hidden": cfg.hidden, "depth": cfg.depth, "channels": cfg.channels, "blocks": cfg.blocks,
               "vit_dim": cfg.vit_dim, "vit_depth": cfg.vit_depth, "vit_heads": cfg.vit_heads}
     return {"model": model, "expert": expert, "pairs": pairs, "num_experts": cfg.num_experts, "top_k": cfg.top_k}

@@ -138,6 +138,11 @@ class LabelSet:
     def groups(self) -> list[tuple[int, int, int]]:
         return sorted(set(zip(self.n.tolist(), self.k.tolist(), self.m.tolist())))
 
+    def finite_groups(self) -> list[tuple[int, int, int]]:
+        """The (n, k, m) groups that have at least one finite label (the ones a model is scored on)."""
+        f = self.finite
+        return sorted(set(zip(self.n[f].tolist(), self.k[f].tolist(), self.m[f].tolist())))
+
 
 def load_labels(path: str | Path, pad: int) -> tuple[LabelSet, dict]:
     """Every shard of a data dir as labels, P padded to pad x pad; the manifest beside it."""
