@@ -39,26 +39,34 @@ def minor_features(labels: LabelSet) -> torch.Tensor:
     Every entry of a vertex codeword is a ratio of two such minors (Cramer), so
     their magnitudes say most of what the height depends on; a net given raw P
     would have to learn determinants. The maximal minors of [I | P] are exactly
-    P's square minors, computed by the solver's first (cheap) stage.
-    Singular minors count as |det| = 0.5 (log2 = -1).
+    P's square minors, computed by the solver's first (cheap) stage, once per
+    code (its labels for every m share them). Singular minors count as
+    |det| = 0.5 (log2 = -1).
     """
     from engine.mheight.solver import maximal_minors, tables
 
-    out = torch.zeros(len(labels), MINOR_FEATURES)
-    for n, k in sorted(set(zip(labels.n.tolist(), labels.k.tolist()))):
-        rows = np.flatnonzero((labels.n == n) & (labels.k == k))
+    _, first, inverse = np.unique(labels.code, return_index=True, return_inverse=True)
+    out = torch.zeros(len(first), MINOR_FEATURES)
+    n_all, k_all = labels.n[first], labels.k[first]
+    for n, k in sorted(set(zip(n_all.tolist(), k_all.tolist()))):
+        rows = np.flatnonzero((n_all == n) & (k_all == k))
         r = n - k
-        P = torch.as_tensor(labels.P[rows][:, :k, :r], dtype=torch.float64)
+        P = torch.as_tensor(labels.P[first[rows]][:, :k, :r], dtype=torch.float64)
         G = torch.cat([torch.eye(k, dtype=P.dtype).expand(len(P), k, k), P], 2)
         t = tables(n, k)
         logdet = torch.log2(maximal_minors(G, t).abs().clamp(min=0.5))
         size = torch.as_tensor((t.bases >= k).sum(1))  # P columns in the basis = the minor's size
-        q = torch.tensor([0.0, 0.1, 0.5, 1.0], dtype=torch.float64)
         for s in range(1, min(k, r) + 1):
-            v = logdet[:, size == s]
-            stats = torch.cat([torch.quantile(v, q, dim=1).T, v.mean(1, keepdim=True)], 1)
-            out[rows, (s - 1) * MINOR_STATS:s * MINOR_STATS] = (stats / 10).float()
-    return out
+            v = logdet[:, size == s].sort(1).values
+            last = v.shape[1] - 1
+            stats = []
+            for q in (0.0, 0.1, 0.5, 1.0):  # quantiles, linearly interpolated (as numpy's default)
+                lo, frac = int(q * last), q * last - int(q * last)
+                hi = min(lo + 1, last)
+                stats.append(v[:, lo] + frac * (v[:, hi] - v[:, lo]))
+            stats.append(v.mean(1))
+            out[rows, (s - 1) * MINOR_STATS:s * MINOR_STATS] = (torch.stack(stats, 1) / 10).float()
+    return out[torch.as_tensor(inverse.reshape(-1))]
 
 
 def canonicalize(P: torch.Tensor) -> torch.Tensor:
