@@ -112,3 +112,20 @@ def test_loading_a_shard_of_another_grid_is_refused(tmp_path, tiny_run):
 
     with pytest.raises(JobError, match="not in the grid"):
         load_labels(rd, pad=6)
+
+
+def test_generate_queued_through_the_daemon_then_trained_on(ws_path):
+    """The queue runs m-height jobs like any other: generate, then train on its run directory."""
+    from tests.helpers import moe
+
+    out = moe(ws_path, "submit", "--name", "mh-data", "--", "mheight-generate", *TINY_GRID, "--workers", "1")
+    assert out.returncode == 0, out.stderr
+    gen_id = out.stdout.split()[1]
+    w = moe(ws_path, "wait", gen_id, "--timeout", "170")
+    assert w.returncode == 0 and f"{gen_id}  succeeded" in w.stdout, w.stdout + w.stderr
+    out = moe(ws_path, "submit", "--", "mheight-train", "--preset", "quick", "--epochs", "1", "--model", "fc",
+              "--data", str(ws_path / "runs" / gen_id))
+    assert out.returncode == 0, out.stderr
+    train_id = out.stdout.split()[1]
+    w = moe(ws_path, "wait", train_id, "--timeout", "170")
+    assert w.returncode == 0 and f"{train_id}  succeeded epoch 1/1" in w.stdout, w.stdout + w.stderr
