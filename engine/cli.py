@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0 if argv else EXIT_BAD_INPUT
+    if argv[0] == "mheight":  # `engine mheight VERB`: see engine/mheight/cli.py
+        from engine.mheight.cli import main as mheight_main
+
+        return mheight_main(argv[1:], main)
     try:
         spec = parse_argv(argv)
         rd = _make_run_dir(spec)

@@ -455,5 +455,6 @@ def strip_run_location(args: list[str]) -> list[str]:
     return out
 
 
-# Job kinds defined beside their engine code (registered on import).
+# Job kinds defined beside their engine code; importing a module registers its jobs.
 from engine.gating import config as _gating_config  # noqa: E402,F401  (train-gating, evaluate-gating)
+from engine.mheight import config as _mheight_config  # noqa: E402,F401  (mheight-generate, -train, ...)

@@ -1,0 +1,110 @@
+"""m-height regressors on a held-out course-grid set, side by side, trained the same way.
+
+Everything runs through the real ``engine mheight`` jobs in a scratch
+workspace: generate (train set, and a held-out set with another seed),
+train fc and resnet2d, pretrain a second resnet2d, finetune a sparse top-2
+MoE from the two resnet2d checkpoints, evaluate each on the held-out set.
+Sized to finish in minutes on a 2-core CPU, which is far from the budget the
+issue's 0.40 target needs; the table says what this budget reaches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TRAIN_CODES = 6000  # per (n, k): every m of the course grid, ~126k labels
+HELD_OUT_CODES = 1000
+EPOCHS = 10
+FT_EPOCHS = 5
+FC = ["--hidden", "256"]
+RESNET = ["--channels", "16", "--blocks", "2"]
+
+
+def _engine(ws: Path, *args: str) -> Path:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    before = set((ws / "runs").iterdir()) if (ws / "runs").exists() else set()
+    out = subprocess.run([str(Path(sys.executable).parent / "engine"), *args, "--workspace", str(ws)],
+                         capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    if out.returncode != 0:
+        raise RuntimeError(f"engine {' '.join(args)} failed: {out.stderr.strip().splitlines()[-1:]}")
+    (rd,) = set((ws / "runs").iterdir()) - before
+    return rd
+
+
+def _summary(rd: Path) -> dict:
+    for line in (rd / "events.jsonl").read_text().splitlines():
+        ev = json.loads(line)
+        if ev["type"] == "summary":
+            return ev["metrics"]
+    return {}
+
+
+def _group_mean_baseline(train: Path, held: Path) -> float:
+    """Test Log2-MSE of predicting each (n, k, m) group's mean training label."""
+    import numpy as np
+
+    from engine.mheight.shards import load_labels
+
+    tr, te = load_labels(train, 6)[0], load_labels(held, 6)[0]
+    tr, te = tr.take(np.flatnonzero(tr.finite)), te.take(np.flatnonzero(te.finite))
+    mses = []
+    for n, k, m in te.groups():
+        a = (tr.n == n) & (tr.k == k) & (tr.m == m)
+        b = (te.n == n) & (te.k == k) & (te.m == m)
+        mses.append(float(((te.log2h[b] - tr.log2h[a].mean()) ** 2).mean()))
+    return float(np.mean(mses))
+
+
+def run() -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Path(tmp)
+        t0 = time.perf_counter()
+        train = _engine(ws, "mheight", "generate", "--codes-per-group", str(TRAIN_CODES), "--shard-size", "1500")
+        held = _engine(ws, "mheight", "generate", "--codes-per-group", str(HELD_OUT_CODES), "--seed", "12345",
+                       "--shard-size", "300", "--workers", "1")
+        gen_rate = _summary(held)["labels_per_s"]
+        gen_s = time.perf_counter() - t0
+        fit = ["--data", str(train), "--epochs", str(EPOCHS), "--batch-size", "256", "--threads", "1"]
+        rows, timings = [], {}
+        runs = {}
+        for name, args in {"fc": ["--model", "fc", *FC],
+                           "fc, raw P (no canonicalisation)": ["--model", "fc", *FC, "--no-canonicalize"],
+                           "fc, raw P + signed-permutation augmentation": ["--model", "fc", *FC, "--no-canonicalize", "--augment"],
+                           "resnet2d": ["--model", "resnet2d", *RESNET],
+                           "fc + minor features": ["--model", "fc", *FC, "--minor-features"],
+                           "fc + minor features, seed 1": ["--model", "fc", *FC, "--minor-features", "--seed", "1"]}.items():
+            t = time.perf_counter()
+            runs[name] = _engine(ws, "mheight", "train", *fit, *args)
+            timings[name] = time.perf_counter() - t
+        t = time.perf_counter()
+        runs["sparse_moe (finetuned)"] = _engine(
+            ws, "mheight", "finetune", "--experts", f"{runs['fc + minor features']},{runs['fc + minor features, seed 1']}",
+            "--data", str(train),
+            "--epochs", str(FT_EPOCHS), "--batch-size", "256", "--threads", "1", "--top-k", "2")
+        timings["sparse_moe (finetuned)"] = time.perf_counter() - t
+        baseline = _group_mean_baseline(train, held)
+        rows.append(f"| per-group mean of the training labels | {baseline:.3f} | - | - | - |")
+        for name, rd in runs.items():
+            ev = _summary(_engine(ws, "mheight", "evaluate", str(rd), "--data", str(held), "--threads", "1"))
+            rate = ev["predict_per_s"]
+            rows.append(f"| {name} | {ev['test/log2_mse']:.3f} | {timings[name]:.0f} | {rate:,.0f} | {rate / gen_rate:,.0f}x |")
+    return f"""## m-height models (held-out course grid)
+
+Train: {TRAIN_CODES:,} codes per (n, k) of the course grid (all m = 2..n-k), integer P in [-100, 100],
+10% held out for validation; test: {HELD_OUT_CODES:,} codes per (n, k) from another seed. fc and resnet2d
+({' '.join(RESNET)}) train {EPOCHS} epochs; the sparse top-2 MoE starts from the two "fc + minor features"
+checkpoints and fine-tunes {FT_EPOCHS} epochs. "minor features": `--minor-features` (statistics of log2 |det| of
+P's square submatrices; their cost is included in predictions/s). fc: {' '.join(FC)}. One torch thread per job. Canonicalised inputs (default). Log2-MSE = mean over the 21 (n, k, m) groups.
+
+| model | test Log2-MSE | train s | predictions/s | vs exact generator ({gen_rate:,.0f} labels/s, 1 process) |
+|---|---:|---:|---:|---:|
+{chr(10).join(rows)}
+
+Data generation took {gen_s:.0f} s. Issue target: fine-tuned sparse MoE <= 0.40 (per-group mean ~1.1).
+"""
