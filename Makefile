@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 
 install: $(STAMP)
 
-# Queue a short real training run on the embedded data set and watch it in the TUI
-# (without a terminal, wait for it and print the run table instead).
+# Queue the demo pipeline (long-tail experts -> logits -> gates, and m-height
+# data -> experts -> sparse MoE; a few minutes on a 2-core CPU) and watch it in
+# the TUI (without a terminal, wait for it and print the run table instead).
 demo: install
-	$(BIN)/moe-tui submit --name demo -- train-expert --loss ce --preset quick
+	$(BIN)/moe-tui pipeline demo
 	@if [ -t 0 ] && [ -t 1 ]; then $(BIN)/moe-tui; else $(BIN)/moe-tui wait && $(BIN)/moe-tui ls; fi
 
 test: install

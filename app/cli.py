@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -99,12 +100,18 @@ def submit(
 def pipeline(
     spec: Annotated[str, typer.Argument(help="a pipeline file (YAML or JSON), or a named pipeline: lt, mheight, demo")],
     backend: Annotated[Optional[str], typer.Option(help="backend of steps that do not name one")] = None,
+    print_: Annotated[bool, typer.Option("--print", help="print the pipeline file (to copy and edit) instead of queueing it")] = False,
     workspace: WorkspaceOpt = None,
 ) -> int:
     """Queue a pipeline: steps with dependencies, downstream steps reading upstream run directories."""
     from app.queue.daemon import ensure_daemon
-    from app.queue.pipeline import load_pipeline, queue_pipeline
+    from app.queue.pipeline import load_pipeline, named_pipeline_path, queue_pipeline
 
+    if print_:
+        spec_path = named_pipeline_path(spec) or Path(spec)
+        load_pipeline(spec)  # a broken file is reported, not printed
+        sys.stdout.write(spec_path.read_text())
+        return 0
     ws = _workspace(workspace)
     queued = queue_pipeline(ws, load_pipeline(spec), backend=backend)
     ensure_daemon(ws)

@@ -223,7 +223,7 @@ def test_bad_queue_input_gets_one_line(ws_path, tmp_path):
     cyc = tmp_path / "cyc.yaml"
     cyc.write_text(f"steps:\n  a: {{args: {json.dumps(TINY)}, after: [b]}}\n  b: {{args: {json.dumps(TINY)}, after: [a]}}\n")
     assert "the dependencies form a cycle: a -> b -> a" in err("pipeline", str(cyc))
-    assert "needs the job kinds" in err("pipeline", "lt")
+    assert err("pipeline", "nosuch") == "error: no pipeline file nosuch; name a YAML or JSON file, or one of: demo, lt, mheight"
     assert not (ws_path / "runs").exists() or not any((ws_path / "runs").iterdir()), "bad input queues nothing"
 
 

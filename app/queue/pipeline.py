@@ -30,15 +30,16 @@ from app.queue.deps import check_acyclic, placeholders
 from app.queue.submit import capture_repro, check_gpus, submit, validate
 from app.store.models import Run
 from app.workspace import Workspace
-from engine.config import JOBS, ConfigError, load_config_file
+from engine.config import ConfigError, load_config_file
 
-# The product's named pipelines need job kinds built on other branches; until
-# they exist here, asking for one says which jobs are missing.
-NAMED = {
-    "lt": ("train-expert", "recompute-logits", "train-gating"),
-    "mheight": ("mheight-generate", "mheight-train", "mheight-finetune"),
-    "demo": ("train-expert", "recompute-logits", "train-gating", "mheight-generate", "mheight-train", "mheight-finetune"),
-}
+# The product's named pipelines ship as files beside this module.
+NAMED_DIR = Path(__file__).with_name("pipelines")
+NAMED = tuple(sorted(p.stem for p in NAMED_DIR.glob("*.yaml")))
+
+
+def named_pipeline_path(ref: str) -> Path | None:
+    """The shipped file of a named pipeline (``lt``, ``mheight``, ``demo``), unless a file of that name is here."""
+    return NAMED_DIR / f"{ref}.yaml" if ref in NAMED and not Path(ref).exists() else None
 
 
 class Step(BaseModel):
@@ -59,13 +60,11 @@ class PipelineSpec(BaseModel):
 
 
 def load_pipeline(ref: str) -> PipelineSpec:
-    if ref in NAMED and not Path(ref).exists():
-        missing = [k for k in NAMED[ref] if k not in JOBS]
-        if missing:
-            raise UserError(f"pipeline '{ref}' needs the job kinds {', '.join(missing)}, which this version of the "
-                            "engine does not have; write a pipeline file instead (see docs/queue.md)")
+    named = named_pipeline_path(ref)
+    if named is None and not Path(ref).exists():
+        raise UserError(f"no pipeline file {ref}; name a YAML or JSON file, or one of: {', '.join(NAMED)}")
     try:
-        data = load_config_file(ref)
+        data = load_config_file(named or ref)
     except ConfigError as e:
         raise UserError(str(e).replace("config file", "pipeline file")) from None
     try:

@@ -194,7 +194,9 @@ def load_split(logits_dir: Path, experts: list[str], split: str, labels_dir: str
     return SplitLogits(split, list(experts), logits, targets)
 
 
-def _json_list(path: Path, key: str, what: str) -> list:
+def _json_list(path: Path, keys: tuple[str, ...], what: str) -> list:
+    """A list of numbers: the whole file, or the first of ``keys`` it holds
+    (so the files engine make-splits writes are read as they are)."""
     try:
         data = json.loads(Path(path).expanduser().read_text())
     except OSError as e:
@@ -202,9 +204,9 @@ def _json_list(path: Path, key: str, what: str) -> list:
     except ValueError as e:
         raise JobError(f"{what} file {path} is not valid JSON: {e}") from None
     if isinstance(data, dict):
-        data = data.get(key)
+        data = next((data[k] for k in keys if k in data), None)
     if not isinstance(data, list) or not all(isinstance(v, (int, float)) for v in data):
-        raise JobError(f"{what} file {path} must hold a list of numbers or {{\"{key}\": [...]}}")
+        raise JobError(f"{what} file {path} must hold a list of numbers or {{\"{keys[0]}\": [...]}}")
     return data
 
 
@@ -212,7 +214,7 @@ def load_class_weights(path: str | None, num_classes: int) -> tuple[np.ndarray, 
     """Per-class loss weights normalised to sum to C (so 1 means 'as uniform'), and where they came from."""
     if not path:
         return np.ones(num_classes), "uniform class weights (no --class-weights given)"
-    w = np.asarray(_json_list(Path(path), "class_weights", "class weights"), dtype=np.float64)
+    w = np.asarray(_json_list(Path(path), ("class_weights", "weights"), "class weights"), dtype=np.float64)
     if len(w) != num_classes:
         raise JobError(f"class weights file {path} has {len(w)} weights but the logits have {num_classes} classes")
     if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
@@ -223,7 +225,7 @@ def load_class_weights(path: str | None, num_classes: int) -> tuple[np.ndarray, 
 def load_class_counts(path: str | None, train_targets: np.ndarray, num_classes: int, train_share: float) -> tuple[np.ndarray, str]:
     """Train-LT class counts, which define the head/tail groups."""
     if path:
-        counts = np.asarray(_json_list(Path(path), "class_counts", "class counts"), dtype=np.int64)
+        counts = np.asarray(_json_list(Path(path), ("class_counts", "train_lt"), "class counts"), dtype=np.int64)
         if len(counts) != num_classes:
             raise JobError(f"class counts file {path} has {len(counts)} classes but the logits have {num_classes}")
         return counts, f"class counts from {path}"
