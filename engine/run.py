@@ -376,7 +376,12 @@ class EventLog:
 
 
 class _Tee:
-    """Duplicate a text stream into stdout.log (headless runs print to a terminal)."""
+    """Duplicate a text stream into stdout.log (headless runs print to a terminal).
+
+    The log is the record; the terminal is a courtesy. If the terminal goes
+    away (a closed pipe, a dead SSH session under nohup), writing to it fails
+    and the job carries on writing the log alone instead of crashing.
+    """
 
     def __init__(self, stream, log):
         self._stream, self._log = stream, log
@@ -384,14 +389,23 @@ class _Tee:
     def write(self, s: str) -> int:
         self._log.write(s)
         self._log.flush()
-        return self._stream.write(s)
+        if self._stream is not None:
+            try:
+                self._stream.write(s)
+            except (OSError, ValueError):  # BrokenPipeError, or a closed file
+                self._stream = None
+        return len(s)
 
     def flush(self) -> None:
-        self._stream.flush()
         self._log.flush()
+        if self._stream is not None:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._stream = None
 
     def __getattr__(self, name):
-        return getattr(self._stream, name)
+        return getattr(self._stream if self._stream is not None else self._log, name)
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -78,6 +78,29 @@ def test_a_used_directory_is_refused(tmp_path):
         RunRecorder(rd, kind="test", config={}, argv=[]).__enter__()
 
 
+def test_a_job_outlives_its_terminal(tmp_path):
+    """The reader of a headless job's output goes away: the job finishes, the log keeps every line."""
+    script = textwrap.dedent(f"""
+        import time
+        from engine.run import RunDir, RunRecorder
+        rd = RunDir.create({str(tmp_path / 'runs')!r})
+        with RunRecorder(rd, kind="test", config={{}}, argv=[]) as rec:
+            for epoch in range(1, 41):
+                time.sleep(0.02)
+                rec.log_epoch(epoch, {{"x": epoch}})
+            raise RuntimeError("boom")  # the cause is still recorded with no terminal
+        raise SystemExit(rec.exit_code)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p.stdout.readline()
+    p.stdout.close()  # the terminal is gone
+    assert p.wait(timeout=60) == 1
+    (rd,) = [RunDir(d) for d in (tmp_path / "runs").glob("*")]
+    st = rd.read_status()
+    assert st["state"] == "failed" and st["error"].startswith("RuntimeError: boom")
+    assert "epoch 40  x 40" in rd.stdout_log.read_text()
+
+
 def test_sigterm_cancels_at_a_safe_point(tmp_path):
     script = textwrap.dedent(f"""
         import time
