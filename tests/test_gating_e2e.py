@@ -174,4 +174,5 @@ def test_real_digits_experts_give_the_full_table(tmp_path, finished_run_dir):
     # The single-expert rows are the experts' own scores: the same checkpoint, the same val split.
     for name, ckpt in ckpts.items():
         assert res["tables"]["val"][name]["balanced_acc"] == pytest.approx(ckpt["metrics"]["val/balanced_acc"], abs=1e-6)
-        assert res["tables"]["val"][name]["nll"] == pytest.approx(ckpt["metrics"]["val/nll"], abs=1e-4)
+        # Training evaluated in bf16 autocast where the CPU has AMX units; these logits are fp32.
+        assert res["tables"]["val"][name]["nll"] == pytest.approx(ckpt["metrics"]["val/nll"], rel=5e-3)

@@ -63,8 +63,11 @@ def test_partial_log_line_waits_for_its_newline(ws):
 def test_artifact_preview_stays_inside_artifacts(ws, copy_run):
     rd = copy_run(ws.root)
     data = TuiData(ws)
-    assert [name for name, _ in data.artifacts(rd.name)] == ["class_groups.json"]
+    on_disk = sorted(str(p.relative_to(rd / "artifacts")) for p in (rd / "artifacts").rglob("*") if p.is_file())
+    listed = [name for name, _ in data.artifacts(rd.name)]
+    assert listed == on_disk and {"class_groups.json", "reliability_ce.png", "splits/val.json"} <= set(listed)
     assert data.artifact_text(rd.name, "class_groups.json").startswith("{")
+    assert "binary file" in data.artifact_text(rd.name, "reliability_ce.png")
     with pytest.raises(UserError, match="outside the run's artifacts"):
         data.artifact_text(rd.name, "../run.json")
 
