@@ -33,6 +33,16 @@ def seed_everything(seed: int) -> torch.Generator:
     return gen
 
 
+def prepare_job(cfg) -> tuple[torch.device, torch.Generator]:
+    """What every training job does first: CPU threads, device, seeds.
+
+    ``cfg`` has ``threads`` (None: torch's choice), ``device`` and ``seed``.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return pick_device(cfg.device), seed_everything(cfg.seed)
+
+
 def warmup_multistep(warmup_epochs: int, milestones: list[int], gamma: float):
     """LR factor per epoch: linear warm-up to 1, then x gamma at each milestone."""
 

@@ -17,7 +17,7 @@ from engine.mheight.data import Batchable, feature_dim
 from engine.mheight.fit import checkpoint_path, fit, load_split
 from engine.mheight.models import SparseMoE, build
 from engine.run import JobError, RunRecorder
-from engine.training import pick_device, seed_everything
+from engine.training import prepare_job
 
 
 def load_experts(paths: list[str], device: torch.device) -> tuple[dict, list[dict], torch.Tensor, float, bool]:
@@ -48,10 +48,7 @@ def load_experts(paths: list[str], device: torch.device) -> tuple[dict, list[dic
 
 def run(spec: JobSpec, rec: RunRecorder) -> None:
     cfg: MHeightFinetuneConfig = spec.config  # type: ignore[assignment]
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    gen = seed_everything(cfg.seed)
+    device, gen = prepare_job(cfg)
     expert, states, base, scale, canonical = load_experts(cfg.experts, device)
     if canonical != cfg.canonicalize:
         print(f"note: using canonicalize={canonical}, as the experts were trained", flush=True)

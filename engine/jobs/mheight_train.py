@@ -10,15 +10,12 @@ from engine.mheight.data import Batchable
 from engine.mheight.fit import data_scale, fit, group_means, load_split
 from engine.mheight.models import build, model_spec
 from engine.run import RunRecorder
-from engine.training import pick_device, seed_everything
+from engine.training import prepare_job
 
 
 def run(spec: JobSpec, rec: RunRecorder) -> None:
     cfg: MHeightTrainConfig = spec.config  # type: ignore[assignment]
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    gen = seed_everything(cfg.seed)
+    device, gen = prepare_job(cfg)
     train_l, val_l = load_split(cfg)
     scale = data_scale(train_l)
     train = Batchable.from_labels(train_l, train_l.finite_groups(), scale, cfg.canonicalize, device, cfg.minor_features)

@@ -31,7 +31,7 @@ from engine.losses import make_loss
 from engine.metrics import classification_metrics
 from engine.models import build_network
 from engine.run import Cancelled, JobError, RunRecorder, atomic_write_json
-from engine.training import (Stopwatch, autocast, make_feed, pick_device, seed_everything, uses_channels_last,
+from engine.training import (Stopwatch, autocast, make_feed, prepare_job, uses_channels_last,
                              warmup_multistep)
 
 
@@ -212,10 +212,7 @@ def check_resumable(ckpt: dict, meta: dict, path: Path) -> None:
 
 def run(spec: JobSpec, rec: RunRecorder) -> None:
     cfg: TrainExpertConfig = spec.config  # type: ignore[assignment]
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    gen = seed_everything(cfg.seed)
+    device, gen = prepare_job(cfg)
     np.random.seed(cfg.seed)
 
     data = load_image_data(cfg)

@@ -26,7 +26,7 @@ from engine.gating.evaluation import (load_by_group, mixture_metrics, mixture_pr
 from engine.gating.features import FeatureNorm, PreparedSplit, feature_names, prepare_split
 from engine.gating.model import GatingMLP, dropout_masks, route, router_temperature
 from engine.run import JobError, RunRecorder, atomic_write_bytes, atomic_write_json
-from engine.training import pick_device, seed_everything
+from engine.training import prepare_job
 
 GROUPS = ("head", "tail")  # the prior's groups, from ClassGroups (tail: at most 20 train-LT images)
 TERMS = ("nll", "lb", "entropy", "resp_kl", "prior_kl")
@@ -168,10 +168,7 @@ def _group_index(targets: torch.Tensor, groups: ClassGroups) -> torch.Tensor:
 
 def run(spec: JobSpec, rec: RunRecorder) -> None:
     cfg: TrainGatingConfig = spec.config  # type: ignore[assignment]
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    gen = seed_everything(cfg.seed)
+    device, gen = prepare_job(cfg)
     mask_rng = np.random.default_rng(cfg.seed)  # dropout masks (see dropout_masks)
     experts = cfg.experts
 
