@@ -25,7 +25,6 @@ def ece_from_confidence(conf: torch.Tensor, correct: torch.Tensor, bins: int = E
     conf, correct = conf.float().cpu(), correct.float().cpu()
     # Bin b holds confidences in (b/B, (b+1)/B]; a confidence of exactly 0 cannot occur.
     idx = (conf * bins).ceil().long().clamp_(1, bins) - 1
-    n = torch.zeros(bins).index_add_(0, idx, torch.ones_like(conf))
     acc = torch.zeros(bins).index_add_(0, idx, correct)
     cf = torch.zeros(bins).index_add_(0, idx, conf)
     return float(((acc - cf).abs()).sum() / max(len(conf), 1))

@@ -10,8 +10,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import time
 
 import pytest
 from sqlmodel import func, select

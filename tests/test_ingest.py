@@ -52,7 +52,7 @@ def test_a_pass_is_idempotent(ws):
 
 
 def test_summaries_track_last_and_best_by_goal(ws):
-    rd = fake_job(ws)
+    fake_job(ws)
     Ingester(ws).run_pass()
     with ws.store.read() as s:
         summ = {m.key: m for m in s.exec(select(MetricSummary))}

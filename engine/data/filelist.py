@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from engine.data.images import ImageData
-from engine.data.splits import Splits, make_splits, reuse_or_make
+from engine.data.splits import make_splits, reuse_or_make
 from engine.run import JobError
 
 # ImageNet channel statistics in [0, 1] units (torchvision's pretrained-model convention).
