@@ -37,3 +37,50 @@ def test_demo_pipeline_runs_both_workloads_to_the_end(ws_path, ws):
     gate = ws.run_dir(runs["gating_dense"].run_id)
     assert (gate.artifacts / "results.md").exists()
     assert (ws.run_dir(runs["mh_moe"].run_id).checkpoints / "best.pth").exists()
+
+
+@pytest.mark.slow
+def test_demo_pipeline_survives_a_dead_expert_and_a_dead_daemon(ws_path, ws):
+    """A failed expert blocks its recompute and gating runs; the daemon is SIGKILLed
+    mid-pipeline; retrying the expert releases them and the pipeline completes with
+    every epoch of every run in SQLite."""
+    import json
+    import os
+    import signal
+
+    from sqlmodel import func
+
+    from app.store import Metric
+    from tests.helpers import epoch_events, wait_for
+
+    env = {"MOE_TUI_CPU_SLOTS": "2"}
+    out = moe(ws_path, "pipeline", "demo", **env)
+    assert out.returncode == 0, out.stderr
+    ids = {line.split()[2]: line.split()[1] for line in out.stdout.splitlines() if line.startswith("queued")}
+    ce = ws_path / "runs" / ids["ce"]
+    wait_for(lambda: len(epoch_events(ce)) >= 1, timeout=180, what="the ce expert's first epoch")
+    os.kill(json.loads((ce / "status.json").read_text())["pid"], signal.SIGKILL)  # as the OOM killer would
+    downstream = ("logits", "gating_dense", "gating_top_k")
+
+    def statuses():
+        moe(ws_path, "ls", **env)
+        with ws.store.read() as s:
+            return {r.name.split("/", 1)[1]: r.status for r in s.exec(select(Run)) if r.run_id in ids.values()}
+
+    wait_for(lambda: all(statuses()[k] == "blocked" for k in downstream), timeout=120, what="the blocked chain")
+    assert statuses()["ce"] == "failed"
+    assert not (ws_path / "runs" / ids["logits"] / "launch.json").exists(), "a blocked run never starts"
+
+    daemon = json.loads((ws_path / ".moe-tui" / "daemon.pid").read_text())
+    os.kill(daemon["pid"], signal.SIGKILL)  # mid-pipeline: m-height and other experts are queued or running
+    retry = moe(ws_path, "retry", ids["ce"], **env)  # any command brings a daemon back
+    assert retry.returncode == 0, retry.stderr
+    assert moe(ws_path, "wait", "--timeout", "1500", timeout=1600, **env).returncode == 0
+    with ws.store.read() as s:
+        runs = {r.run_id: r for r in s.exec(select(Run))}
+        for run in runs.values():
+            assert run.status == ("failed" if run.run_id == ids["ce"] else "succeeded"), (run.name, run.error)
+            n = s.exec(select(func.count(func.distinct(Metric.epoch)))
+                       .where(Metric.run == run.id, Metric.epoch.is_not(None))).one()
+            assert n == len(epoch_events(ws_path / "runs" / run.run_id)), run.name
+    assert len(runs) == 11  # the ten steps and the retried expert
