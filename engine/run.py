@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import signal
 import socket
 import subprocess
@@ -82,14 +81,16 @@ def resolve_workspace(explicit: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser().absolute()
 
 
-def new_run_id(now: float | None = None) -> str:
-    """``YYMMDD-HHMMSS-xxxx``: sorts by creation time, readable, unique enough.
+def new_run_id(now: float | None = None, seq: int = 0) -> str:
+    """``YYMMDD-HHMMSS-mmms``: sorts by creation time, readable, unique.
 
-    Uniqueness is enforced by creating the directory with ``mkdir`` (which
-    fails if it exists); the random suffix only makes retries rare.
+    ``mmm`` is the millisecond in hex (000-3e7), so runs created in the same
+    second still sort in creation order; ``s`` (0-f) tells apart runs of the
+    same millisecond. ``RunDir.create`` makes it unique with ``mkdir``.
     """
+    now = time.time() if now is None else now
     stamp = time.strftime("%y%m%d-%H%M%S", time.localtime(now))
-    return f"{stamp}-{secrets.token_hex(2)}"
+    return f"{stamp}-{int(now % 1 * 1000):03x}{seq:x}"
 
 
 def is_run_id(name: str) -> bool:
@@ -239,15 +240,24 @@ class RunDir:
         """Make a new, empty run directory under ``runs_root`` with a fresh id."""
         runs_root = Path(runs_root)
         runs_root.mkdir(parents=True, exist_ok=True)
-        for _ in range(100):
-            rid = run_id or new_run_id()
+        if run_id:
             try:
-                (runs_root / rid).mkdir()
+                (runs_root / run_id).mkdir()
             except FileExistsError:
-                if run_id:
-                    raise JobError(f"run directory {runs_root / rid} already exists; pick another id")
-                continue
-            return cls(runs_root / rid)
+                raise JobError(f"run directory {runs_root / run_id} already exists; pick another id") from None
+            return cls(runs_root / run_id)
+        # mkdir is the arbiter between processes; within a millisecond the
+        # sequence digit goes up, so creation order stays name order.
+        for _ in range(100):
+            now = time.time()
+            for seq in range(16):
+                rid = new_run_id(now, seq)
+                try:
+                    (runs_root / rid).mkdir()
+                except FileExistsError:
+                    continue
+                return cls(runs_root / rid)
+            time.sleep(0.001)
         raise JobError(f"could not create a fresh run directory under {runs_root}")
 
     def read_run(self) -> dict | None:

@@ -158,4 +158,5 @@ def test_exit_descriptions():
 def test_run_ids_sort_by_time_and_never_collide(tmp_path):
     ids = [RunDir.create(tmp_path).run_id for _ in range(50)]
     assert len(set(ids)) == 50
+    assert ids == sorted(ids), "within one second too, creation order is name order"
     assert sorted(ids)[0][:13] <= time.strftime("%y%m%d-%H%M%S")
