@@ -24,6 +24,7 @@ from engine.config import JOBS, ConfigError, literal_choices, resolve
 SWEEP_SEP = "|"
 MAX_SWEEP = 64  # runs one submit may queue: a typo like 0|1|...|999 should not flood the queue
 NO_PRESET = "(recipe defaults)"
+DEFAULT_KIND = "train-expert"
 
 
 def show_value(value) -> str:
@@ -61,7 +62,8 @@ class LaunchScreen(Screen):
 
     def __init__(self, kind: str | None = None):
         super().__init__()
-        self.kind = kind or sorted(JOBS)[0]
+        # The job most launches start with (gating and evaluation consume its runs).
+        self.kind = kind or (DEFAULT_KIND if DEFAULT_KIND in JOBS else sorted(JOBS)[0])
         self.preset: str | None = None
         self.defaults: dict[str, str] = {}
 

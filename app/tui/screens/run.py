@@ -301,6 +301,8 @@ class RunScreen(Screen):
             self.call_after_refresh(self._show_lineage, feeds, consumers)
             return
         table = tables.first(DataTable)
+        if self.lineage is None:
+            table.focus()  # up/down and enter act on the runs at once
         rows = [("fed by", r) for r in feeds] + [("feeds", r) for r in consumers]
         if self.lineage == rows:
             return
