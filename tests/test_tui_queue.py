@@ -176,7 +176,7 @@ async def test_queue_screen_start_order_priority_and_pause(paused_ws):
         assert column(table, "pos") == ["1", "2", "3"]
         assert column(table, "waits")[2] == f"{low.run_id} (queued)"
         info = str(screen.query_one("#queue-info", Static).render())
-        assert "PAUSED" in info and "0 GPU(s)" in info
+        assert "PAUSED" in info and "slots 0 GPU x 1 + 1 CPU" in info
         slots = screen.query_one("#slots", DataTable)
         assert column(slots, "slot")[0] == "cpu 0" and set(column(slots, "runs")) == {"free"}
 
@@ -207,7 +207,7 @@ async def test_queue_screen_start_order_priority_and_pause(paused_ws):
         await pilot.press("p")
         await settle(app, pilot, 0.8)
         assert not is_paused(ws)
-        assert "p pauses" in str(screen.query_one("#queue-info", Static).render())
+        assert "queue running" in str(screen.query_one("#queue-info", Static).render())
         await pilot.press("p")
         await settle(app, pilot, 0.8)
         assert is_paused(ws)
@@ -222,7 +222,7 @@ async def test_queue_screen_shows_the_run_on_its_slot(ws, monkeypatch):
     from app.queue.slots import discover_gpus
 
     discover_gpus.cache_clear()
-    run = submit(ws, [*TINY[:4], "20", *TINY[4:]], name="on-a-slot")  # 20 epochs: it stays running a while
+    run = submit(ws, [*TINY[:4], "20", *TINY[5:]], name="on-a-slot")  # 20 epochs: it stays running a while
     ensure_daemon(ws)
     wait_for(lambda: db_run(ws, run.run_id).status != "queued", timeout=60, what="the daemon to start the run")
     assert db_run(ws, run.run_id).slots == "cpu:0"

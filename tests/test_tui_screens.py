@@ -122,8 +122,8 @@ async def test_mark_compare_groups_and_export_match_the_cli(ws, copy_run):
         plot = screen.query_one("#compare-plot", Curves)
         assert len(plot.points) == 2 and all(len(p) == 3 for p in plot.points.values())
         groups = screen.query_one("#group-table", DataTable)
-        assert groups.row_count == 1 and str(groups.get_cell_at((0, 2))) == "2"
-        assert "±" in str(groups.get_cell_at((0, 3)))  # two runs: mean ± std
+        assert groups.row_count == 1 and str(groups.get_cell_at((0, 1))) == "2"
+        assert "±" in str(groups.get_cell_at((0, 2)))  # two runs: mean ± std
         await pilot.press("escape")
         await settle(app, pilot)
 

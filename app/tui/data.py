@@ -130,7 +130,7 @@ class QueuedRun:
 class QueueState:
     paused: bool
     daemon_pid: int | None
-    limits: str  # "2 GPU(s) x 1 run, 4 CPU slot(s), cap none"
+    limits: str  # "slots 2 GPU x 1 + 4 CPU, cap 3": GPUs x runs per GPU, CPU slots, cap on running runs
     slots: tuple[SlotUse, ...]
     elsewhere: tuple[tuple[int, str, str, str], ...]  # running runs on no local slot: (pk, run_id, name, where)
     queued: tuple[QueuedRun, ...]
@@ -344,8 +344,7 @@ class TuiData:
                 position += 1
             queued.append(QueuedRun(pk, run_id, name, kind, status, priority, g, backend,
                                     position if status != BLOCKED else None, waits, error))
-        limits = (f"{len(gpus)} GPU(s) x {q.runs_per_gpu} run(s), {q.cpu_slots} CPU slot(s), "
-                  f"cap {q.max_running or 'none'}")
+        limits = f"slots {len(gpus)} GPU x {q.runs_per_gpu} + {q.cpu_slots} CPU" + (f", cap {q.max_running}" if q.max_running else "")
         return QueueState(is_paused(self.ws), (info or {}).get("pid"), limits, tuple(slots), tuple(elsewhere),
                           tuple(queued))
 

@@ -151,12 +151,15 @@ class CompareScreen(Screen):
         table = self.query_one("#group-table", DataTable)
         table.clear(columns=True)
         key = self.metric_keys[0] if self.metric_keys else None
-        table.add_columns("sweep", "group (config except seed)", "runs", f"best {key or ''}", f"final {key or ''}")
-        for g in group_by_config(runs):
+        groups = group_by_config(runs)
+        sweeps = any(g.sweep for g in groups)  # the sweep column only when some run came from one
+        table.add_columns(*(["sweep"] if sweeps else []), "group (config except seed)", "runs",
+                          f"best {key or ''}", f"final {key or ''}")
+        for g in groups:
             label = ", ".join(f"{k}={fmt_value(v)}" for k, v in g.config.items()) or g.runs[0].kind
             best = [r.best[key] for r in g.runs if key and key in r.best]
             final = [r.final[key] for r in g.runs if key and key in r.final]
-            table.add_row(g.sweep or "—", label, str(len(g.runs)), mean_std(best), mean_std(final))
+            table.add_row(*([g.sweep or "—"] if sweeps else []), label, str(len(g.runs)), mean_std(best), mean_std(final))
 
     @work(thread=True, exclusive=True, group="compare-series", exit_on_error=False)
     def load_series(self) -> None:

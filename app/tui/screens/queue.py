@@ -49,8 +49,9 @@ class QueueScreen(QueueActions, Screen):
         slots.add_column("Used", key="used", width=4)
         slots.add_column("Runs on it", key="runs", width=52)
         queued = self.query_one("#queued", DataTable)
-        for key, label, width in (("pos", "#", 3), ("status", "Status", 8), ("prio", "Prio", 4), ("gpus", "GPU", 3),
-                                  ("name", "Name", 16), ("run_id", "ID", 18), ("waits", "Waits for", 30)):
+        # 80 columns in all, cell padding included; the detail line below shows the whole of the highlighted run.
+        for key, label, width in (("pos", "#", 2), ("status", "Status", 8), ("prio", "Prio", 4), ("gpus", "GPU", 3),
+                                  ("name", "Name", 14), ("run_id", "ID", 18), ("waits", "Waits for", 17)):
             queued.add_column(label, key=key, width=width)
         self.refresh_queue()
         self.set_interval(POLL_S, self.refresh_queue)
@@ -71,12 +72,12 @@ class QueueScreen(QueueActions, Screen):
         if state == self.state:
             return  # nothing changed: no redraw, the cursor stays put
         self.state = state
-        paused = "[b reverse yellow] PAUSED [/] p resumes" if state.paused else "[green]running[/] p pauses"
-        daemon = f"daemon pid {state.daemon_pid}" if state.daemon_pid else "[yellow]no daemon[/] (starts with the next run)"
+        paused = "[b reverse yellow] PAUSED [/]" if state.paused else "[green]running[/]"
+        daemon = "daemon up" if state.daemon_pid else "[yellow]no daemon[/]"
         n_queued = sum(1 for q in state.queued if q.position is not None)
         n_blocked = len(state.queued) - n_queued
         self.query_one("#queue-info", Static).update(
-            f"queue {paused} · {daemon} · {state.limits} · {n_queued} queued, {n_blocked} blocked")
+            f"queue {paused} · {daemon} · {n_queued} queued, {n_blocked} blocked · {state.limits}")
 
         slots = self.query_one("#slots", DataTable)
         slots.clear()
@@ -121,6 +122,8 @@ class QueueScreen(QueueActions, Screen):
             return
         where = f"position {q.position}" if q.position is not None else "blocked"
         line = f"[b]{q.run_id}[/b] {q.name} · {where} · priority {q.priority} (+/- change) · {q.gpus} GPU · {q.backend}"
+        if q.waits_for:
+            line += "\nwaits for " + ", ".join(q.waits_for)
         if q.error:
             line += f"\n[red]{q.error}[/red]"
         detail.update(line)

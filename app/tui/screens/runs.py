@@ -125,7 +125,7 @@ class RunsScreen(QueueActions, Screen):
         Binding("x", "export", "Export", id="export"),
         Binding("l", "launch", "Launch", id="launch"),
         Binding("g", "queue", "Queue", id="queue"),
-        Binding("C", "cancel_run", "Cancel run", id="cancel-run"),
+        Binding("C", "cancel_run", "Cancel run", id="cancel-run", show=False),
         Binding("r", "retry_run", "Retry", id="retry-run", show=False),
         Binding("R", "retry_resume", "Retry from last checkpoint", id="retry-resume", show=False),
         Binding("plus,equals_sign", "priority(1)", "Raise priority", id="priority-up", show=False),
