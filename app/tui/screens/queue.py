@@ -14,6 +14,19 @@ from app.tui.data import QueueState, QueuedRun, RunRow
 from app.tui.screens.runs import STATUS_STYLE
 
 POLL_S = 1.0  # the queue is read again this often (and after every action)
+# key, label, width: 80 columns in all, cell padding included; the detail line shows the whole of the highlighted run.
+QUEUED = (("pos", "#", 2), ("status", "Status", 8), ("prio", "Prio", 4), ("gpus", "GPU", 3),
+          ("name", "Name", 14), ("run_id", "ID", 18), ("waits", "Waits for", 17))
+QUEUED_COLUMNS = [k for k, _, _ in QUEUED]
+
+
+def queued_cells(q: QueuedRun) -> list:
+    return [
+        str(q.position) if q.position is not None else "",
+        Text(q.status, style=STATUS_STYLE.get(q.status, "")),
+        str(q.priority), str(q.gpus), q.name[:14], q.run_id,
+        ", ".join(q.waits_for) or ("slurm" if q.backend == "slurm" else ""),
+    ]
 
 
 class QueueScreen(QueueActions, Screen):
@@ -49,9 +62,7 @@ class QueueScreen(QueueActions, Screen):
         slots.add_column("Used", key="used", width=4)
         slots.add_column("Runs on it", key="runs", width=52)
         queued = self.query_one("#queued", DataTable)
-        # 80 columns in all, cell padding included; the detail line below shows the whole of the highlighted run.
-        for key, label, width in (("pos", "#", 2), ("status", "Status", 8), ("prio", "Prio", 4), ("gpus", "GPU", 3),
-                                  ("name", "Name", 14), ("run_id", "ID", 18), ("waits", "Waits for", 17)):
+        for key, label, width in QUEUED:
             queued.add_column(label, key=key, width=width)
         self.refresh_queue()
         self.set_interval(POLL_S, self.refresh_queue)
@@ -71,7 +82,7 @@ class QueueScreen(QueueActions, Screen):
     def show(self, state: QueueState) -> None:
         if state == self.state:
             return  # nothing changed: no redraw, the cursor stays put
-        self.state = state
+        old, self.state = self.state, state
         paused = "[b reverse yellow] PAUSED [/]" if state.paused else "[green]running[/]"
         daemon = "daemon up" if state.daemon_pid else "[yellow]no daemon[/]"
         n_queued = sum(1 for q in state.queued if q.position is not None)
@@ -79,26 +90,29 @@ class QueueScreen(QueueActions, Screen):
         self.query_one("#queue-info", Static).update(
             f"queue {paused} · {daemon} · {n_queued} queued, {n_blocked} blocked · {state.limits}")
 
-        slots = self.query_one("#slots", DataTable)
-        slots.clear()
-        for use in state.slots:
-            names = ", ".join(f"{run_id} {name}" for _, run_id, name in use.runs) or Text("free", style="dim")
-            slots.add_row(use.slot, f"{len(use.runs)}/{use.capacity}", names)
-        for pk, run_id, name, where in state.elsewhere:
-            slots.add_row(where[:14], "", f"{run_id} {name}")
+        if old is None or (old.slots, old.elsewhere) != (state.slots, state.elsewhere):
+            slots = self.query_one("#slots", DataTable)
+            slots.clear()
+            for use in state.slots:
+                names = ", ".join(f"{run_id} {name}" for _, run_id, name in use.runs) or Text("free", style="dim")
+                slots.add_row(use.slot, f"{len(use.runs)}/{use.capacity}", names)
+            for pk, run_id, name, where in state.elsewhere:
+                slots.add_row(where[:14], "", f"{run_id} {name}")
 
         table = self.query_one("#queued", DataTable)
         current = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value if table.row_count else None
-        table.clear()
-        self.queued = {q.pk: q for q in state.queued}
-        for q in state.queued:
-            table.add_row(
-                str(q.position) if q.position is not None else "",
-                Text(q.status, style=STATUS_STYLE.get(q.status, "")),
-                str(q.priority), str(q.gpus), q.name[:16], q.run_id,
-                ", ".join(q.waits_for) or ("slurm" if q.backend == "slurm" else ""),
-                key=str(q.pk),
-            )
+        before, self.queued = self.queued, {q.pk: q for q in state.queued}
+        if list(before) == list(self.queued):
+            # Same runs in the same order: change only the rows that changed (a rebuild of
+            # hundreds of rows is what a person would wait for after a priority step).
+            for q in state.queued:
+                if before[q.pk] != q:
+                    for col, value in zip(QUEUED_COLUMNS, queued_cells(q)):
+                        table.update_cell(str(q.pk), col, value)
+        else:
+            table.clear()
+            for q in state.queued:
+                table.add_row(*queued_cells(q), key=str(q.pk))
         if current is not None and current in table.rows:
             table.move_cursor(row=table.get_row_index(current), animate=False)
         self._show_detail()

@@ -126,7 +126,7 @@ class RunScreen(Screen):
                     RichLog(id="artifact-view", wrap=False, markup=False, highlight=False),
                 ))
             with TabPane("5 Lineage", id="lineage"):
-                yield Lazy(DataTable(id="lineage-table", cursor_type="row", zebra_stripes=True))
+                yield DataTable(id="lineage-table", cursor_type="row", zebra_stripes=True)  # small: no need to defer it
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
