@@ -265,7 +265,7 @@ async def test_lineage_tab_shows_parents_and_consumers(paused_ws):
         rows = list(zip(column(lineage, "dir"), column(lineage, "how"), column(lineage, "run_id")))
         # The placeholder made a dependency too (submit resolves {run:} into an edge).
         assert sorted(rows) == sorted([("feeds", "after", after.run_id),
-                                       ("feeds", "after, {run:}", gating.run_id)])
+                                       ("feeds", "after+{run:}", gating.run_id)])
         lineage.move_cursor(row=[r[2] for r in rows].index(gating.run_id), animate=False)
         await pilot.pause()
         await pilot.press("enter")

@@ -99,7 +99,7 @@ class Linked:
     name: str
     kind: str
     status: str
-    how: str  # "after" (a RunDependency), "{run:}" (a placeholder in the argv), or both, or "retry"
+    how: str  # "after" (a RunDependency), "{run:}" (a placeholder in the argv), "after+{run:}", "retry of", "retried by"
 
 
 @dataclass(frozen=True)
@@ -296,7 +296,7 @@ class TuiData:
                 consumers.setdefault(row[0], (row, set()))[1].add("retried by")
 
         def linked(found):
-            return [Linked(*row, how=", ".join(sorted(how))) for row, how in sorted(found.values(), key=lambda v: v[0][1])]
+            return [Linked(*row, how="+".join(sorted(how))) for row, how in sorted(found.values(), key=lambda v: v[0][1])]
 
         return linked(feeds), linked(consumers)
 

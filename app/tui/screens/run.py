@@ -309,15 +309,15 @@ class RunScreen(Screen):
         self.lineage = rows
         current = table.cursor_row
         table.clear(columns=True)
-        for key, label, width in (("dir", "", 6), ("how", "How", 10), ("status", "Status", 9), ("run_id", "ID", 18),
-                                  ("name", "Name", 16), ("kind", "Kind", 12)):
+        for key, label, width in (("dir", "", 6), ("how", "How", 12), ("status", "Status", 9), ("run_id", "ID", 18),
+                                  ("name", "Name", 12), ("kind", "Kind", 11)):  # 80 columns with the cell padding
             table.add_column(label, key=key, width=width)
         if not rows:
             table.add_row("", "", "", "no run fed this one, none consumes it", "", "")
             return
         for direction, r in rows:
             table.add_row(direction, r.how, Text(r.status, style=STATUS_STYLE.get(r.status, "")), r.run_id,
-                          r.name[:16], r.kind, key=str(r.pk))
+                          r.name[:12], r.kind, key=str(r.pk))
         table.move_cursor(row=min(current, table.row_count - 1), animate=False)
 
     def open_linked(self, key: str | None) -> None:
