@@ -8,7 +8,10 @@ several fields sweep.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import shlex
+import uuid
 
 from textual import work
 from textual.app import ComposeResult
@@ -18,7 +21,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
 from app.errors import UserError
-from app.queue.submit import BACKENDS
+from app.queue.submit import BACKENDS, capture_repro, check_gpus, resolve_parents, submit
 from engine.config import JOBS, ConfigError, literal_choices, resolve
 
 SWEEP_SEP = "|"
@@ -187,8 +190,6 @@ class LaunchScreen(Screen):
     @work(thread=True, exclusive=True, group="check-after", exit_on_error=False)
     def check_after(self, text: str) -> None:
         """Each dependency must name an existing run (a database read, so in a worker)."""
-        from app.queue.submit import resolve_parents
-
         try:
             with self.app.ws.store.read() as s:
                 resolve_parents(s, self.after_refs(text))
@@ -264,12 +265,7 @@ class LaunchScreen(Screen):
     @work(thread=True, exclusive=True, group="submit", exit_on_error=False)
     def submit_runs(self, argvs, name: str | None, backend: str, priority: int, gpus: int | None = None,
                     after: list[str] | None = None) -> None:
-        import dataclasses
-        import shlex
-        import uuid
-
         from app.queue.daemon import ensure_daemon
-        from app.queue.submit import capture_repro, check_gpus, resolve_parents, submit
 
         ws = self.app.ws
         queued = []
