@@ -113,6 +113,12 @@ async def test_queue_screen(seeded, monkeypatch):
         conn.execute(text(f"UPDATE run SET priority=2 WHERE id={ids[2]}"))
         conn.execute(text(f"UPDATE run SET status='blocked', error='dependency failed' WHERE id={ids[0]}"))
         conn.execute(text(f"INSERT INTO run_dependency (run, parent) VALUES ({ids[1]}, {ids[2]})"))
+    # The TUI starts a daemon for queued runs; have it up first, so the top line reads the same every time.
+    from app.queue.daemon import daemon_info, ensure_daemon
+    from tests.helpers import wait_for
+
+    ensure_daemon(seeded)
+    wait_for(lambda: daemon_info(seeded) is not None, timeout=60, what="the daemon")
     app = MoeTuiApp(seeded, poll_s=60)
     try:
         async with app.run_test(size=SIZE) as pilot:
