@@ -97,3 +97,34 @@ async def test_launch_and_help_screens(seeded):
         await pilot.press("escape", "question_mark")
         await settle(app, pilot)
         check(app, "help")
+
+
+async def test_queue_screen(seeded, monkeypatch):
+    from app.queue.control import pause
+    from app.queue.slots import discover_gpus
+
+    monkeypatch.setenv("MOE_TUI_GPUS", "none")  # the same slots on every machine
+    discover_gpus.cache_clear()
+    pause(seeded)
+    with seeded.store.write() as s:  # the three newest runs wait: one with a dependency, one blocked
+        conn = s.connection()
+        ids = [r[0] for r in conn.execute(text("SELECT id FROM run ORDER BY id DESC LIMIT 3"))]
+        conn.execute(text(f"UPDATE run SET status='queued', started_at=NULL, ended_at=NULL, epoch=0 WHERE id IN {tuple(ids)}"))
+        conn.execute(text(f"UPDATE run SET priority=2 WHERE id={ids[2]}"))
+        conn.execute(text(f"UPDATE run SET status='blocked', error='dependency failed' WHERE id={ids[0]}"))
+        conn.execute(text(f"INSERT INTO run_dependency (run, parent) VALUES ({ids[1]}, {ids[2]})"))
+    # The TUI starts a daemon for queued runs; have it up first, so the top line reads the same every time.
+    from app.queue.daemon import daemon_info, ensure_daemon
+    from tests.helpers import wait_for
+
+    ensure_daemon(seeded)
+    wait_for(lambda: daemon_info(seeded) is not None, timeout=60, what="the daemon")
+    app = MoeTuiApp(seeded, poll_s=60)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            await pilot.press("g")
+            await settle(app, pilot, 0.5)
+            check(app, "queue")
+    finally:
+        discover_gpus.cache_clear()

@@ -59,11 +59,12 @@ def test_launch_a_run_and_see_it_complete(ws_path):
         tmux.wait_for("No runs yet", "Launch", timeout=60)
         tmux.keys("l")
         tmux.wait_for("train-expert", "ctrl+s queues 1 run")
-        # Focus starts on the job kind; tab walks the form: preset, backend, name, priority, then the fields.
+        # Focus starts on the job kind; tab walks the form: preset, backend, name, priority, after, gpus,
+        # then the fields.
         # A focused field selects its text (typing replaces it): let the focus land before typing.
         tmux.tab(3)
         tmux.keys(*"tmux-run")
-        tmux.tab(4)  # priority, dataset, imb_factor, image_size
+        tmux.tab(6)  # priority, after, gpus, dataset, imb_factor, image_size
         tmux.keys("8")
         tmux.tab(5)  # augment, split_seed, arch, loss, epochs
         tmux.keys("3")
@@ -73,6 +74,10 @@ def test_launch_a_run_and_see_it_complete(ws_path):
         tmux.keys("C-s")
         screen = tmux.wait_for("tmux-run", "succeeded", "3/3", timeout=240)
         assert "train-expert" in screen
+        tmux.keys("g")  # the Queue screen: the CPU slot the run used is free again, nothing waits
+        tmux.wait_for("Queue", "cpu 0", "free", "0 queued, 0 blocked")
+        tmux.keys("Escape")
+        tmux.wait_for("tmux-run")
         tmux.keys("q")  # quitting the TUI ends the session; the finished run is not touched
     finally:
         subprocess.run(["tmux", "-L", tmux.socket, "kill-server"], capture_output=True)

@@ -140,3 +140,21 @@ def _rewrite_submit(ws: Workspace, run_id: str, old_id: str, new_id: str, argv: 
     rec["argv"] = argv
     rec["command"] = shlex.join(["engine", *argv])
     atomic_write_json(rd.submit_json, rec)
+
+
+def set_priority(ws: Workspace, ref: str, priority: int) -> Run:
+    """Change a waiting run's priority (higher starts first); recorded in submit.json too,
+    so a rebuilt database keeps the order."""
+    with ws.store.write() as s:
+        run = find_run(s, ref)
+        if run.status not in ("queued", BLOCKED):
+            raise UserError(f"run {run.run_id} is {run.status}; only a queued or blocked run's priority can change")
+        rd = ws.run_dir(run.run_id)
+        rec = read_json(rd.submit_json)
+        if rec is not None:
+            rec["priority"] = priority
+            atomic_write_json(rd.submit_json, rec)
+        run.priority = priority
+        run.rev = next_rev(s)
+        s.add(run)
+    return run

@@ -54,6 +54,23 @@ class RunRow:
     final: dict[str, float] = field(default_factory=dict, compare=False)  # metric key -> last value
     tags: tuple[str, ...] = ()
     notes: str = ""
+    priority: int = 0
+    gpus: int = 0
+    slots: str | None = None  # "gpu:0,1" or "cpu:3" while (and after) the daemon ran it locally
+    slurm_job_id: str | None = None
+    group_id: str | None = None  # runs of one sweep share it
+    retry_of: str | None = None
+
+    @property
+    def where(self) -> str:
+        """The slot a run holds (or held): GPUs, a CPU slot, or its Slurm job."""
+        if self.slurm_job_id:
+            return f"slurm:{self.slurm_job_id}"
+        if self.slots:
+            return self.slots
+        if self.status in ("queued", "blocked"):
+            return f"{self.gpus} GPU" if self.gpus else "cpu"
+        return ""
 
     @property
     def key_config(self) -> str:
@@ -71,6 +88,52 @@ class RunRow:
             return None
         end = self.ended_at or (now or time.time() if self.status == "running" else None)
         return None if end is None else max(0.0, end - self.started_at)
+
+
+@dataclass(frozen=True)
+class Linked:
+    """A run related to another (lineage), or waited for (queue)."""
+
+    pk: int
+    run_id: str
+    name: str
+    kind: str
+    status: str
+    how: str  # "after" (a RunDependency), "{run:}" (a placeholder in the argv), "after+{run:}", "retry of", "retried by"
+
+
+@dataclass(frozen=True)
+class SlotUse:
+    """One slot of this machine (a GPU or a CPU slot) and the runs on it."""
+
+    slot: str  # "gpu 0 (NVIDIA H100, 81559 MiB)" or "cpu 2"
+    capacity: int  # runs it can hold
+    runs: tuple[tuple[int, str, str], ...]  # (pk, run_id, name) of each occupant
+
+
+@dataclass(frozen=True)
+class QueuedRun:
+    pk: int
+    run_id: str
+    name: str
+    kind: str
+    status: str  # queued or blocked
+    priority: int
+    gpus: int
+    backend: str
+    position: int | None  # 1 = starts next; None for a blocked run
+    waits_for: tuple[str, ...]  # parents that have not succeeded yet, "run_id (status)"
+    error: str | None
+
+
+@dataclass(frozen=True)
+class QueueState:
+    paused: bool
+    daemon_pid: int | None
+    limits: str  # "slots 2 GPU x 1 + 4 CPU, cap 3": GPUs x runs per GPU, CPU slots, cap on running runs
+    slots: tuple[SlotUse, ...]
+    elsewhere: tuple[tuple[int, str, str, str], ...]  # running runs on no local slot: (pk, run_id, name, where)
+    queued: tuple[QueuedRun, ...]
 
 
 @dataclass(frozen=True)
@@ -110,7 +173,8 @@ class TuiData:
         """
         cols = (Run.id, Run.run_id, Run.name, Run.kind, Run.status, Run.backend, Run.epoch, Run.total_epochs,
                 Run.primary_metric, Run.created_at, Run.started_at, Run.ended_at, Run.error, Run.command,
-                Run.config, Run.tags, Run.notes, Run.rev)
+                Run.config, Run.tags, Run.notes, Run.priority, Run.gpus, Run.slots, Run.slurm_job_id, Run.group_id,
+                Run.retry_of, Run.rev)
         best: dict[int, dict[str, float]] = {}
         final: dict[int, dict[str, float]] = {}
         with self.ws.store.read() as s:
@@ -126,13 +190,14 @@ class TuiData:
                         final.setdefault(pk, {})[key] = last
         rows = []
         for (pk, run_id, name, kind, status, backend, epoch, total, primary, created, started, ended, error,
-             command, config, tags, notes, _rev) in runs:
+             command, config, tags, notes, priority, gpus, slots, slurm_job_id, group_id, retry_of, _rev) in runs:
             b = best.get(pk, {})
             rows.append(RunRow(
                 pk=pk, run_id=run_id, name=name, kind=kind, status=status, backend=backend, epoch=epoch,
                 total_epochs=total, metric_key=primary, metric_best=b.get(primary or ""), created_at=created,
                 started_at=started, ended_at=ended, error=error, command=command, config=json.loads(config or "{}"),
-                best=b, final=final.get(pk, {}), tags=parse_tags(tags), notes=notes,
+                best=b, final=final.get(pk, {}), tags=parse_tags(tags), notes=notes, priority=priority, gpus=gpus,
+                slots=slots, slurm_job_id=slurm_job_id, group_id=group_id, retry_of=retry_of,
             ))
         return rows, max([rev] + [r[-1] for r in runs])
 
@@ -194,6 +259,94 @@ class TuiData:
                 s.delete(row)
         shutil.rmtree(trash, ignore_errors=True)
         return run.run_id
+
+    # -- lineage and queue
+
+    def lineage(self, run_pk: int) -> tuple[list[Linked], list[Linked]]:
+        """(runs that fed this one, runs that consume it): RunDependency edges and
+        ``{run:ID}`` placeholders in the argv, plus the run it retries and its retries."""
+        from app.queue.deps import placeholders
+        from app.store.models import RunDependency
+
+        cols = (Run.id, Run.run_id, Run.name, Run.kind, Run.status)
+        with self.ws.store.read() as s:
+            run = s.exec(select(Run.run_id, Run.argv, Run.retry_of).where(Run.id == run_pk)).first()
+            if run is None:
+                raise UserError("that run no longer exists")
+            run_id, argv, retry_of = run
+            feeds: dict[int, tuple[tuple, set[str]]] = {}
+            for row in s.exec(select(*cols).join(RunDependency, RunDependency.parent == Run.id)
+                              .where(RunDependency.run == run_pk)):
+                feeds.setdefault(row[0], (row, set()))[1].add("after")
+            refs = placeholders(json.loads(argv or "[]"))
+            if refs:
+                for row in s.exec(select(*cols).where(col(Run.run_id).in_(refs))):
+                    feeds.setdefault(row[0], (row, set()))[1].add("{run:}")
+            if retry_of:
+                for row in s.exec(select(*cols).where(Run.run_id == retry_of)):
+                    feeds.setdefault(row[0], (row, set()))[1].add("retry of")
+            consumers: dict[int, tuple[tuple, set[str]]] = {}
+            for row in s.exec(select(*cols).join(RunDependency, RunDependency.run == Run.id)
+                              .where(RunDependency.parent == run_pk)):
+                consumers.setdefault(row[0], (row, set()))[1].add("after")
+            # argv holds ``{run:<run_id>}`` verbatim until launch, so a LIKE finds the consumers.
+            for row in s.exec(select(*cols).where(col(Run.argv).contains("{run:" + run_id + "}"))):
+                consumers.setdefault(row[0], (row, set()))[1].add("{run:}")
+            for row in s.exec(select(*cols).where(Run.retry_of == run_id)):
+                consumers.setdefault(row[0], (row, set()))[1].add("retried by")
+
+        def linked(found):
+            return [Linked(*row, how="+".join(sorted(how))) for row, how in sorted(found.values(), key=lambda v: v[0][1])]
+
+        return linked(feeds), linked(consumers)
+
+    def queue_state(self) -> QueueState:
+        """Slots and their occupants, and the waiting runs in the order the daemon would start them."""
+        from app.queue.control import is_paused
+        from app.queue.daemon import daemon_info
+        from app.queue.deps import parents_of
+        from app.queue.settings import load_settings
+        from app.queue.slots import Occupancy, discover_gpus
+        from app.store.models import BLOCKED
+
+        q = load_settings(self.ws.root).queue
+        gpus = discover_gpus()
+        info = daemon_info(self.ws)
+        with self.ws.store.read() as s:
+            running = s.exec(select(Run.id, Run.run_id, Run.name, Run.slots, Run.backend, Run.slurm_job_id)
+                             .where(Run.status == "running")).all()
+            waiting = s.exec(select(Run).where(col(Run.status).in_(("queued", BLOCKED)))).all()
+            parents = parents_of(s, [r.id for r in waiting])
+            # Plain tuples: nothing ORM leaves this session.
+            waiting = [(r.id, r.run_id, r.name, r.kind, r.status, r.priority, r.gpus, r.backend, r.error,
+                        tuple(f"{p.run_id} ({p.status})" for p in parents[r.id] if p.status != "succeeded"))
+                       for r in waiting]
+        on_slot: dict[str, list[tuple[int, str, str]]] = {}
+        elsewhere = []
+        for pk, run_id, name, slots, backend, job in running:
+            occ = Occupancy()
+            occ.take(slots)
+            keys = [f"gpu {i}" for i in occ.gpu] + [f"cpu {i}" for i in occ.cpu]
+            for k in keys:
+                on_slot.setdefault(k, []).append((pk, run_id, name))
+            if not keys:
+                elsewhere.append((pk, run_id, name, f"slurm job {job}" if job else backend))
+        slots = [SlotUse(f"gpu {g.index}" + (f" ({g.name}, {g.memory_mib} MiB)" if g.name else ""), q.runs_per_gpu,
+                         tuple(on_slot.pop(f"gpu {g.index}", []))) for g in gpus]
+        slots += [SlotUse(f"cpu {i}", 1, tuple(on_slot.pop(f"cpu {i}", []))) for i in range(q.cpu_slots)]
+        # Runs on slots the settings no longer list (cpu_slots lowered while they ran) still show.
+        slots += [SlotUse(k, 0, tuple(v)) for k, v in sorted(on_slot.items())]
+        # The daemon's order: highest priority first, then oldest; blocked runs last.
+        waiting.sort(key=lambda w: (w[4] == BLOCKED, -w[5], w[0]))
+        queued, position = [], 0
+        for pk, run_id, name, kind, status, priority, g, backend, error, waits in waiting:
+            if status != BLOCKED:
+                position += 1
+            queued.append(QueuedRun(pk, run_id, name, kind, status, priority, g, backend,
+                                    position if status != BLOCKED else None, waits, error))
+        limits = f"slots {len(gpus)} GPU x {q.runs_per_gpu} + {q.cpu_slots} CPU" + (f", cap {q.max_running}" if q.max_running else "")
+        return QueueState(is_paused(self.ws), (info or {}).get("pid"), limits, tuple(slots), tuple(elsewhere),
+                          tuple(queued))
 
     # -- run directory reads (bounded)
 

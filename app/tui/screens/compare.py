@@ -62,16 +62,22 @@ def mean_std(values: list[float]) -> str:
 class Group:
     config: dict  # the settings the group shares (differences between runs only, seed left out)
     runs: list[RunRow]
+    sweep: str | None = None  # the group_id of the sweep its runs came from
 
 
 def group_by_config(runs: list[RunRow]) -> list[Group]:
-    """Runs that differ only in a repeat field (the seed), grouped; first-seen order."""
+    """Runs that differ only in a repeat field (the seed), grouped; first-seen order.
+
+    Runs of a sweep (one ``group_id``) group only with each other: the same
+    settings queued in two sweeps are two experiments (other code, other data)
+    until a person says otherwise by comparing them without the sweep.
+    """
     varying = {k for k, _ in config_rows(runs, only_differences=True)} - set(REPEAT_FIELDS)
     groups: dict[tuple, Group] = {}
     for r in runs:
         shared = {k: r.config.get(k) for k in sorted(varying)}
-        key = (r.kind, json.dumps(shared, sort_keys=True, default=str))
-        groups.setdefault(key, Group(shared, [])).runs.append(r)
+        key = (r.group_id, r.kind, json.dumps(shared, sort_keys=True, default=str))
+        groups.setdefault(key, Group(shared, [], r.group_id)).runs.append(r)
     return list(groups.values())
 
 
@@ -145,12 +151,15 @@ class CompareScreen(Screen):
         table = self.query_one("#group-table", DataTable)
         table.clear(columns=True)
         key = self.metric_keys[0] if self.metric_keys else None
-        table.add_columns("group (config except seed)", "runs", f"best {key or ''}", f"final {key or ''}")
-        for g in group_by_config(runs):
+        groups = group_by_config(runs)
+        sweeps = any(g.sweep for g in groups)  # the sweep column only when some run came from one
+        table.add_columns(*(["sweep"] if sweeps else []), "group (config except seed)", "runs",
+                          f"best {key or ''}", f"final {key or ''}")
+        for g in groups:
             label = ", ".join(f"{k}={fmt_value(v)}" for k, v in g.config.items()) or g.runs[0].kind
             best = [r.best[key] for r in g.runs if key and key in r.best]
             final = [r.final[key] for r in g.runs if key and key in r.final]
-            table.add_row(label, str(len(g.runs)), mean_std(best), mean_std(final))
+            table.add_row(*([g.sweep or "—"] if sweeps else []), label, str(len(g.runs)), mean_std(best), mean_std(final))
 
     @work(thread=True, exclusive=True, group="compare-series", exit_on_error=False)
     def load_series(self) -> None:

@@ -8,7 +8,10 @@ several fields sweep.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import shlex
+import uuid
 
 from textual import work
 from textual.app import ComposeResult
@@ -18,12 +21,13 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
 from app.errors import UserError
-from app.queue.submit import BACKENDS
+from app.queue.submit import BACKENDS, capture_repro, check_gpus, resolve_parents, submit
 from engine.config import JOBS, ConfigError, literal_choices, resolve
 
 SWEEP_SEP = "|"
 MAX_SWEEP = 64  # runs one submit may queue: a typo like 0|1|...|999 should not flood the queue
 NO_PRESET = "(recipe defaults)"
+DEFAULT_KIND = "train-expert"
 
 
 def show_value(value) -> str:
@@ -61,7 +65,8 @@ class LaunchScreen(Screen):
 
     def __init__(self, kind: str | None = None):
         super().__init__()
-        self.kind = kind or sorted(JOBS)[0]
+        # The job most launches start with (gating and evaluation consume its runs).
+        self.kind = kind or (DEFAULT_KIND if DEFAULT_KIND in JOBS else sorted(JOBS)[0])
         self.preset: str | None = None
         self.defaults: dict[str, str] = {}
 
@@ -80,6 +85,14 @@ class LaunchScreen(Screen):
             yield Label(" priority ", id="priority-label")
             yield Input("0", id="priority", type="integer", compact=True,
                         tooltip="higher starts first among queued runs")
+        with Horizontal(id="launch-queue"):
+            yield Label("after", classes="field-name")
+            yield Input(placeholder="runs it waits for: ids or names, comma-separated", id="after", compact=True,
+                        tooltip="the run starts only once each of these succeeded (moe-tui submit --after)")
+            yield Label(" gpus ", id="gpus-label")
+            yield Input(placeholder="auto", id="gpus", type="integer", compact=True,
+                        tooltip="GPUs the run needs; 0 = a CPU slot; empty: 1 on a GPU machine, else 0")
+        yield Static("", id="after-error", markup=False)
         yield Static("", id="form-error")
         yield VerticalScroll(id="fields", can_focus=False)  # tab goes from field to field
         yield Static("", id="field-help", markup=False)
@@ -158,6 +171,9 @@ class LaunchScreen(Screen):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         input_id = event.input.id or ""
+        if input_id == "after":
+            self.check_after(event.value)
+            return
         if input_id.startswith("field-"):
             name = input_id.removeprefix("field-")
             error = self.check_field(name, event.value)
@@ -166,6 +182,27 @@ class LaunchScreen(Screen):
             label.display = bool(error)
             event.input.set_class(bool(error), "-invalid-field")
             self._update_sweep_info()
+
+    @staticmethod
+    def after_refs(text: str) -> list[str]:
+        return [r.strip() for r in text.replace(" ", ",").split(",") if r.strip()]
+
+    @work(thread=True, exclusive=True, group="check-after", exit_on_error=False)
+    def check_after(self, text: str) -> None:
+        """Each dependency must name an existing run (a database read, so in a worker)."""
+        try:
+            with self.app.ws.store.read() as s:
+                resolve_parents(s, self.after_refs(text))
+            message = ""
+        except UserError as e:
+            message = str(e)
+        self.app.call_from_thread(self._show_after_error, message)
+
+    def _show_after_error(self, message: str) -> None:
+        label = self.query_one("#after-error", Static)
+        label.update(message)
+        label.display = bool(message)
+        self.query_one("#after", Input).set_class(bool(message), "-invalid-field")
 
     def combinations(self) -> list[dict[str, str]]:
         """One dict of changed fields per run to queue."""
@@ -213,23 +250,44 @@ class LaunchScreen(Screen):
         except ValueError:
             error.update("[b red]cannot submit:[/] priority must be a whole number")
             return
+        gpus_text = self.query_one("#gpus", Input).value.strip()
+        try:
+            gpus = int(gpus_text) if gpus_text else None
+        except ValueError:
+            error.update("[b red]cannot submit:[/] gpus must be a whole number (0 for a CPU slot), or empty")
+            return
         error.update("submitting…")
         name = self.query_one("#run-name", Input).value.strip() or None
         backend = str(self.query_one("#backend", Select).value)
-        self.submit_runs(argvs, name, backend, priority)
+        after = self.after_refs(self.query_one("#after", Input).value)
+        self.submit_runs(argvs, name, backend, priority, gpus, after)
 
     @work(thread=True, exclusive=True, group="submit", exit_on_error=False)
-    def submit_runs(self, argvs, name: str | None, backend: str, priority: int) -> None:
+    def submit_runs(self, argvs, name: str | None, backend: str, priority: int, gpus: int | None = None,
+                    after: list[str] | None = None) -> None:
         from app.queue.daemon import ensure_daemon
-        from app.queue.submit import submit
 
         ws = self.app.ws
         queued = []
+        # The runs of one sweep share a group id, as `moe-tui submit --sweep` gives them (Compare groups by it).
+        group = f"sweep-{uuid.uuid4().hex[:8]}" if len(argvs) > 1 else None
         try:
+            # Checked before any run is queued, so a bad value queues nothing.
+            if gpus is not None:
+                check_gpus(gpus, backend)
+            with ws.store.read() as s:
+                resolve_parents(s, after or [])
+            repro = capture_repro([])  # git state and packages: once for every run of the sweep
             for argv, combo in argvs:
                 suffix = "-".join(f"{k}={v}" for k, v in combo.items()) if len(argvs) > 1 else ""
                 run_name = f"{name}-{suffix}" if name and suffix else name
-                queued.append(submit(ws, argv, name=run_name, backend=backend, priority=priority).run_id)
+                # The command a person would type for the same run, so the record stays reproducible.
+                cli = ["moe-tui", "submit", "--backend", backend, "--priority", str(priority)]
+                cli += (["--gpus", str(gpus)] if gpus is not None else []) + [f"--after={a}" for a in after or []]
+                cli += (["--name", run_name] if run_name else []) + ["--", *argv]
+                run_repro = dataclasses.replace(repro, command=shlex.join(cli))
+                queued.append(submit(ws, argv, name=run_name, backend=backend, priority=priority, gpus=gpus,
+                                     after=after or [], group_id=group, repro=run_repro).run_id)
             ensure_daemon(ws)
         except UserError as e:
             self.app.call_from_thread(self._submit_failed, str(e), queued)

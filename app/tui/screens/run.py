@@ -6,6 +6,7 @@ import json
 import re
 import threading
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -17,7 +18,8 @@ from textual.widgets import DataTable, Footer, Header, RichLog, Static, TabbedCo
 
 from app.errors import UserError
 from app.queries import fmt_duration
-from app.tui.data import MetricPoint, RunRow
+from app.tui.data import Linked, MetricPoint, RunRow
+from app.tui.screens.runs import STATUS_STYLE
 from app.tui.widgets.curves import Bars, Curves
 
 POLL_S = 1.0  # new metric rows, events and log lines are read at most this often
@@ -75,6 +77,7 @@ class RunScreen(Screen):
         Binding("2", "tab('config')", "Config", id="tab-config", show=False),
         Binding("3", "tab('log')", "Log", id="tab-log", show=False),
         Binding("4", "tab('artifacts')", "Artifacts", id="tab-artifacts", show=False),
+        Binding("5", "tab('lineage')", "Lineage", id="tab-lineage", show=False),
     ]
 
     def __init__(self, run_pk: int):
@@ -88,6 +91,7 @@ class RunScreen(Screen):
         self.log_y = False
         self.loads: list[tuple[int, list[float]]] = []
         self._artifacts: list[tuple[str, int]] | None = None
+        self.lineage: list[tuple[str, Linked]] | None = None
         self._poll_lock = threading.Lock()
 
     @property
@@ -121,6 +125,8 @@ class RunScreen(Screen):
                     DataTable(id="artifact-list", cursor_type="row"),
                     RichLog(id="artifact-view", wrap=False, markup=False, highlight=False),
                 ))
+            with TabPane("5 Lineage", id="lineage"):
+                yield DataTable(id="lineage-table", cursor_type="row", zebra_stripes=True)  # small: no need to defer it
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -238,12 +244,16 @@ class RunScreen(Screen):
             self.poll()
         if event.pane.id == "artifacts":
             self.load_artifacts()
+        if event.pane.id == "lineage":
+            self.load_lineage()
 
     # -- info, config, artifacts ---------------------------------------------------
 
     def runs_updated(self, rows: list[RunRow], removed: set[int]) -> None:
         if any(r.pk == self.run_pk for r in rows):
             self._show_info()
+        if rows and self.query_one(TabbedContent).active == "lineage":
+            self.load_lineage()  # a consumer may have been queued, or a parent finished
 
     def _show_info(self) -> None:
         row = self.row
@@ -273,6 +283,50 @@ class RunScreen(Screen):
         for key in sorted(row.best):
             table.add_row(f"best.{key}", f"{row.best[key]:.6g}")
             table.add_row(f"final.{key}", f"{row.final.get(key, float('nan')):.6g}")
+
+    # -- lineage -------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="lineage", exit_on_error=False)
+    def load_lineage(self) -> None:
+        try:
+            feeds, consumers = self.app.data.lineage(self.run_pk)
+        except UserError as e:
+            self.app.call_from_thread(self.notify, str(e), severity="error")
+            return
+        self.app.call_from_thread(self._show_lineage, feeds, consumers)
+
+    def _show_lineage(self, feeds: list[Linked], consumers: list[Linked]) -> None:
+        tables = self.query("#lineage-table")
+        if not tables:  # not mounted yet (Lazy)
+            self.call_after_refresh(self._show_lineage, feeds, consumers)
+            return
+        table = tables.first(DataTable)
+        if self.lineage is None:
+            table.focus()  # up/down and enter act on the runs at once
+        rows = [("fed by", r) for r in feeds] + [("feeds", r) for r in consumers]
+        if self.lineage == rows:
+            return
+        self.lineage = rows
+        current = table.cursor_row
+        table.clear(columns=True)
+        for key, label, width in (("dir", "", 6), ("how", "How", 12), ("status", "Status", 9), ("run_id", "ID", 18),
+                                  ("name", "Name", 12), ("kind", "Kind", 11)):  # 80 columns with the cell padding
+            table.add_column(label, key=key, width=width)
+        if not rows:
+            table.add_row("", "", "", "no run fed this one, none consumes it", "", "")
+            return
+        for direction, r in rows:
+            table.add_row(direction, r.how, Text(r.status, style=STATUS_STYLE.get(r.status, "")), r.run_id,
+                          r.name[:12], r.kind, key=str(r.pk))
+        table.move_cursor(row=min(current, table.row_count - 1), animate=False)
+
+    def open_linked(self, key: str | None) -> None:
+        if key and key.isdigit() and int(key) in self.app.runs:
+            self.app.push_screen(RunScreen(int(key)))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "lineage-table" and event.row_key is not None:
+            self.open_linked(event.row_key.value)
 
     @work(thread=True, exclusive=True, group="artifacts", exit_on_error=False)
     def load_artifacts(self) -> None:

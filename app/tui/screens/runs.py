@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from app.errors import UserError
 from app.queries import fmt_duration
+from app.tui.actions import QueueActions
 from app.tui.data import RunRow, parse_tags
 from app.tui.query import QueryError, compile_query
 
@@ -25,9 +26,9 @@ STATUS_STYLE = {
     "failed": "bold red",
     "cancelled": "yellow",
     "lost": "magenta",
-    "blocked": "dark_orange",
+    "blocked": "bold dark_orange reverse",  # waits on a failed dependency: needs a person (retry the parent)
 }
-STATUS_ORDER = {s: i for i, s in enumerate(("running", "queued", "failed", "lost", "cancelled", "succeeded"))}
+STATUS_ORDER = {s: i for i, s in enumerate(("running", "queued", "blocked", "failed", "lost", "cancelled", "succeeded"))}
 MARK = "●"
 NAME_WIDTH = 18  # longer names are cut in the table (the detail line shows them whole)
 
@@ -43,6 +44,7 @@ COLUMNS = [
     ("config", "Config", 18),
     ("time", "Time", 6),
     ("backend", "Backend", 8),
+    ("slot", "Slot", 10),
     ("run_id", "ID", 18),
     ("tags", "Tags", 16),
 ]
@@ -70,6 +72,8 @@ def sort_key(column: str, reverse: bool, now: float):
             return ",".join(row.tags)
         if column == "mark":
             return 0
+        if column == "slot":
+            return row.where
         return getattr(row, column)
 
     return key
@@ -88,6 +92,7 @@ def cells(row: RunRow, now: float, marked: bool) -> list:
         row.key_config,
         fmt_duration(row.duration(now)),
         row.backend,
+        row.where,
         row.run_id,
         ",".join(row.tags),
     ]
@@ -107,7 +112,7 @@ class RunsTable(DataTable):
         self.virtual_size = Size(width, self._total_row_height + header)
 
 
-class RunsScreen(Screen):
+class RunsScreen(QueueActions, Screen):
     CSS_PATH = "runs.tcss"
     AUTO_FOCUS = "#runs"  # keys act on the table; / moves to the filter
     BINDINGS = [
@@ -119,6 +124,12 @@ class RunsScreen(Screen):
         Binding("c", "compare", "Compare", id="compare"),
         Binding("x", "export", "Export", id="export"),
         Binding("l", "launch", "Launch", id="launch"),
+        Binding("g", "queue", "Queue", id="queue"),
+        Binding("C", "cancel_run", "Cancel run", id="cancel-run", show=False),
+        Binding("r", "retry_run", "Retry", id="retry-run", show=False),
+        Binding("R", "retry_resume", "Retry from last checkpoint", id="retry-resume", show=False),
+        Binding("plus,equals_sign", "priority(1)", "Raise priority", id="priority-up", show=False),
+        Binding("minus", "priority(-1)", "Lower priority", id="priority-down", show=False),
         Binding("t", "edit_tags", "Tags", id="tags", show=False),
         Binding("n", "edit_notes", "Notes", id="notes", show=False),
         Binding("d", "delete", "Delete", id="delete", show=False),
@@ -226,6 +237,9 @@ class RunsScreen(Screen):
         key = self._cursor_key(self.query_one(DataTable))
         return self.app.runs.get(int(key)) if key else None
 
+    def selected_run(self) -> RunRow | None:
+        return self._selected()
+
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
         self._show_detail()
 
@@ -240,6 +254,10 @@ class RunsScreen(Screen):
             return
         lines = [f"[b]{row.run_id}[/b]  {row.name}  {row.command}"]
         extra = []
+        if row.status in ("queued", "blocked"):
+            extra.append(f"priority {row.priority}")
+        if row.retry_of:
+            extra.append(f"retry of {row.retry_of}")
         if row.metric_key and row.metric_best is not None:
             extra.append(f"best {row.metric_key} = {row.metric_best:.4f}")
         if row.tags:
@@ -362,6 +380,11 @@ class RunsScreen(Screen):
             self.notify("mark runs with space first (2 or more to compare)", severity="warning")
             return
         self.app.push_screen(CompareScreen(pks))
+
+    def action_queue(self) -> None:
+        from app.tui.screens.queue import QueueScreen
+
+        self.app.push_screen(QueueScreen())
 
     def action_launch(self) -> None:
         from app.tui.screens.launch import LaunchScreen
