@@ -117,11 +117,11 @@ async def test_priority_cancel_and_retry_from_the_runs_table(paused_ws):
         (new,) = [r for r in runs.values() if r.retry_of == b.run_id]
         assert new.status == "queued" and json.loads(new.argv) == json.loads(db_run(ws, b.run_id).argv)
         assert table.row_count == 3
-        # Retry with resume: train-expert has no resume_from setting, so it says so and queues nothing.
+        # Retry with resume: b was cancelled before it started, so there is no last.pth to go on from.
         await cursor_to(app, pilot, b.run_id)
         await pilot.press("R")
         await settle(app, pilot, 0.5)
-        assert any("cannot resume" in m for m in notifications(app))
+        assert any("the run saved no checkpoint" in m for m in notifications(app))
         assert len(runs_by_id(ws)) == 3
         # A running/queued run cannot be retried.
         await cursor_to(app, pilot, a.run_id)

@@ -59,17 +59,17 @@ def test_launch_a_run_and_see_it_complete(ws_path):
         tmux.wait_for("No runs yet", "Launch", timeout=60)
         tmux.keys("l")
         tmux.wait_for("train-expert", "ctrl+s queues 1 run")
-        # Focus starts on the job kind; tab walks the form: preset, backend, name, priority, after, gpus,
-        # then the fields.
+        # Focus starts on the job kind; tab walks the form: the run settings, then the
+        # config fields in the model's order (so adding a setting does not break this).
         # A focused field selects its text (typing replaces it): let the focus land before typing.
-        tmux.tab(3)
-        tmux.keys(*"tmux-run")
-        tmux.tab(6)  # priority, after, gpus, dataset, imb_factor, image_size
-        tmux.keys("8")
-        tmux.tab(5)  # augment, split_seed, arch, loss, epochs
-        tmux.keys("3")
-        tmux.tab(6)  # batch_size, lr, momentum, weight_decay, warmup_epochs, lr_milestones
-        tmux.keys("2")
+        from engine.config import TrainExpertConfig
+
+        order = ["kind", "preset", "backend", "name", "priority", "after", "gpus", *TrainExpertConfig.model_fields]
+        at = "kind"
+        for field, text in (("name", "tmux-run"), ("image_size", "8"), ("epochs", "3"), ("lr_milestones", "2")):
+            tmux.tab(order.index(field) - order.index(at))
+            tmux.keys(*text)
+            at = field
         tmux.wait_for("ctrl+s queues 1 run")
         tmux.keys("C-s")
         screen = tmux.wait_for("tmux-run", "succeeded", "3/3", timeout=240)
