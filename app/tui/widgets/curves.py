@@ -45,7 +45,25 @@ def downsample(points: list[tuple[float, float]], width: int) -> list[tuple[floa
     return picked
 
 
-class Curves(PlotextPlot):
+class _LivePlot(PlotextPlot):
+    """Redraws only when something changed since the last frame (callers redraw on a timer)."""
+
+    _dirty = True
+
+    def redraw(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        self.plt.clear_data()
+        self.plt.clear_figure()
+        self.draw(self.plt)
+        self.refresh()
+
+    def draw(self, plt) -> None:
+        raise NotImplementedError
+
+
+class Curves(_LivePlot):
     """Series keyed by metric name; ``add`` points, then ``redraw``.
 
     ``series`` names the keys to plot and their legend labels; ``match`` (a
@@ -98,13 +116,7 @@ class Curves(PlotextPlot):
     def on_resize(self) -> None:
         self._dirty = True  # the downsampling width changed
 
-    def redraw(self) -> None:
-        if not self._dirty:
-            return
-        self._dirty = False
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
+    def draw(self, plt) -> None:
         title = self.title_text + (" · smoothed" if self.smooth else "") + (" · log" if self.log_y else "")
         plt.title(title)
         plt.xlabel(self.xlabel)
@@ -124,10 +136,9 @@ class Curves(PlotextPlot):
                 xs, ys = zip(*downsample(list(zip([x for x, _ in pts], sm)), width))
             plt.plot(xs, ys, label=self.series_labels[key], marker="braille", color=color)
         plt.yscale("log" if self.log_y else "linear")
-        self.refresh()
 
 
-class Bars(PlotextPlot):
+class Bars(_LivePlot):
     """One bar per expert: the latest routing load."""
 
     def __init__(self, title: str, **kwargs):
@@ -141,14 +152,7 @@ class Bars(PlotextPlot):
         self.values, self.caption = list(values), caption
         self._dirty = True
 
-    def redraw(self) -> None:
-        if not self._dirty:
-            return
-        self._dirty = False
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
+    def draw(self, plt) -> None:
         plt.title(f"{self.title_text} {self.caption}".strip())
         if self.values:
             plt.bar([f"e{i}" for i in range(len(self.values))], self.values, color="cyan")
-        self.refresh()
