@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import JobSpec
@@ -23,13 +22,14 @@ from engine.gating.config import TrainGatingConfig
 from engine.gating.data import check_logits_dir, has_split, load_class_counts, load_class_weights, load_split
 from engine.gating.evaluation import (load_by_group, mixture_metrics, mixture_predict, results_table, routing_stats,
                                       table_markdown, uniform_verdict)
+from engine.gating.backprop import AdamW, FlatParams, Step, clip_scale
 from engine.gating.features import FeatureNorm, PreparedSplit, feature_names, prepare_split
-from engine.gating.model import GatingMLP, dropout_masks, route, router_temperature
+from engine.gating.loss_grad import TERMS, EpochLoss
+from engine.gating.model import GatingMLP, keep_masks, route, router_temperature
 from engine.run import JobError, RunRecorder, atomic_write_bytes, atomic_write_json
 from engine.training import prepare_job
 
 GROUPS = ("head", "tail")  # the prior's groups, from ClassGroups (tail: at most 20 train-LT images)
-TERMS = ("nll", "lb", "entropy", "resp_kl", "prior_kl")
 
 
 @dataclass
@@ -39,14 +39,14 @@ class TrainTensors:
     x: torch.Tensor  # normalised features (n, D)
     logp_target: torch.Tensor  # (n, E)
     sample_weight: torch.Tensor  # class weight of each sample's target (n,)
-    group_onehot: torch.Tensor  # (n, G) float
+    group: torch.Tensor  # (n,) int64 index into GROUPS
 
     def __len__(self) -> int:
         return len(self.x)
 
 
 def linear_warmup_cosine(warmup_epochs: int, epochs: int):
-    """LR factor per epoch: linear warm-up to 1, then cosine decay towards 0 at the last epoch."""
+    """LR factor per epoch (0-based): linear warm-up to 1, then cosine decay towards 0 at the last epoch."""
 
     def factor(epoch: int) -> float:
         if epoch < warmup_epochs:
@@ -59,7 +59,11 @@ def linear_warmup_cosine(warmup_epochs: int, epochs: int):
 
 def gating_loss(model_out: torch.Tensor, batch: tuple[torch.Tensor, ...], cfg: TrainGatingConfig, temperature: float,
                 log_prior: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Total loss and the raw value of each term in TERMS (0 for a term switched off)."""
+    """Total loss and the raw value of each term in TERMS (0 for a term switched off), by autograd.
+
+    The definition, term by term; training uses :func:`engine.gating.loss_grad.loss_and_grad`,
+    its closed form, and tests hold the two together. ``batch``: (x, log p(y), class weight, group one-hot).
+    """
     _, logp, sw, gh = batch
     r = route(model_out, cfg.router, temperature, cfg.top_k, cfg.noise_std, gen, train=True)
     zero = model_out.new_zeros(())
@@ -72,37 +76,44 @@ def gating_loss(model_out: torch.Tensor, batch: tuple[torch.Tensor, ...], cfg: T
     return total, torch.stack([nll, lb, ent, resp, prior]).detach()
 
 
-def train_one_epoch(model: GatingMLP, data: TrainTensors, opt: torch.optim.Optimizer, cfg: TrainGatingConfig,
+def train_one_epoch(step: Step, params: FlatParams, opt: AdamW, data: TrainTensors, cfg: TrainGatingConfig,
                     temperature: float, log_prior: torch.Tensor, gen: torch.Generator, mask_rng: np.random.Generator,
-                    rec: RunRecorder) -> dict[str, float]:
-    model.train()
-    n = len(data)
-    order = torch.randperm(n, generator=gen).to(data.x.device)
-    # One gather per epoch; batches are then views (no per-batch indexing or collation).
-    shuffled = (data.x[order], data.logp_target[order], data.sample_weight[order], data.group_onehot[order])
-    masks = dropout_masks(mask_rng, n, cfg.hidden, cfg.dropout, data.x.device) if cfg.dropout > 0 else None
-    sums = torch.zeros(len(TERMS) + 1, device=data.x.device)
-    seen = 0
-    params = list(model.parameters())
-    for start in range(0, n, cfg.batch_size):
-        batch = tuple(t[start : start + cfg.batch_size] for t in shuffled)
-        if len(batch[0]) < 2 and start > 0:  # a lone leftover sample adds noise, not signal
-            break
-        batch_masks = [m[start : start + cfg.batch_size] for m in masks] if masks else None
-        total, terms = gating_loss(model(batch[0], batch_masks), batch, cfg, temperature, log_prior, gen)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
-        opt.step()
-        sums += torch.cat([total.detach()[None], terms]) * len(batch[0])  # stays on the device: no sync per step
-        seen += len(batch[0])
+                    rec: RunRecorder) -> tuple[dict[str, float], torch.Tensor]:
+    """One pass over the train split; returns the epoch's mean loss terms and the routing
+    weights each sample got in it (n, E), in the split's order."""
+    n, dev = len(data), data.x.device
+    bounds = batch_bounds(n, cfg.batch_size)
+    order = torch.randperm(n, generator=gen).to(dev)
+    # Everything random or per-sample is drawn and gathered once per epoch; batches are views.
+    x, logp, group = data.x[order], data.logp_target[order], data.group[order]
+    sw = data.sample_weight[order]
+    masks = keep_masks(mask_rng, n, cfg.hidden, cfg.dropout, dev) if cfg.dropout > 0 else None
+    noise = (torch.randn(n, logp.shape[1], generator=gen).to(dev)
+             if cfg.router == "top_k" and cfg.noise_std > 0 else None)
+    loss = EpochLoss(cfg, logp, sw, group, len(GROUPS), bounds, log_prior, temperature, noise)
+    for b, (start, stop) in enumerate(bounds):
+        z = step.forward(x[start:stop], masks.rows(start, stop) if masks else None)
+        step.backward(loss.grad(b, z))
+        opt.step(clip_scale(params.grad, cfg.grad_clip))
         rec.check_cancelled()
-    sums = (sums / seen).tolist()
-    out = {"train/loss": sums[0]}
+    terms = loss.terms()
+    sums = torch.cat([loss.total(terms)[None], terms]).tolist()
+    stats = {"train/loss": sums[0]}
     on = {"nll": True, "lb": cfg.router == "top_k" and cfg.lambda_lb > 0, "entropy": cfg.lambda_entropy > 0,
           "resp_kl": cfg.lambda_resp > 0, "prior_kl": cfg.lambda_prior > 0}
-    out.update({f"train/{t}": v for t, v in zip(TERMS, sums[1:]) if on[t]})
-    return out
+    stats.update({f"train/{t}": v for t, v in zip(TERMS, sums[1:]) if on[t]})
+    in_order = torch.empty_like(loss.weights)
+    in_order[order] = loss.weights
+    return stats, in_order
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each batch; a lone leftover sample joins the batch before it
+    (a batch of one adds noise, not signal, and no sample is left out of the epoch)."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [(a, b) for a, b in zip(starts, starts[1:] + [n])]
 
 
 @torch.inference_mode()
@@ -121,20 +132,26 @@ def evaluate(model: GatingMLP, x: torch.Tensor, prep: PreparedSplit, groups: Cla
     return mixture_metrics(prep, w, groups, prefix), routing_stats(w, prep)
 
 
-def train_epochs(model: GatingMLP, data: TrainTensors, opt, sched, cfg: TrainGatingConfig, train: PreparedSplit,
+def train_epochs(model: GatingMLP, data: TrainTensors, cfg: TrainGatingConfig, train: PreparedSplit,
                  val: PreparedSplit, val_x: torch.Tensor, groups: ClassGroups, log_prior: torch.Tensor,
                  gen: torch.Generator, mask_rng: np.random.Generator, meta: dict, history: list[dict],
                  rec: RunRecorder) -> tuple[float, int]:
-    """The epoch loop: train, evaluate, log, checkpoint. Returns the best val balanced accuracy and its epoch."""
+    """The epoch loop: train, evaluate, log, checkpoint. Returns the best val balanced accuracy and its epoch.
+
+    The train/ metrics are those of the weights the loss saw during the epoch (dropout and
+    router noise on), as a training accuracy is everywhere; val/ metrics are of the eval-mode gate.
+    """
     experts = train.experts
     ckpt_dir = rec.run_dir.checkpoints
+    params = FlatParams(model)
+    step = Step(model, params)
+    opt = AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr_factor = linear_warmup_cosine(cfg.warmup_epochs, cfg.epochs)
     best, best_epoch = float("-inf"), 0
     for epoch in range(1, cfg.epochs + 1):
         temperature = router_temperature(epoch, cfg.epochs, cfg.temperature_start, cfg.temperature_end)
-        lr = opt.param_groups[0]["lr"]
-        stats = train_one_epoch(model, data, opt, cfg, temperature, log_prior, gen, mask_rng, rec)
-        sched.step()
-        train_w = gate_weights(model, data.x, cfg, temperature)
+        opt.lr = lr = cfg.lr * lr_factor(epoch - 1)
+        stats, train_w = train_one_epoch(step, params, opt, data, cfg, temperature, log_prior, gen, mask_rng, rec)
         routing = routing_stats(train_w, train)
         _, pred = mixture_predict(train, train_w)
         stats["train/mix_acc"] = float((pred == train.targets).float().mean())
@@ -169,7 +186,10 @@ def _group_index(targets: torch.Tensor, groups: ClassGroups) -> torch.Tensor:
 def run(spec: JobSpec, rec: RunRecorder) -> None:
     cfg: TrainGatingConfig = spec.config  # type: ignore[assignment]
     device, gen = prepare_job(cfg)
-    mask_rng = np.random.default_rng(cfg.seed)  # dropout masks (see dropout_masks)
+    # AdamW's second moments of tiny gradients go subnormal within a few hundred steps, and x86
+    # cores take ~100x longer per subnormal operand: flushing them to zero halved a CPU step here.
+    torch.set_flush_denormal(True)
+    mask_rng = np.random.default_rng(cfg.seed)  # dropout masks (see keep_masks)
     experts = cfg.experts
 
     # -- inputs: every check before any training, so bad input fails in seconds
@@ -207,15 +227,12 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
         x=norm(train.features).to(device),
         logp_target=train.logp_target.to(device),
         sample_weight=torch.from_numpy(class_w).float()[train.targets].to(device),
-        group_onehot=F.one_hot(group, len(GROUPS)).float().to(device),
+        group=group.to(device),
     )
     val_x = norm(val.features).to(device)
     log_prior = log_prior.to(device)
 
     model = GatingMLP(train.features.shape[1], len(experts), cfg.hidden, cfg.dropout).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=device.type in ("cpu", "cuda"))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup_cosine(cfg.warmup_epochs, cfg.epochs))
 
     ckpt_dir = rec.run_dir.checkpoints
     meta = {"experts": experts, "num_classes": C, "num_features": int(train.features.shape[1]),
@@ -224,8 +241,8 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
             "config": cfg.model_dump(mode="json")}
     history: list[dict] = []
     try:
-        best, best_epoch = train_epochs(model, data, opt, sched, cfg, train, val, val_x, groups, log_prior, gen,
-                                        mask_rng, meta, history, rec)
+        best, best_epoch = train_epochs(model, data, cfg, train, val, val_x, groups, log_prior, gen, mask_rng, meta,
+                                        history, rec)
     finally:
         # Once, not per epoch (events.jsonl already holds every epoch as it happens); also after a crash or cancel.
         atomic_write_json(rec.run_dir.artifacts / "training_history.json", history)
