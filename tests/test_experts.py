@@ -256,6 +256,18 @@ def test_sigterm_saves_and_ends_cancelled_then_resumes(tmp_path):
     assert out.returncode == 0, out.stderr
 
 
+def test_a_diverging_run_fails_with_what_to_try_and_saves_no_nan_model(tmp_path):
+    ws = tmp_path / "ws"
+    out = engine(ws, "train-expert", "--preset", "quick", "--epochs", "3", "--lr", "1e9")
+    assert out.returncode != 0
+    (rd,) = run_dirs(ws)
+    status = json.loads((rd / "status.json").read_text())
+    assert status["state"] == "failed" and status["exit_code"] == 2
+    assert "became nan in epoch 1; lower --lr" in status["error"], status
+    assert not list((rd / "checkpoints").glob("best_*.pth")) and not (rd / "checkpoints" / "last.pth").exists()
+    assert [e["epoch"] for e in epoch_events(rd)] == [1]  # the NaN epoch is on record, nothing after it
+
+
 def test_cifar_and_file_list_experts_end_to_end(tmp_path, capsys):
     ws = tmp_path / "ws"
     root = tmp_path / "data"
@@ -265,9 +277,12 @@ def test_cifar_and_file_list_experts_end_to_end(tmp_path, capsys):
                  "--arch", "resnet18")
     assert out.returncode == 0, out.stderr
     train, test = write_filelist(root, [12, 6, 3], test_per_class=10, side=20)
+    # float32: with bf16 autocast this ResNet-50 on 16-pixel images gave NaN logits in about half of
+    # identical runs on the shared AMX machine under load (never in float32); check_finite now fails
+    # such a run, and this test is about the file-list path, not bf16 numerics.
     out = engine(ws, "train-expert", "--dataset", "filelist", "--data-root", str(root), "--train-list", str(train),
                  "--test-list", str(test), "--arch", "resnet50", "--image-size", "16", "--epochs", "1",
-                 "--batch-size", "8", "--workers", "1", "--lr", "0.01", "--warmup-epochs", "0")
+                 "--batch-size", "8", "--workers", "1", "--lr", "0.01", "--warmup-epochs", "0", "--set", "amp=false")
     assert out.returncode == 0, out.stderr
     cifar_rd, files_rd = run_dirs(ws)
     for rd in (cifar_rd, files_rd):

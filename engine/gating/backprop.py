@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.gating.model import GatingMLP, KeepMasks
+from engine.gating.model import GatingMLP, DropMasks
 
 _relu_backward = torch.ops.aten.threshold_backward  # grad where the ReLU output is > 0, else 0
 
@@ -66,7 +66,7 @@ def clip_scale(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
 class Step:
     """Forward and backward of :class:`GatingMLP` for one batch, gradients into ``params.grad``.
 
-    Dropout multiplies a hidden layer's output by a bool keep mask; its 1 / (1 - p) goes
+    Dropout zeroes a hidden layer's units by a bool mask; its 1 / (1 - p) goes
     into the next matrix product's alpha, in both passes.
     """
 
@@ -76,8 +76,8 @@ class Step:
         self.acts: list[torch.Tensor] = []
         self.alpha = [1.0] * len(self.layers)  # the scale of each layer's input
 
-    def forward(self, x: torch.Tensor, masks: KeepMasks | None) -> torch.Tensor:
-        """Router logits (B, E) in train mode; ``masks`` from :func:`engine.gating.model.keep_masks`."""
+    def forward(self, x: torch.Tensor, masks: DropMasks | None) -> torch.Tensor:
+        """Router logits (B, E) in train mode; ``masks`` from :func:`engine.gating.model.drop_masks`."""
         self.acts = [x]
         self.alpha = [1.0] + [masks.scale if masks is not None else 1.0] * (len(self.layers) - 1)
         h = x
@@ -86,7 +86,7 @@ class Step:
             if i < len(self.layers) - 1:
                 h.relu_()
                 if masks is not None:
-                    h.mul_(masks.keep[i])
+                    h.masked_fill_(masks.drop[i], 0.0)
                 self.acts.append(h)
         return h
 

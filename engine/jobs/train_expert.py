@@ -14,6 +14,7 @@ schedule). Epochs are counted across stages; each epoch event names its stage.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from engine.losses import make_loss
 from engine.metrics import classification_metrics
 from engine.models import build_network
 from engine.run import Cancelled, JobError, RunRecorder, atomic_write_json
-from engine.training import (Stopwatch, autocast, make_feed, prepare_job, uses_channels_last,
+from engine.training import (Stopwatch, autocast, make_feed, prepare_job, uses_bf16, uses_channels_last,
                              warmup_multistep)
 
 
@@ -83,6 +84,16 @@ def make_optimizer(model: nn.Module, cfg: TrainExpertConfig, stage: Stage):
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         factor = warmup_multistep(cfg.warmup_epochs, cfg.lr_milestones, cfg.lr_gamma)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def check_finite(stats: dict[str, float], epoch: int, cfg: TrainExpertConfig, device: torch.device) -> None:
+    """A NaN or Inf loss poisons every later epoch: stop the run with what to try, not train on."""
+    bad = [k for k in ("train/loss", "val/nll") if k in stats and not math.isfinite(stats[k])]
+    if bad:
+        hint = "lower --lr"
+        if uses_bf16(device, cfg.amp):
+            hint += " or train in float32 (--set amp=false)"
+        raise JobError(f"{' and '.join(bad)} became {stats[bad[0]]} in epoch {epoch}; {hint}")
 
 
 def train_one_epoch(model: nn.Module, forward, feed, opt: torch.optim.Optimizer, loss_fn, cfg: TrainExpertConfig,
@@ -286,6 +297,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
             if load is not None:
                 rec.event("expert_load", epoch=epoch, load=[round(v, 5) for v in load])
             rec.log_epoch(epoch, stats, phase=stage.name)
+            check_finite(stats, epoch, cfg, train.device)  # before any checkpoint: a NaN model is never saved
             score = stats[TrainExpertConfig.primary_metric]
             if score > best:
                 best, best_epoch = score, epoch
