@@ -282,7 +282,7 @@ def test_cifar_and_file_list_experts_end_to_end(tmp_path, capsys):
     # such a run, and this test is about the file-list path, not bf16 numerics.
     out = engine(ws, "train-expert", "--dataset", "filelist", "--data-root", str(root), "--train-list", str(train),
                  "--test-list", str(test), "--arch", "resnet50", "--image-size", "16", "--epochs", "1",
-                 "--batch-size", "8", "--workers", "1", "--lr", "0.01", "--warmup-epochs", "0", "--set", "amp=false")
+                 "--batch-size", "8", "--workers", "1", "--lr", "0.01", "--warmup-epochs", "0", "--no-amp")
     assert out.returncode == 0, out.stderr
     cifar_rd, files_rd = run_dirs(ws)
     for rd in (cifar_rd, files_rd):

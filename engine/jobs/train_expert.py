@@ -92,7 +92,7 @@ def check_finite(stats: dict[str, float], epoch: int, cfg: TrainExpertConfig, de
     if bad:
         hint = "lower --lr"
         if uses_bf16(device, cfg.amp):
-            hint += " or train in float32 (--set amp=false)"
+            hint += " or train in float32 (--no-amp)"
         raise JobError(f"{' and '.join(bad)} became {stats[bad[0]]} in epoch {epoch}; {hint}")
 
 
