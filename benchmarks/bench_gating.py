@@ -128,7 +128,7 @@ def step_breakdown(threads: int) -> dict[str, tuple[float, float]]:
     from engine.gating.backprop import AdamW, FlatParams, Step, clip_scale
     from engine.gating.config import TrainGatingConfig
     from engine.gating.loss_grad import EpochLoss
-    from engine.gating.model import GatingMLP, drop_masks
+    from engine.gating.model import GatingMLP, keep_masks
     from engine.jobs.train_gating import gating_loss
 
     torch.set_num_threads(threads)
@@ -139,7 +139,7 @@ def step_breakdown(threads: int) -> dict[str, tuple[float, float]]:
     group = torch.arange(b) % 2
     gen = torch.Generator().manual_seed(0)
     prior = torch.full((2, E), -float(np.log(E)))
-    masks = drop_masks(np.random.default_rng(0), b, cfg.hidden, cfg.dropout)
+    masks = keep_masks(np.random.default_rng(0), b, cfg.hidden, cfg.dropout)
     float_masks = masks.as_float()
 
     ref_model = GatingMLP(7 * E + 3, E, cfg.hidden, cfg.dropout).train()

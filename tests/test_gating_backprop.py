@@ -9,7 +9,7 @@ import torch
 from engine.gating.backprop import AdamW, FlatParams, Step, clip_scale
 from engine.gating.config import TrainGatingConfig
 from engine.gating.loss_grad import EpochLoss
-from engine.gating.model import GatingMLP, drop_masks
+from engine.gating.model import GatingMLP, keep_masks
 from engine.jobs.train_gating import batch_bounds, gating_loss
 
 B, E, G = 64, 4, 2
@@ -94,7 +94,7 @@ def test_mlp_backward_matches_autograd_with_dropout():
     params = FlatParams(model)
     step = Step(model, params)
     x = torch.randn(B, 13, dtype=torch.float64)
-    masks = drop_masks(np.random.default_rng(0), B, [32, 16], 0.25)
+    masks = keep_masks(np.random.default_rng(0), B, [32, 16], 0.25)
     upstream = torch.randn(B, E, dtype=torch.float64)
 
     out = step.forward(x, masks)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.gating.model import GatingMLP, DropMasks
+from engine.gating.model import GatingMLP, KeepMasks
 
 _relu_backward = torch.ops.aten.threshold_backward  # grad where the ReLU output is > 0, else 0
 
@@ -66,7 +66,7 @@ def clip_scale(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
 class Step:
     """Forward and backward of :class:`GatingMLP` for one batch, gradients into ``params.grad``.
 
-    Dropout zeroes a hidden layer's units by a bool mask; its 1 / (1 - p) goes
+    Dropout multiplies a hidden layer's output by a 0/1 keep mask; its 1 / (1 - p) goes
     into the next matrix product's alpha, in both passes.
     """
 
@@ -76,8 +76,8 @@ class Step:
         self.acts: list[torch.Tensor] = []
         self.alpha = [1.0] * len(self.layers)  # the scale of each layer's input
 
-    def forward(self, x: torch.Tensor, masks: DropMasks | None) -> torch.Tensor:
-        """Router logits (B, E) in train mode; ``masks`` from :func:`engine.gating.model.drop_masks`."""
+    def forward(self, x: torch.Tensor, masks: KeepMasks | None) -> torch.Tensor:
+        """Router logits (B, E) in train mode; ``masks`` from :func:`engine.gating.model.keep_masks`."""
         self.acts = [x]
         self.alpha = [1.0] + [masks.scale if masks is not None else 1.0] * (len(self.layers) - 1)
         h = x
@@ -86,7 +86,7 @@ class Step:
             if i < len(self.layers) - 1:
                 h.relu_()
                 if masks is not None:
-                    h.masked_fill_(masks.drop[i], 0.0)
+                    h.mul_(masks.keep[i])
                 self.acts.append(h)
         return h
 
@@ -98,6 +98,5 @@ class Step:
             torch.addmm(weight_grad, g.T, inp, beta=0, alpha=alpha, out=weight_grad)
             torch.sum(g, 0, out=self.grads[2 * i + 1])
             if i:
-                g = _relu_backward(g @ self.layers[i].weight, inp, 0)  # 0 where the ReLU or dropout gave 0
-                if alpha != 1.0:
-                    g.mul_(alpha)
+                # alpha * g @ W (beta=0: inp only lends its shape), then 0 where the ReLU or dropout gave 0
+                g = _relu_backward(torch.addmm(inp, g, self.layers[i].weight, beta=0, alpha=alpha), inp, 0)

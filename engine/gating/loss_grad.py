@@ -56,9 +56,10 @@ class EpochLoss:
         self.nll_coef = self.coef * size_of  # batch b weighs |b| / n in the epoch's mean
         resp_on = cfg.lambda_resp > 0 and cfg.resp_temperature == 1.0
         # d/da of nll (and of resp_kl when q = r) is -r times this
-        self.r_coef = (self.coef + (cfg.lambda_resp / size_of if resp_on else 0.0))[:, None]
-        self.ent_coef = cfg.lambda_entropy / size_of[:, None]
-        self.resp_coef = cfg.lambda_resp / size_of[:, None]
+        # (1 / T of the softmax backward is folded into these coefficients)
+        self.r_coef = (self.coef + (cfg.lambda_resp / size_of if resp_on else 0.0))[:, None] * self.inv_t
+        self.ent_coef = [-cfg.lambda_entropy * self.inv_t / (b - a) for a, b in bounds]  # one number per batch
+        self.resp_coef = [-cfg.lambda_resp * self.inv_t / (b - a) for a, b in bounds]
         # per (batch, group) cell: sample counts, and each present group's share of the prior term
         cell = batch_of * num_groups + group
         count = torch.zeros(nb * num_groups, device=dev, dtype=dt).index_add_(0, cell, torch.ones_like(sample_weight))
@@ -67,7 +68,7 @@ class EpochLoss:
         inv_count = 1.0 / count.clamp_min(1)
         # a batch's group means as one product: mean_rows[batch].T @ w, rows = one-hot / count
         self.mean_rows = torch.nn.functional.one_hot(group, num_groups).to(dt) * inv_count[cell][:, None]
-        self.prior_coef = (cfg.lambda_prior * self.group_share.reshape(-1) * inv_count)[cell][:, None]
+        self.prior_coef = (cfg.lambda_prior * self.inv_t * self.group_share.reshape(-1) * inv_count)[cell][:, None]
         # what the term values need, written by the steps
         self.weights = torch.empty(n, E, device=dev, dtype=dt)
         self.lse = torch.empty(n, 1, device=dev, dtype=dt)
@@ -91,21 +92,21 @@ class EpochLoss:
         s = a + logp  # log w_e p_e(y); -inf where top-k dropped e
         lse = torch.logsumexp(s, -1, keepdim=True, out=self.lse[start:stop])
         r = torch.exp(s.sub_(lse), out=self.resp[start:stop] if cfg.resp_temperature == 1.0 else None)
-        g = r.mul(self.r_coef[start:stop]).neg_()  # d/da accumulates every term
+        g = r.mul(self.r_coef[start:stop]).neg_()  # d/da (times 1/T) accumulates every term
         if cfg.lambda_entropy > 0:
             a_floor = a.clamp_min(_LOG_FLOOR) if self.top_k else a  # 0 * log 0 = 0 for the dropped experts
-            g -= (a_floor + 1).mul_(w).mul_(self.ent_coef[start:stop])
+            g.addcmul_(a_floor + 1, w, value=self.ent_coef[b])
         if cfg.lambda_resp > 0 and cfg.resp_temperature != 1.0:
             log_q = (s / cfg.resp_temperature).log_softmax(-1)  # s is log r now: softmax ignores the shift
             q = log_q.exp()
             torch.mul(q, log_q.clamp_min(_LOG_FLOOR) - a.clamp_min(_LOG_FLOOR), out=self.resp[start:stop])
-            g -= q.mul_(self.resp_coef[start:stop])
+            g.add_(q, alpha=self.resp_coef[b])
         if cfg.lambda_prior > 0:
             mean_w = torch.mm(self.mean_rows[start:stop].T, w, out=self.mean_w[b])  # (G, E)
             d_mean = mean_w.clamp_min(1e-12).log_().sub_(self.log_prior).add_(1)
             # where a group's mean is clamped, every w of it is 0 and so is its gradient: the +1 is harmless
-            g += d_mean[self.group[start:stop]].mul_(w).mul_(self.prior_coef[start:stop])
-        grad = g.sub_(w * g.sum(-1, keepdim=True)).mul_(self.inv_t)
+            g.addcmul_(d_mean[self.group[start:stop]], w * self.prior_coef[start:stop])
+        grad = g.addcmul_(w, g.sum(-1, keepdim=True), value=-1.0)
         if self.top_k and cfg.lambda_lb > 0:
             dense = (z * self.inv_t).softmax(-1)
             f = torch.sum(kept, 0, dtype=z.dtype, out=self.slots[b]).div_((stop - start) * cfg.top_k)

@@ -25,7 +25,7 @@ from engine.gating.evaluation import (load_by_group, mixture_metrics, mixture_pr
 from engine.gating.backprop import AdamW, FlatParams, Step, clip_scale
 from engine.gating.features import FeatureNorm, PreparedSplit, feature_names, prepare_split
 from engine.gating.loss_grad import TERMS, EpochLoss
-from engine.gating.model import GatingMLP, drop_masks, route, router_temperature
+from engine.gating.model import GatingMLP, keep_masks, route, router_temperature
 from engine.run import JobError, RunRecorder, atomic_write_bytes, atomic_write_json
 from engine.training import prepare_job
 
@@ -87,7 +87,7 @@ def train_one_epoch(step: Step, params: FlatParams, opt: AdamW, data: TrainTenso
     # Everything random or per-sample is drawn and gathered once per epoch; batches are views.
     x, logp, group = data.x[order], data.logp_target[order], data.group[order]
     sw = data.sample_weight[order]
-    masks = drop_masks(mask_rng, n, cfg.hidden, cfg.dropout, dev) if cfg.dropout > 0 else None
+    masks = keep_masks(mask_rng, n, cfg.hidden, cfg.dropout, dev) if cfg.dropout > 0 else None
     noise = (torch.randn(n, logp.shape[1], generator=gen).to(dev)
              if cfg.router == "top_k" and cfg.noise_std > 0 else None)
     loss = EpochLoss(cfg, logp, sw, group, len(GROUPS), bounds, log_prior, temperature, noise)
@@ -189,7 +189,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     # AdamW's second moments of tiny gradients go subnormal within a few hundred steps, and x86
     # cores take ~100x longer per subnormal operand: flushing them to zero halved a CPU step here.
     torch.set_flush_denormal(True)
-    mask_rng = np.random.default_rng(cfg.seed)  # dropout masks (see drop_masks)
+    mask_rng = np.random.default_rng(cfg.seed)  # dropout masks (see keep_masks)
     experts = cfg.experts
 
     # -- inputs: every check before any training, so bad input fails in seconds
