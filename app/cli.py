@@ -367,12 +367,7 @@ def daemon_start(workspace: WorkspaceOpt = None) -> int:
     from app.queue.daemon import daemon_info, ensure_daemon
 
     ws = _workspace(workspace)
-    started = ensure_daemon(ws)
-    for _ in range(50):
-        info = daemon_info(ws)
-        if info and info.get("pid"):
-            break
-        time.sleep(0.1)
+    started = ensure_daemon(ws)  # returns once the daemon holds its lock and has written its pid
     info = daemon_info(ws)
     print(("started" if started else "already running") + f": pid {info.get('pid') if info else '?'}")
     return 0
