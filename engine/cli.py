@@ -10,6 +10,7 @@ directory, never the process. Torch is imported only once a job starts.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 
@@ -18,6 +19,7 @@ from engine.run import (
     EXIT_BAD_INPUT,
     RUNS_DIRNAME,
     SCHEMA_VERSION,
+    WORKSPACE_ENV,
     JobError,
     RunDir,
     RunRecorder,
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             _fail_unstarted(run_dir, argv, str(e))
         return EXIT_BAD_INPUT
 
+    if spec.workspace:  # the job looks up run ids (e.g. --logits-dir RUN_ID) where a queued job would
+        os.environ[WORKSPACE_ENV] = str(resolve_workspace(spec.workspace))
     cfg = spec.config
     job = importlib.import_module(f"engine.jobs.{spec.kind.replace('-', '_')}")
     print(f"run {rd.run_id}: {rd.path}", file=sys.stderr, flush=True)

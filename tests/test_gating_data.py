@@ -86,6 +86,33 @@ def test_missing_split_and_missing_expert(tmp_path):
     assert "--logits-dir" in _error(check_logits_dir, None, ["a"])
 
 
+def test_a_recompute_logits_run_by_directory_or_id(tmp_path, monkeypatch):
+    """--logits-dir RUN_DIR or RUN_ID finds artifacts/logits inside; no suffix needed."""
+    runs = tmp_path / "ws" / "runs"
+    run = runs / "251125-101500-0000"
+    logits = _experts(run / "artifacts" / "logits")
+    (run / "run.json").write_text(json.dumps({"v": 1, "kind": "recompute-logits"}))
+    assert check_logits_dir(str(logits), ["a", "b"]) == logits, "the folder itself, as before"
+    assert check_logits_dir(str(run), ["a", "b"]) == logits
+    assert check_logits_dir(run.name, ["a", "b"], runs_roots=[runs]) == logits
+    monkeypatch.setenv("MOE_TUI_WORKSPACE", str(tmp_path / "ws"))  # what a queued job has
+    assert check_logits_dir(run.name, ["a", "b"]) == logits
+    assert load_split(check_logits_dir(run.name, ["a", "b"]), ["a", "b"], "val").num_samples == 20
+    msg = _error(check_logits_dir, "251125-101500-0001", ["a"])
+    assert msg == (f"--logits-dir 251125-101500-0001: no such folder, nor a run 251125-101500-0001 in {runs}; "
+                   "pass the run's directory or set --workspace")
+    # A run of another kind, or one that has not written its logits yet, says which it is.
+    expert = runs / "251125-101400-0000"
+    expert.mkdir()
+    (expert / "run.json").write_text(json.dumps({"v": 1, "kind": "train-expert"}))
+    (expert / "status.json").write_text(json.dumps({"v": 1, "state": "succeeded"}))
+    assert "is a train-expert run (succeeded) with no artifacts/logits" in _error(check_logits_dir, str(expert), ["a"])
+    # Neither layout: one line naming both.
+    msg = _error(check_logits_dir, str(tmp_path / "ws"), ["a", "b"])
+    assert "holds neither DIR/<expert>/<split>_logits.npz for experts a, b (sub-folders: runs)" in msg
+    assert "nor a recompute-logits run's artifacts/logits" in msg
+
+
 def test_nan_logits(tmp_path):
     root = _experts(tmp_path)
     bad = np.random.default_rng(0).normal(size=(20, 6))
