@@ -36,7 +36,7 @@ class QueueScreen(QueueActions, Screen):
         Binding("escape", "app.pop_screen", "Back", id="queue-back"),
         Binding("p", "toggle_pause", "Pause/resume", id="queue-pause"),
         Binding("plus,equals_sign", "priority(1)", "Raise priority", id="queue-priority-up"),
-        Binding("minus", "priority(-1)", "Lower priority", id="queue-priority-down"),
+        Binding("minus", "priority(-1)", "Lower priority", id="queue-priority-down", show=False),
         Binding("C", "cancel_run", "Cancel run", id="queue-cancel"),
         Binding("enter", "open_run", "Open", id="queue-open", show=False),
         Binding("tab", "switch_table", "Slots/queue", id="queue-switch", show=False),
