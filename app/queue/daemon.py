@@ -31,7 +31,7 @@ from app.queue.control import is_paused
 from app.queue.deps import parents_of, resolve_placeholders, settle_dependencies
 from app.queue.settings import Settings, load_settings
 from app.queue.slots import Occupancy, allocate, discover_gpus, slot_env
-from app.store.models import FINISHED, Run, RunDependency, next_rev
+from app.store.models import FINISHED, LAUNCHED, Run, RunDependency, next_rev
 from app.workspace import Workspace
 from engine.run import ProcessIdentity, atomic_write_json, read_json
 
@@ -158,12 +158,12 @@ class Daemon:
         with self.ws.store.read() as s:
             recent = time.time() - 600  # finished runs may still await Slurm's verdict (see SlurmBackend.poll)
             return s.exec(select(Run.id).where(Run.backend == "slurm", Run.slurm_job_id.is_not(None), (
-                (Run.status == "running") | (Run.ended_at > recent))).limit(1)).first() is not None
+                col(Run.status).in_(LAUNCHED) | (Run.ended_at > recent))).limit(1)).first() is not None
 
     def _has_work(self) -> bool:
         with self.ws.store.read() as s:
             n = s.exec(select(func.count()).select_from(Run).where(
-                (Run.status == "queued") | (Run.status == "running") | (Run.hook == "pending"))).one()
+                (Run.status == "queued") | col(Run.status).in_(LAUNCHED) | (Run.hook == "pending"))).one()
         return n > 0 or bool(self.children) or bool(self.hooks)
 
     # -- launching -------------------------------------------------------------
@@ -195,12 +195,12 @@ class Daemon:
                 self.launch(pk, slots)
 
     def _slurm_chainable(self, s) -> list[int]:
-        """Queued Slurm runs whose unfinished parents are all submitted Slurm jobs (afterok chains them)."""
+        """Queued Slurm runs whose unfinished parents are all submitted Slurm jobs, pending or running (afterok chains them)."""
         pks = list(s.exec(select(Run.id).where(Run.status == "queued", Run.backend == "slurm",
                                                col(Run.id).in_(select(RunDependency.run)))).all())
         parents = parents_of(s, pks)
         return [pk for pk in pks if parents[pk] and all(
-            p.status == "succeeded" or (p.backend == "slurm" and p.status == "running" and p.slurm_job_id)
+            p.status == "succeeded" or (p.backend == "slurm" and p.status in LAUNCHED and p.slurm_job_id)
             for p in parents[pk]) and not all(p.status == "succeeded" for p in parents[pk])]
 
     def _claim(self, pk: int, slots: str | None) -> tuple[Run, list[str]] | None:
@@ -249,7 +249,7 @@ class Daemon:
         run, argv = claimed
         with self.ws.store.read() as s:
             parent_jobs = [p.slurm_job_id for p in parents_of(s, [pk])[pk]
-                           if p.status == "running" and p.backend == "slurm" and p.slurm_job_id]
+                           if p.status in LAUNCHED and p.backend == "slurm" and p.slurm_job_id]
         from app.errors import UserError
 
         try:
@@ -258,9 +258,9 @@ class Daemon:
             log.error("run %s: %s", run.run_id, e)
             self._fail(pk, str(e))
             return
-        with self.ws.store.write() as s:
+        with self.ws.store.write() as s:  # in Slurm's queue now; the next poll says when it runs
             r = s.get(Run, pk)
-            r.slurm_job_id, r.rev = job_id, next_rev(s)
+            r.status, r.slurm_job_id, r.slots, r.rev = "pending", job_id, "PENDING", next_rev(s)
         log.info("run %s submitted to Slurm as job %s%s", run.run_id, job_id,
                  f" (afterok:{':'.join(parent_jobs)})" if parent_jobs else "")
 
@@ -273,7 +273,7 @@ class Daemon:
     def act_on_cancels(self) -> None:
         """SIGTERM the process group of each cancelled run, SIGKILL after the grace period."""
         with self.ws.store.read() as s:
-            runs = s.exec(select(Run).where(Run.status == "running", Run.cancel_requested_at.is_not(None))).all()
+            runs = s.exec(select(Run).where(col(Run.status).in_(LAUNCHED), Run.cancel_requested_at.is_not(None))).all()
         grace = self.settings.queue.cancel_grace_s
         now = time.monotonic()
         for run in runs:
@@ -485,7 +485,7 @@ def needs_daemon(ws: Workspace) -> bool:
     """Queued runs, runs the daemon should be watching, or on-finish commands to run."""
     with ws.store.read() as s:
         return s.exec(select(Run.id).where(
-            (Run.status == "queued") | ((Run.status == "running") & (Run.backend != "headless"))
+            (Run.status == "queued") | (col(Run.status).in_(LAUNCHED) & (Run.backend != "headless"))
             | (Run.hook == "pending")).limit(1)).first() is not None
 
 

@@ -97,7 +97,8 @@ class QueueScreen(QueueActions, Screen):
                 names = ", ".join(f"{run_id} {name}" for _, run_id, name in use.runs) or Text("free", style="dim")
                 slots.add_row(use.slot, f"{len(use.runs)}/{use.capacity}", names)
             for pk, run_id, name, where in state.elsewhere:
-                slots.add_row(where[:14], "", f"{run_id} {name}")
+                slot, _, slurm_state = where.partition(" ")  # "slurm:123", "PENDING (Priority)"
+                slots.add_row(slot[:14], "", f"{run_id} {name}" + (f" · {slurm_state}" if slurm_state else ""))
 
         table = self.query_one("#queued", DataTable)
         current = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value if table.row_count else None
