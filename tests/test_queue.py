@@ -287,3 +287,19 @@ def test_ensure_daemon_that_cannot_start_says_why(ws_path, ws):
         ensure_daemon(ws, timeout_s=0.01)
     time.sleep(0.3)
     assert daemon_info(ws) is None, "the half-started daemon was stopped, not left behind"
+
+
+def test_the_tui_says_once_why_no_daemon_starts(ws_path, ws):
+    from app.queue.daemon import daemon_info, stop_daemon
+    from app.tui.data import TuiData
+
+    assert moe(ws_path, "pause").returncode == 0
+    queued_id(moe(ws_path, "submit", "--", *TINY))  # waits: the queue is paused
+    stop_daemon(ws)
+    (ws_path / "moe-tui.toml").write_text("[queue]\ncpu_slots = 'many'\n")
+    data = TuiData(ws)
+    warnings = data.refresh_files()
+    assert len(warnings) == 1 and warnings[0].startswith("the queue daemon exited as it started"), warnings
+    data._last_ingest = 0.0  # the next pass at once
+    assert data.refresh_files() == [], "the same cause is not repeated every second"
+    assert daemon_info(ws) is None

@@ -143,6 +143,7 @@ class TuiData:
     def __init__(self, ws: Workspace):
         self.ws = ws
         self._last_ingest = 0.0
+        self._daemon_error: str | None = None
 
     def refresh_files(self) -> list[str]:
         """Ingest run directories if no daemon does it; returns new warnings."""
@@ -157,7 +158,13 @@ class TuiData:
         from app.queue.daemon import ensure_daemon, needs_daemon
 
         if needs_daemon(self.ws):  # queued work and no daemon (it crashed, or idled out)
-            ensure_daemon(self.ws)
+            try:
+                ensure_daemon(self.ws)
+                self._daemon_error = None
+            except UserError as e:  # e.g. a broken moe-tui.toml: say it once, not every pass
+                if str(e) != self._daemon_error:
+                    warnings.append(str(e))
+                self._daemon_error = str(e)
         return warnings
 
     def runs_since(self, rev: int) -> tuple[list[RunRow], int]:

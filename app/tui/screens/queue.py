@@ -9,6 +9,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from app.errors import UserError
 from app.tui.actions import QueueActions
 from app.tui.data import QueueState, QueuedRun, RunRow
 from app.tui.screens.runs import STATUS_STYLE
@@ -173,7 +174,7 @@ class QueueScreen(QueueActions, Screen):
             else:
                 do_resume(ws)
                 ensure_daemon(ws)  # as `moe-tui resume` does: queued runs need someone to start them
-        except OSError as e:
+        except (OSError, UserError) as e:
             self.app.call_from_thread(self.notify, f"cannot {'pause' if pause else 'resume'}: {e}", severity="error")
             return
         self.app.call_from_thread(self.notify, "queue paused: running runs carry on, no new ones start"
