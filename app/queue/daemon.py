@@ -396,13 +396,19 @@ def ensure_daemon(ws: Workspace, timeout_s: float = DAEMON_START_TIMEOUT_S) -> b
     exits before taking the lock, or is not up within ``timeout_s``, raises
     a one-line UserError that names its log.
     """
-    info = daemon_info(ws)
-    if info is not None:
-        # Held but not yet announced: another client is starting one right now.
-        if _serving(ws) is None:
-            _wait_for_daemon(ws, None, timeout_s, 0)
-        wake_daemon(ws, _serving(ws))
-        return False
+    from app.errors import UserError
+
+    deadline = time.monotonic() + timeout_s
+    while daemon_info(ws) is not None:
+        serving = _serving(ws)
+        if serving is not None:
+            wake_daemon(ws, serving)
+            return False
+        # The lock is held but no live daemon.pid names its holder: one is starting right now.
+        if time.monotonic() > deadline:
+            raise UserError(f"a queue daemon holds {os.path.relpath(ws.daemon_lock, ws.root)} but has not written "
+                            f"daemon.pid within {timeout_s:.0f}s; see {os.path.relpath(ws.daemon_log, ws.root)}")
+        time.sleep(0.05)
     log_path = ws.daemon_log
     log_start = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as out:
