@@ -300,7 +300,9 @@ class Ingester:
             run.slots = launch.get("slots") or run.slots
             run.started_at = run.started_at or launch.get("launched_at")
         if slurm is not None:  # the Slot of a Slurm run: what Slurm says while it has the job
-            run.slots = slurm_slot(slurm) if settled.status in LAUNCHED else None
+            slot = slurm_slot(slurm) if settled.status in LAUNCHED else None
+            # Started on its node before the daemon's next squeue: no stale "PENDING" beside "running".
+            run.slots = None if settled.status == "running" and (slot or "").startswith("PENDING") else slot
         if settled.status in FINISHED:
             run.error, run.exit_code = settled.error, settled.exit_code
             run.ended_at = settled.ended_at or time.time()
