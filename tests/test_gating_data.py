@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -161,3 +162,19 @@ def test_cli_fails_in_one_line_with_exit_code_2(tmp_path):
     assert not list((rd / "checkpoints").iterdir())  # nothing half-written
     out = engine(tmp_path, "train-gating", "--logits-dir", str(root), "--experts", "a,a")
     assert out.returncode == 2 and "experts must be distinct" in out.stderr
+
+
+def test_workspace_run_id_lookup_in_process_leaves_the_environment_alone(tmp_path, monkeypatch, capsys):
+    """`engine ... --workspace W --logits-dir RUN_ID` finds the run in W/runs, and main() called in a
+    process of its own restores $MOE_TUI_WORKSPACE afterwards."""
+    from engine.cli import main
+
+    monkeypatch.delenv("MOE_TUI_WORKSPACE", raising=False)
+    ws = tmp_path / "ws"
+    run = ws / "runs" / "251125-101500-0000"
+    _experts(run / "artifacts" / "logits")
+    (run / "run.json").write_text(json.dumps({"v": 1, "kind": "recompute-logits"}))
+    code = main(["train-gating", "--logits-dir", run.name, "--experts", "a,b", "--epochs", "1", "--warmup-epochs", "0",
+                 "--test-split", "none", "--workspace", str(ws)])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    assert "MOE_TUI_WORKSPACE" not in os.environ
