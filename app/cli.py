@@ -186,7 +186,8 @@ def ls_(
     workspace: WorkspaceOpt = None,
 ) -> int:
     """List runs, oldest first, with progress and the key metric."""
-    from app.queries import duration_s, fmt_duration, list_runs, summaries
+    from app.queries import duration_s, fmt_duration, list_runs, slot_label, summaries
+    from app.store.models import LAUNCHED
 
     ws = _workspace(workspace)
     _refresh(ws)
@@ -201,7 +202,8 @@ def ls_(
         m = summ.get(r.id, {}).get(r.primary_metric or "")
         metric = f"{r.primary_metric} {m.best:.4f}" if m and m.best is not None else ""
         epoch = f"{r.epoch}/{r.total_epochs}" if r.total_epochs else (str(r.epoch) if r.epoch else "")
-        note = (r.error or "")[:60]
+        # A launched Slurm run says where Slurm has it: "slurm:123 PENDING (Priority)".
+        note = (r.error or (slot_label(r.status, r.slurm_job_id, r.slots, r.gpus) if r.slurm_job_id and r.status in LAUNCHED else ""))[:60]
         rows.append((r.run_id, r.status, r.kind, r.name, epoch, metric, fmt_duration(duration_s(r)), note))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
@@ -212,7 +214,7 @@ def ls_(
 @cli.command()
 def show(run: Annotated[str, typer.Argument(help="run id (or a unique prefix, or name)")], workspace: WorkspaceOpt = None) -> int:
     """Everything about one run: status, config, metrics, files."""
-    from app.queries import duration_s, find_run, fmt_duration, summaries
+    from app.queries import duration_s, find_run, fmt_duration, slot_label, summaries
     from app.store.models import IngestState
 
     ws = _workspace(workspace)
@@ -231,7 +233,7 @@ def show(run: Annotated[str, typer.Argument(help="run id (or a unique prefix, or
 
     with ws.store.read() as s:
         parents = [p.run_id for p in parents_of(s, [r.id])[r.id]]
-    where = r.slots or (f"Slurm job {r.slurm_job_id}" if r.slurm_job_id else "-")
+    where = slot_label(r.status, r.slurm_job_id, r.slots, r.gpus) or "-"
     print(f"queue     priority {r.priority}   gpus {r.gpus}   slot {where}   after {', '.join(parents) or '-'}")
     if r.group_id or r.pipeline_id or r.retry_of:
         print(f"group     sweep {r.group_id or '-'}   pipeline {r.pipeline_id or '-'}   retry of {r.retry_of or '-'}")
@@ -367,12 +369,7 @@ def daemon_start(workspace: WorkspaceOpt = None) -> int:
     from app.queue.daemon import daemon_info, ensure_daemon
 
     ws = _workspace(workspace)
-    started = ensure_daemon(ws)
-    for _ in range(50):
-        info = daemon_info(ws)
-        if info and info.get("pid"):
-            break
-        time.sleep(0.1)
+    started = ensure_daemon(ws)  # returns once the daemon holds its lock and has written its pid
     info = daemon_info(ws)
     print(("started" if started else "already running") + f": pid {info.get('pid') if info else '?'}")
     return 0

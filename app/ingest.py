@@ -21,8 +21,8 @@ from typing import Iterable
 from sqlalchemy import insert
 from sqlmodel import Session, select
 
-from app.lifecycle import CANCEL_FILE, SLURM_FILE, read_cancel, read_slurm, settle
-from app.store.models import BLOCKED, FINISHED, IngestState, Metric, MetricSummary, Run, RunDependency, next_rev
+from app.lifecycle import CANCEL_FILE, SLURM_FILE, read_cancel, read_slurm, settle, slurm_slot
+from app.store.models import BLOCKED, FINISHED, LAUNCHED, IngestState, Metric, MetricSummary, Run, RunDependency, next_rev
 from app.workspace import Workspace
 from engine.config import goal_for
 from engine.run import (
@@ -141,12 +141,12 @@ class Ingester:
         self._pending_links = []
 
     def _process_ended(self, rd: RunDir, status: str | None) -> bool:
-        """A running run whose files did not change may still have lost its process."""
-        if status != "running":
+        """A running (or Slurm-pending) run whose files did not change may still have lost its process."""
+        if status not in LAUNCHED:
             return False
         try:
             return settle(rd, _read_json(rd, STATUS), _read_json(rd, LAUNCH), rd.read_exit_code(),
-                          read_cancel(rd), read_slurm(rd)).status != "running"
+                          read_cancel(rd), read_slurm(rd)).status != status
         except _Unreadable:
             return True
 
@@ -284,7 +284,8 @@ class Ingester:
 
     def _apply_status(self, rd: RunDir, run: Run, status: dict | None, launch: dict | None,
                       exit_code: int | None, state: IngestState, report: IngestReport) -> None:
-        settled = settle(rd, status, launch, exit_code, read_cancel(rd), read_slurm(rd), last_epoch=run.epoch)
+        slurm = read_slurm(rd)
+        settled = settle(rd, status, launch, exit_code, read_cancel(rd), slurm, last_epoch=run.epoch)
         if run.status in ("queued", BLOCKED) and settled.status == "queued":
             return  # blocked is the daemon's verdict from the parents, not from the files
         run.status = settled.status
@@ -298,6 +299,10 @@ class Ingester:
             run.slurm_job_id = launch.get("job_id") or run.slurm_job_id
             run.slots = launch.get("slots") or run.slots
             run.started_at = run.started_at or launch.get("launched_at")
+        if slurm is not None:  # the Slot of a Slurm run: what Slurm says while it has the job
+            slot = slurm_slot(slurm) if settled.status in LAUNCHED else None
+            # Started on its node before the daemon's next squeue: no stale "PENDING" beside "running".
+            run.slots = None if settled.status == "running" and (slot or "").startswith("PENDING") else slot
         if settled.status in FINISHED:
             run.error, run.exit_code = settled.error, settled.exit_code
             run.ended_at = settled.ended_at or time.time()

@@ -13,6 +13,9 @@ Order of evidence:
 5. a launch record with no process and no exit code: lost;
 6. only a submission: queued.
 
+A Slurm job that has not started reads ``pending`` (``slurm.json``'s live
+state, which the daemon keeps up to date), then ``running``.
+
 A cancel request (``cancel.json``, written by ``moe-tui cancel``) turns every
 "ended without a final status" and "never started" verdict into
 ``cancelled``: the process was stopped on purpose. A Slurm verdict
@@ -54,6 +57,14 @@ def read_slurm(rd: RunDir) -> dict | None:
         return None
 
 
+def slurm_slot(slurm: dict | None) -> str | None:
+    """Slurm's live view of a job not yet ended, for the Slot column: ``PENDING (Priority)``, ``RUNNING``."""
+    if not slurm or slurm.get("final_state") or not slurm.get("state"):
+        return None
+    reason = slurm.get("reason")
+    return f"{slurm['state']} ({reason})" if reason and reason != "None" else slurm["state"]
+
+
 @dataclass
 class Settled:
     status: str
@@ -90,7 +101,9 @@ def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int 
         return Settled("running" if (status or launch) else "queued")
 
     if slurm and not slurm_state and (status or launch) and not any(a is False for a in liveness):
-        return Settled("running")  # Slurm has not said it ended (pending, or on another node)
+        # Slurm has not said it ended: still in its queue (the daemon's last look, in
+        # slurm.json), or running on another node.
+        return Settled("pending" if not status and slurm.get("state") == "PENDING" else "running")
 
     if cancel is not None:
         how = f" ({describe_exit(exit_code)})" if exit_code not in (None, 0) else ""

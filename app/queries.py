@@ -39,6 +39,18 @@ def list_runs(s: Session, status: str | None = None, kind: str | None = None, li
     return list(reversed(s.exec(q).all()))
 
 
+def slot_label(status: str, slurm_job_id: str | None, slots: str | None, gpus: int) -> str:
+    """Where a run runs (or ran): ``gpu:0,1``, ``cpu:3``, ``slurm:123`` and, while Slurm holds
+    the job, Slurm's state (``slurm:123 PENDING (Priority)``); for a waiting run what it asks for."""
+    if slurm_job_id:
+        return f"slurm:{slurm_job_id}" + (f" {slots}" if slots else "")
+    if slots:
+        return slots
+    if status in ("queued", "blocked"):
+        return f"{gpus} GPU" if gpus else "cpu"
+    return ""
+
+
 def summaries(s: Session, run_pks: list[int]) -> dict[int, dict[str, MetricSummary]]:
     out: dict[int, dict[str, MetricSummary]] = defaultdict(dict)
     for i in range(0, len(run_pks), 500):  # stay under SQLite's bound-parameter limit

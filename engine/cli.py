@@ -9,7 +9,9 @@ directory, never the process. Torch is imported only once a job starts.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import sys
 import time
 
@@ -18,6 +20,7 @@ from engine.run import (
     EXIT_BAD_INPUT,
     RUNS_DIRNAME,
     SCHEMA_VERSION,
+    WORKSPACE_ENV,
     JobError,
     RunDir,
     RunRecorder,
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = spec.config
     job = importlib.import_module(f"engine.jobs.{spec.kind.replace('-', '_')}")
     print(f"run {rd.run_id}: {rd.path}", file=sys.stderr, flush=True)
-    with RunRecorder(
+    with _workspace_env(spec.workspace), RunRecorder(
         rd,
         kind=spec.kind,
         config=cfg.model_dump(mode="json"),
@@ -95,6 +98,25 @@ def main(argv: list[str] | None = None) -> int:
     ) as rec:
         job.run(spec, rec)
     return rec.exit_code
+
+
+@contextlib.contextmanager
+def _workspace_env(workspace: str | None):
+    """While the job runs, $MOE_TUI_WORKSPACE names an explicit --workspace, as a queued job's
+    launcher sets it: the job looks up run ids there (``--logits-dir RUN_ID``). Restored after,
+    for callers of ``main`` in their own process."""
+    if not workspace:
+        yield
+        return
+    before = os.environ.get(WORKSPACE_ENV)
+    os.environ[WORKSPACE_ENV] = str(resolve_workspace(workspace))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(WORKSPACE_ENV, None)
+        else:
+            os.environ[WORKSPACE_ENV] = before
 
 
 if __name__ == "__main__":

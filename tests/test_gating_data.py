@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -86,6 +87,33 @@ def test_missing_split_and_missing_expert(tmp_path):
     assert "--logits-dir" in _error(check_logits_dir, None, ["a"])
 
 
+def test_a_recompute_logits_run_by_directory_or_id(tmp_path, monkeypatch):
+    """--logits-dir RUN_DIR or RUN_ID finds artifacts/logits inside; no suffix needed."""
+    runs = tmp_path / "ws" / "runs"
+    run = runs / "251125-101500-0000"
+    logits = _experts(run / "artifacts" / "logits")
+    (run / "run.json").write_text(json.dumps({"v": 1, "kind": "recompute-logits"}))
+    assert check_logits_dir(str(logits), ["a", "b"]) == logits, "the folder itself, as before"
+    assert check_logits_dir(str(run), ["a", "b"]) == logits
+    assert check_logits_dir(run.name, ["a", "b"], runs_roots=[runs]) == logits
+    monkeypatch.setenv("MOE_TUI_WORKSPACE", str(tmp_path / "ws"))  # what a queued job has
+    assert check_logits_dir(run.name, ["a", "b"]) == logits
+    assert load_split(check_logits_dir(run.name, ["a", "b"]), ["a", "b"], "val").num_samples == 20
+    msg = _error(check_logits_dir, "251125-101500-0001", ["a"])
+    assert msg == (f"--logits-dir 251125-101500-0001: no such folder, nor a run 251125-101500-0001 in {runs}; "
+                   "pass the run's directory or set --workspace")
+    # A run of another kind, or one that has not written its logits yet, says which it is.
+    expert = runs / "251125-101400-0000"
+    expert.mkdir()
+    (expert / "run.json").write_text(json.dumps({"v": 1, "kind": "train-expert"}))
+    (expert / "status.json").write_text(json.dumps({"v": 1, "state": "succeeded"}))
+    assert "is a train-expert run (succeeded) with no artifacts/logits" in _error(check_logits_dir, str(expert), ["a"])
+    # Neither layout: one line naming both.
+    msg = _error(check_logits_dir, str(tmp_path / "ws"), ["a", "b"])
+    assert "holds neither DIR/<expert>/<split>_logits.npz for experts a, b (sub-folders: runs)" in msg
+    assert "nor a recompute-logits run's artifacts/logits" in msg
+
+
 def test_nan_logits(tmp_path):
     root = _experts(tmp_path)
     bad = np.random.default_rng(0).normal(size=(20, 6))
@@ -134,3 +162,19 @@ def test_cli_fails_in_one_line_with_exit_code_2(tmp_path):
     assert not list((rd / "checkpoints").iterdir())  # nothing half-written
     out = engine(tmp_path, "train-gating", "--logits-dir", str(root), "--experts", "a,a")
     assert out.returncode == 2 and "experts must be distinct" in out.stderr
+
+
+def test_workspace_run_id_lookup_in_process_leaves_the_environment_alone(tmp_path, monkeypatch, capsys):
+    """`engine ... --workspace W --logits-dir RUN_ID` finds the run in W/runs, and main() called in a
+    process of its own restores $MOE_TUI_WORKSPACE afterwards."""
+    from engine.cli import main
+
+    monkeypatch.delenv("MOE_TUI_WORKSPACE", raising=False)
+    ws = tmp_path / "ws"
+    run = ws / "runs" / "251125-101500-0000"
+    _experts(run / "artifacts" / "logits")
+    (run / "run.json").write_text(json.dumps({"v": 1, "kind": "recompute-logits"}))
+    code = main(["train-gating", "--logits-dir", run.name, "--experts", "a,b", "--epochs", "1", "--warmup-epochs", "0",
+                 "--test-split", "none", "--workspace", str(ws)])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    assert "MOE_TUI_WORKSPACE" not in os.environ

@@ -175,3 +175,22 @@ def test_real_digits_experts_give_the_full_table(tmp_path, finished_run_dir):
         assert res["tables"]["val"][name]["balanced_acc"] == pytest.approx(ckpt["metrics"]["val/balanced_acc"], abs=1e-6)
         # Training evaluated in bf16 autocast where the CPU has AMX units; these logits are fp32.
         assert res["tables"]["val"][name]["nll"] == pytest.approx(ckpt["metrics"]["val/nll"], rel=5e-3)
+
+
+def test_train_gating_reads_a_recompute_logits_run_by_id_or_directory(tmp_path, finished_run_dir):
+    """A pipeline passes {run:logits} (the run directory); a person may pass the run id."""
+    ws = tmp_path / "ws"
+    _ok(engine(ws, "recompute-logits", "--experts", str(finished_run_dir), "--splits", "gating,val,test"))
+    (logits_rd,) = run_dirs(ws)
+    common = ["--preset", "quick", "--epochs", "2", "--experts", "ce"]
+    _ok(engine(ws, "train-gating", "--logits-dir", logits_rd.name, *common))
+    _ok(engine(ws, "train-gating", "--logits-dir", str(logits_rd), *common))
+    gates = [rd for rd in run_dirs(ws) if rd != logits_rd]
+    for rd in gates:
+        inputs = json.loads((rd / "artifacts" / "inputs.json").read_text())
+        assert inputs["logits_dir"] == str(logits_rd / "artifacts" / "logits")
+        assert set(_results(rd)["tables"]["test"]) == {"ce", "uniform", "gate", "oracle"}
+    out = engine(ws, "train-gating", "--logits-dir", str(finished_run_dir), *common)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == (
+        f"failed: --logits-dir {finished_run_dir} is a train-expert run (succeeded) with no artifacts/logits; "
+        "pass a recompute-logits run that has succeeded, or the logits folder itself")

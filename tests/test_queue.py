@@ -238,3 +238,68 @@ def test_daemon_start_status_stop_and_idle_exit(ws_path):
     out = moe(ws_path, "daemon", "stop")
     assert out.returncode == 0 and out.stdout.startswith("stopped daemon")
     assert moe(ws_path, "daemon", "status").returncode == 3
+
+
+def test_ensure_daemon_returns_once_the_daemon_holds_its_lock(ws_path, ws):
+    """A caller that looks right after ensure_daemon finds the daemon; concurrent callers start one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.queue.daemon import daemon_info, ensure_daemon, stop_daemon, wake_daemon
+    from engine.run import ProcessIdentity
+
+    assert daemon_info(ws) is None
+    assert ensure_daemon(ws) is True
+    info = daemon_info(ws)  # no sleep, no polling: it must hold the lock and have said so already
+    assert info is not None and info.get("pid"), "ensure_daemon returned before the daemon held its lock"
+    assert ProcessIdentity.from_record(info).alive()
+    assert wake_daemon(ws, info), "its pid file names a live daemon that takes SIGUSR1"
+    assert ensure_daemon(ws) is False, "a second caller finds it and starts none"
+    time.sleep(0.5)
+    assert ProcessIdentity.from_record(info).alive(), "the wake did not kill it"
+    assert stop_daemon(ws) == info["pid"]
+
+    # Four clients at once, none running: exactly one starts the daemon, all return with it up.
+    with ThreadPoolExecutor(4) as pool:
+        started = list(pool.map(lambda _: ensure_daemon(ws), range(4)))
+    assert started.count(True) == 1, started
+    info = daemon_info(ws)
+    assert info is not None and ProcessIdentity.from_record(info).alive()
+    log = (ws_path / ".moe-tui" / "daemon.log").read_text()
+    assert log.count(" serving ") == 2, "one daemon per start, never a second alongside"
+    stop_daemon(ws)
+
+
+def test_ensure_daemon_that_cannot_start_says_why(ws_path, ws):
+    from app.errors import UserError
+    from app.queue.daemon import daemon_info, ensure_daemon
+
+    (ws_path / "moe-tui.toml").write_text("[queue]\ncpu_slots = 'many'\n")
+    t0 = time.monotonic()
+    with pytest.raises(UserError) as e:
+        ensure_daemon(ws)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and time.monotonic() - t0 < 25, "it fails as soon as the daemon exits"
+    assert msg.startswith("the queue daemon exited as it started (exit code 2): error: ") and "cpu_slots" in msg, msg
+    assert msg.endswith("see .moe-tui/daemon.log"), msg
+
+    (ws_path / "moe-tui.toml").unlink()
+    with pytest.raises(UserError, match=r"^the queue daemon did not take its lock within 0s; see .moe-tui/daemon.log"):
+        ensure_daemon(ws, timeout_s=0.01)
+    time.sleep(0.3)
+    assert daemon_info(ws) is None, "the half-started daemon was stopped, not left behind"
+
+
+def test_the_tui_says_once_why_no_daemon_starts(ws_path, ws):
+    from app.queue.daemon import daemon_info, stop_daemon
+    from app.tui.data import TuiData
+
+    assert moe(ws_path, "pause").returncode == 0
+    queued_id(moe(ws_path, "submit", "--", *TINY))  # waits: the queue is paused
+    stop_daemon(ws)
+    (ws_path / "moe-tui.toml").write_text("[queue]\ncpu_slots = 'many'\n")
+    data = TuiData(ws)
+    warnings = data.refresh_files()
+    assert len(warnings) == 1 and warnings[0].startswith("the queue daemon exited as it started"), warnings
+    data._last_ingest = 0.0  # the next pass at once
+    assert data.refresh_files() == [], "the same cause is not repeated every second"
+    assert daemon_info(ws) is None

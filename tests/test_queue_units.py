@@ -106,6 +106,21 @@ def test_slurm_kill_causes_win_over_the_jobs_own_status(tmp_path):
                        "raise --slurm time=... or [slurm] time in moe-tui.toml")
 
 
+def test_a_slurm_job_in_slurms_queue_reads_pending_until_it_starts(tmp_path):
+    from app.lifecycle import slurm_slot
+
+    launch = {"backend": "slurm", "job_id": "17", "launched_at": 1.0}
+    waiting = {"job_id": "17", "state": "PENDING", "reason": "Priority", "final_state": None}
+    assert settle(RunDir(tmp_path), None, launch, None, slurm=waiting).status == "pending"
+    assert slurm_slot(waiting) == "PENDING (Priority)"
+    assert slurm_slot({**waiting, "reason": "None"}) == "PENDING"  # squeue's word for no reason
+    # Started on its node: Slurm says so, or the job's own status (on another host) does.
+    assert settle(RunDir(tmp_path), None, launch, None, slurm={**waiting, "state": "RUNNING"}).status == "running"
+    on_node = {"state": "running", "pid": 5, "pid_start": 1, "host": "node-7", "boot_id": "x", "epoch": 1}
+    assert settle(RunDir(tmp_path), on_node, launch, None, slurm=waiting).status == "running"
+    assert slurm_slot({**waiting, "final_state": "COMPLETED"}) is None
+
+
 def test_gpu_discovery_reads_nvidia_smi(tmp_path, monkeypatch):
     """The query and CSV format of nvidia-smi (a stand-in script: this machine has no GPU)."""
     from app.queue import slots

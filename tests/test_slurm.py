@@ -107,3 +107,49 @@ def test_sbatch_rejection_is_the_runs_error(slurm_ws, ws):
     b = bad.stdout.split()[1]
     assert moe(slurm_ws, "wait", b, "--timeout", "60").returncode == 1
     assert "without spaces" in run_row(ws, b).error
+
+
+async def test_a_job_waiting_in_slurms_queue_reads_pending_with_slurms_reason(slurm_ws, ws):
+    """Held back by Slurm (--begin in an hour), a run reads pending, with Slurm's reason, in ls, show,
+    export, the TUI and its Queue screen; released, it runs and succeeds."""
+    from app.tui.app import MoeTuiApp
+    from app.tui.screens.queue import QueueScreen
+    from tests.tui_support import screen_text, settle
+
+    a = queued_id(moe(slurm_ws, "submit", "--name", "later", "--slurm", "extra=--begin=now+3600", "--", *TINY, **SLURM))
+    wait_for(lambda: moe(slurm_ws, "ls").returncode == 0 and run_row(ws, a).slots == "PENDING (BeginTime)",
+             timeout=40, what="Slurm's reason for holding the job")
+    r = run_row(ws, a)
+    assert r.status == "pending" and r.slurm_job_id, (r.status, r.slots)
+    where = f"slurm:{r.slurm_job_id} PENDING (BeginTime)"
+    sq = subprocess.run(["squeue", "-h", "-j", r.slurm_job_id, "-o", "%T|%r"], capture_output=True, text=True)
+    assert sq.stdout.strip() == "PENDING|BeginTime", "Slurm agrees"
+
+    out = moe(slurm_ws, "ls")
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith(a))
+    assert line.split()[1] == "pending" and line.rstrip().endswith(where), line
+    assert moe(slurm_ws, "ls", "--status", "pending").stdout.startswith("ID")
+    show = moe(slurm_ws, "show", a).stdout
+    assert "status    pending" in show and f"slot {where}" in show, show
+    csv = moe(slurm_ws, "export", "-o", "-").stdout
+    assert f"{a},later,train-expert,pending," in csv
+    assert (slurm_ws / "runs" / a / "status.json").exists() is False, "it has not started"
+
+    app = MoeTuiApp(ws, poll_s=60)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        text = screen_text(app)
+        row = next(ln for ln in text.splitlines() if "later" in ln)
+        assert row.split()[0] == "pending", row
+        assert f"waiting in Slurm: {where}" in text
+        await app.push_screen(QueueScreen())
+        await settle(app, pilot)
+        assert f"{a} later · PENDING (BeginTime)" in screen_text(app)
+
+    # Released, Slurm runs it: running, then succeeded, and the Slot no longer says pending.
+    rel = subprocess.run(["scontrol", "update", f"jobid={r.slurm_job_id}", "StartTime=now"], capture_output=True, text=True)
+    assert rel.returncode == 0, rel.stderr
+    assert moe(slurm_ws, "wait", a, "--timeout", "150").returncode == 0
+    r = run_row(ws, a)
+    assert r.status == "succeeded" and r.slots is None and len(epoch_events(slurm_ws / "runs" / a)) == 3
+    assert "PENDING" not in moe(slurm_ws, "ls").stdout

@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from app.tui.app import MoeTuiApp
 from app.tui.screens.compare import CompareScreen
+from app.tui.screens.help import HelpScreen
 from app.tui.screens.run import RunScreen
 from benchmarks.bench_tui import seed_runs
 from tests.tui_support import screen_text, settle
@@ -35,8 +36,22 @@ def seeded(ws):
     return ws
 
 
+def footer_line(shot: str) -> str:
+    """The footer's key hints: the last line, left of the command palette's `^p Commands`."""
+    return shot.rstrip("\n").splitlines()[-1].split("\u258f")[0]
+
+
+def missing_hints(app, shot: str) -> list[str]:
+    """The footer hints of the screen's bindings that do not show whole at this size."""
+    line = footer_line(shot)
+    screen = app.screen.over if isinstance(app.screen, HelpScreen) else app.screen  # a modal shows the footer below it
+    shown = {ab.binding.description for ab in screen.active_bindings.values() if ab.binding.show}
+    return sorted(d for d in shown if f" {d} " not in f" {line} ")
+
+
 def check(app, name: str) -> None:
     shot = screen_text(app).replace(str(app.ws.root), "<workspace>")
+    assert not missing_hints(app, shot), f"{name}: footer hints cut or dropped at {SIZE}: {missing_hints(app, shot)}"
     path = SNAPSHOTS / f"{name}.txt"
     if os.environ.get("UPDATE_SNAPSHOTS") or not path.exists():
         SNAPSHOTS.mkdir(exist_ok=True)

@@ -30,7 +30,7 @@ import time
 from app.errors import UserError
 from app.lifecycle import SLURM_FILE
 from app.queue.settings import SlurmSettings
-from app.store.models import Run, next_rev
+from app.store.models import LAUNCHED, Run, next_rev
 from app.workspace import Workspace
 from engine.run import SCHEMA_VERSION, RunDir, atomic_write_bytes, atomic_write_json, read_json
 
@@ -144,12 +144,15 @@ class SlurmBackend:
         return found
 
     def poll(self, force: bool = False) -> list[str]:
-        """Record the end of jobs in slurm.json; unhook jobs whose dependency can never be met.
+        """Record each job's state in slurm.json; unhook jobs whose dependency can never be met.
 
-        Returns the run ids whose slurm.json changed (the caller re-ingests
-        them). Runs that already read cancelled or failed are asked about
-        too: a job that caught Slurm's SIGTERM at its time limit wrote
-        "cancelled" before Slurm said TIMEOUT, and the cause must win.
+        A live state (PENDING and its reason, RUNNING) goes in when it
+        changes, so the run reads ``pending`` while it waits in Slurm's
+        queue, and says why; a final state is Slurm's verdict. Returns the
+        run ids whose slurm.json changed (the caller re-ingests them). Runs
+        that already read cancelled or failed are asked about too: a job
+        that caught Slurm's SIGTERM at its time limit wrote "cancelled"
+        before Slurm said TIMEOUT, and the cause must win.
         """
         if not force and time.monotonic() - self._last_poll < self.settings.poll_s:
             return []
@@ -159,8 +162,8 @@ class SlurmBackend:
         recent = time.time() - RECHECK_FINISHED_S
         with self.ws.store.read() as s:
             runs = s.exec(select(Run).where(Run.backend == "slurm", Run.slurm_job_id.is_not(None), (
-                (Run.status == "running") | (col(Run.status).in_(("cancelled", "failed")) & (Run.ended_at > recent))))).all()
-        runs = [r for r in runs if r.status == "running"
+                col(Run.status).in_(LAUNCHED) | (col(Run.status).in_(("cancelled", "failed")) & (Run.ended_at > recent))))).all()
+        runs = [r for r in runs if r.status in LAUNCHED
                 or not (read_json(self.ws.run_dir(r.run_id).path / SLURM_FILE) or {}).get("final_state")]
         states = self.query([r.slurm_job_id for r in runs])
         changed = []
@@ -168,7 +171,7 @@ class SlurmBackend:
             info = states.get(run.slurm_job_id)
             rd = self.ws.run_dir(run.run_id)
             if info is None:
-                if run.status != "running":  # Slurm forgot it: stop asking
+                if run.status not in LAUNCHED:  # Slurm forgot it: stop asking
                     self._record(rd, run.slurm_job_id, {"state": "UNKNOWN", "reason": "", "time_limit": ""})
                 continue  # a running one settles from its own files
             if info["state"] in FINAL_STATES:
@@ -176,7 +179,19 @@ class SlurmBackend:
                     changed.append(run.run_id)
             elif info["state"] == "PENDING" and info["reason"] == "DependencyNeverSatisfied":
                 self._unhook(run)
+            elif self._record_live(rd, run.slurm_job_id, info):
+                changed.append(run.run_id)
         return changed
+
+    @staticmethod
+    def _record_live(rd: RunDir, job_id: str, info: dict) -> bool:
+        """Slurm's current state and reason of a job it still holds, when they changed."""
+        rec = read_json(rd.path / SLURM_FILE) or {"job_id": job_id}
+        if rec.get("final_state") or (rec.get("state"), rec.get("reason")) == (info["state"], info["reason"]):
+            return False
+        rec.update(state=info["state"], reason=info["reason"], seen_at=time.time())
+        atomic_write_json(rd.path / SLURM_FILE, rec)
+        return True
 
     @staticmethod
     def _record(rd: RunDir, job_id: str, info: dict) -> bool:

@@ -20,7 +20,7 @@ from app.queries import find_run
 from app.queue.deps import parents_of, rewrite_placeholders
 from app.queue.settings import load_settings
 from app.queue.submit import submit
-from app.store.models import BLOCKED, FINISHED, Run, RunDependency, next_rev
+from app.store.models import BLOCKED, FINISHED, LAUNCHED, Run, RunDependency, next_rev
 from app.workspace import Workspace
 from engine.config import job_class
 from engine.run import atomic_write_json, read_json
@@ -84,7 +84,7 @@ def retry(ws: Workspace, ref: str, resume_from_last: bool = False) -> Run:
         parent_ids = [p.run_id for p in parents_of(s, [old.id])[old.id]]
     if old.status not in FINISHED:
         raise UserError(f"run {old.run_id} is {old.status}; only a finished run can be retried"
-                        + (" (cancel it first)" if old.status == "running" else ""))
+                        + (" (cancel it first)" if old.status in LAUNCHED else ""))
     argv = json.loads(old.argv)
     if resume_from_last:
         if "resume" not in job_class(old.kind).model_fields:

@@ -31,7 +31,7 @@ from app.queue.control import is_paused
 from app.queue.deps import parents_of, resolve_placeholders, settle_dependencies
 from app.queue.settings import Settings, load_settings
 from app.queue.slots import Occupancy, allocate, discover_gpus, slot_env
-from app.store.models import FINISHED, Run, RunDependency, next_rev
+from app.store.models import FINISHED, LAUNCHED, Run, RunDependency, next_rev
 from app.workspace import Workspace
 from engine.run import ProcessIdentity, atomic_write_json, read_json
 
@@ -95,14 +95,16 @@ class Daemon:
             log.info("another daemon already serves %s", self.ws.root)
             return 0
         me = ProcessIdentity.current()
-        # "wake": clients may SIGUSR1 this daemon (an older one would die of it).
-        atomic_write_json(self.ws.daemon_pid, {**me.record(), "started_at": time.time(), "workspace": str(self.ws.root),
-                                               "wake": "SIGUSR1"})
+        # The handlers go in before the pid file names this daemon: a client
+        # that reads it may SIGUSR1 at once, and SIGUSR1's default kills.
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         for sig in WAKE_SIGNALS:
             signal.signal(sig, self._on_wake)
+        # "wake": clients may SIGUSR1 this daemon (an older one would die of it).
+        atomic_write_json(self.ws.daemon_pid, {**me.record(), "started_at": time.time(), "workspace": str(self.ws.root),
+                                               "wake": "SIGUSR1"})
         q = self.settings.queue
         gpus = discover_gpus()
         log.info("daemon %d serving %s: %d GPU(s) x %d run(s), %d CPU slot(s), cap %s, idle exit %.0fs",
@@ -156,12 +158,12 @@ class Daemon:
         with self.ws.store.read() as s:
             recent = time.time() - 600  # finished runs may still await Slurm's verdict (see SlurmBackend.poll)
             return s.exec(select(Run.id).where(Run.backend == "slurm", Run.slurm_job_id.is_not(None), (
-                (Run.status == "running") | (Run.ended_at > recent))).limit(1)).first() is not None
+                col(Run.status).in_(LAUNCHED) | (Run.ended_at > recent))).limit(1)).first() is not None
 
     def _has_work(self) -> bool:
         with self.ws.store.read() as s:
             n = s.exec(select(func.count()).select_from(Run).where(
-                (Run.status == "queued") | (Run.status == "running") | (Run.hook == "pending"))).one()
+                (Run.status == "queued") | col(Run.status).in_(LAUNCHED) | (Run.hook == "pending"))).one()
         return n > 0 or bool(self.children) or bool(self.hooks)
 
     # -- launching -------------------------------------------------------------
@@ -193,12 +195,12 @@ class Daemon:
                 self.launch(pk, slots)
 
     def _slurm_chainable(self, s) -> list[int]:
-        """Queued Slurm runs whose unfinished parents are all submitted Slurm jobs (afterok chains them)."""
+        """Queued Slurm runs whose unfinished parents are all submitted Slurm jobs, pending or running (afterok chains them)."""
         pks = list(s.exec(select(Run.id).where(Run.status == "queued", Run.backend == "slurm",
                                                col(Run.id).in_(select(RunDependency.run)))).all())
         parents = parents_of(s, pks)
         return [pk for pk in pks if parents[pk] and all(
-            p.status == "succeeded" or (p.backend == "slurm" and p.status == "running" and p.slurm_job_id)
+            p.status == "succeeded" or (p.backend == "slurm" and p.status in LAUNCHED and p.slurm_job_id)
             for p in parents[pk]) and not all(p.status == "succeeded" for p in parents[pk])]
 
     def _claim(self, pk: int, slots: str | None) -> tuple[Run, list[str]] | None:
@@ -247,7 +249,7 @@ class Daemon:
         run, argv = claimed
         with self.ws.store.read() as s:
             parent_jobs = [p.slurm_job_id for p in parents_of(s, [pk])[pk]
-                           if p.status == "running" and p.backend == "slurm" and p.slurm_job_id]
+                           if p.status in LAUNCHED and p.backend == "slurm" and p.slurm_job_id]
         from app.errors import UserError
 
         try:
@@ -256,9 +258,9 @@ class Daemon:
             log.error("run %s: %s", run.run_id, e)
             self._fail(pk, str(e))
             return
-        with self.ws.store.write() as s:
+        with self.ws.store.write() as s:  # in Slurm's queue now; the next poll says when it runs
             r = s.get(Run, pk)
-            r.slurm_job_id, r.rev = job_id, next_rev(s)
+            r.status, r.slurm_job_id, r.slots, r.rev = "pending", job_id, "PENDING", next_rev(s)
         log.info("run %s submitted to Slurm as job %s%s", run.run_id, job_id,
                  f" (afterok:{':'.join(parent_jobs)})" if parent_jobs else "")
 
@@ -271,7 +273,7 @@ class Daemon:
     def act_on_cancels(self) -> None:
         """SIGTERM the process group of each cancelled run, SIGKILL after the grace period."""
         with self.ws.store.read() as s:
-            runs = s.exec(select(Run).where(Run.status == "running", Run.cancel_requested_at.is_not(None))).all()
+            runs = s.exec(select(Run).where(col(Run.status).in_(LAUNCHED), Run.cancel_requested_at.is_not(None))).all()
         grace = self.settings.queue.cancel_grace_s
         now = time.monotonic()
         for run in runs:
@@ -357,6 +359,18 @@ def daemon_info(ws: Workspace) -> dict | None:
     return read_json(ws.daemon_pid) or {"pid": None}
 
 
+def _serving(ws: Workspace) -> dict | None:
+    """The pid record of a daemon that holds the lock and has said so in a live pid file, else None.
+
+    Between taking the lock and writing ``daemon.pid`` a new daemon leaves
+    the last one's file (or none) in place: a record counts only if its
+    process is alive (pid *and* start time).
+    """
+    info = daemon_info(ws)
+    ident = ProcessIdentity.from_record(info) if info and info.get("pid") else None
+    return info if ident is not None and ident.alive() else None
+
+
 def wake_daemon(ws: Workspace, info: dict | None = None) -> bool:
     """Ask the running daemon for a pass now (SIGUSR1); False if there is none to ask."""
     info = info or daemon_info(ws)
@@ -370,14 +384,35 @@ def wake_daemon(ws: Workspace, info: dict | None = None) -> bool:
     return True
 
 
-def ensure_daemon(ws: Workspace) -> bool:
-    """Start a detached daemon if none runs, else wake it; True if one was started."""
-    info = daemon_info(ws)
-    if info is not None:
-        wake_daemon(ws, info)
-        return False
-    with open(ws.daemon_log, "ab") as out:
-        subprocess.Popen(
+DAEMON_START_TIMEOUT_S = 30.0  # imports and a first migration on a loaded 2-core machine take a few seconds
+
+
+def ensure_daemon(ws: Workspace, timeout_s: float = DAEMON_START_TIMEOUT_S) -> bool:
+    """Start a detached daemon if none runs, else wake it; True if this call started it.
+
+    Returns only once a daemon holds the workspace lock and has written its
+    pid file, so a caller that looks right after (``daemon_info``,
+    ``wake_daemon``, a second ``ensure_daemon``) finds it. A daemon that
+    exits before taking the lock, or is not up within ``timeout_s``, raises
+    a one-line UserError that names its log.
+    """
+    from app.errors import UserError
+
+    deadline = time.monotonic() + timeout_s
+    while daemon_info(ws) is not None:
+        serving = _serving(ws)
+        if serving is not None:
+            wake_daemon(ws, serving)
+            return False
+        # The lock is held but no live daemon.pid names its holder: one is starting right now.
+        if time.monotonic() > deadline:
+            raise UserError(f"a queue daemon holds {os.path.relpath(ws.daemon_lock, ws.root)} but has not written "
+                            f"daemon.pid within {timeout_s:.0f}s; see {os.path.relpath(ws.daemon_log, ws.root)}")
+        time.sleep(0.05)
+    log_path = ws.daemon_log
+    log_start = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
             [sys.executable, "-m", "app.queue.daemon", "--workspace", str(ws.root)],
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -386,7 +421,52 @@ def ensure_daemon(ws: Workspace) -> bool:
             start_new_session=True,
             close_fds=True,
         )
-    return True
+    info = _wait_for_daemon(ws, proc, timeout_s, log_start)
+    return info.get("pid") == proc.pid  # else another client's daemon won the lock, and ours stood down
+
+
+def _wait_for_daemon(ws: Workspace, proc: subprocess.Popen | None, timeout_s: float, log_start: int) -> dict:
+    from app.errors import UserError
+
+    rel_log = os.path.relpath(ws.daemon_log, ws.root)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info = _serving(ws)
+        if info is not None:
+            return info
+        if proc is not None and proc.poll() is not None:
+            info = _serving(ws)  # it may have stood down for a daemon that started meanwhile
+            if info is not None:
+                return info
+            if proc.returncode == 0 and daemon_info(ws) is not None:
+                proc = None  # that daemon is between its lock and its pid file: wait for it
+                continue
+            cause = _last_log_line(ws.daemon_log, log_start)
+            raise UserError(f"the queue daemon exited as it started (exit code {proc.returncode})"
+                            + (f": {cause}" if cause else "") + f"; see {rel_log}")
+        if time.monotonic() > deadline:
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)  # ours, in its own session; do not leave a half-started one
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            raise UserError(f"the queue daemon did not take its lock within {timeout_s:.0f}s; "
+                            f"see {rel_log}, then `moe-tui daemon start`")
+        time.sleep(0.05)
+
+
+def _last_log_line(path, start: int) -> str:
+    """The last non-empty line the daemon wrote to its log after ``start`` (its error, when it crashed)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            tail = f.read()[-4096:].decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def stop_daemon(ws: Workspace, timeout_s: float = 15.0) -> int | None:
@@ -411,7 +491,7 @@ def needs_daemon(ws: Workspace) -> bool:
     """Queued runs, runs the daemon should be watching, or on-finish commands to run."""
     with ws.store.read() as s:
         return s.exec(select(Run.id).where(
-            (Run.status == "queued") | ((Run.status == "running") & (Run.backend != "headless"))
+            (Run.status == "queued") | (col(Run.status).in_(LAUNCHED) & (Run.backend != "headless"))
             | (Run.hook == "pending")).limit(1)).first() is not None
 
 
@@ -421,8 +501,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-exit", type=float)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    ws = Workspace.open(args.workspace)
-    return Daemon(ws, idle_exit_s=args.idle_exit).serve()
+    from app.errors import UserError
+
+    try:
+        ws = Workspace.open(args.workspace)
+        return Daemon(ws, idle_exit_s=args.idle_exit).serve()
+    except UserError as e:  # e.g. a broken moe-tui.toml at start: one line, which ensure_daemon shows
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ from sqlalchemy import Column, ForeignKey, Index, Integer, func
 from sqlmodel import Field, Session, SQLModel, select
 
 # Run.status values. queued -> running -> succeeded | failed | cancelled | lost;
+# pending: submitted to Slurm and waiting in Slurm's queue (then running);
 # blocked: a dependency ended without success (retrying it re-queues the run).
-ACTIVE = ("queued", "running")
+LAUNCHED = ("pending", "running")  # handed to a backend and not finished: watched, cancelled by signal or scancel
+ACTIVE = ("queued", *LAUNCHED)
 FINISHED = ("succeeded", "failed", "cancelled", "lost")
 BLOCKED = "blocked"
 
@@ -52,7 +54,7 @@ class Run(SQLModel, table=True):
     pipeline_id: str | None = None
     group_id: str | None = Field(default=None, index=True)  # runs of one --sweep (the compare view averages them)
     gpus: int = 0  # GPUs the run asked for (0: a CPU slot)
-    slots: str | None = None  # what the scheduler gave it: "gpu:0,1" or "cpu:3"
+    slots: str | None = None  # what the scheduler gave it: "gpu:0,1" or "cpu:3"; Slurm: its state, "PENDING (Priority)"
     cancel_requested_at: float | None = None  # written by clients, acted on by the daemon
     slurm_job_id: str | None = None
     retry_of: str | None = None  # run_id of the run this one retries

@@ -11,6 +11,7 @@ from __future__ import annotations
 from textual import work
 
 from app.errors import UserError
+from app.store.models import ACTIVE
 
 
 class QueueActions:
@@ -26,10 +27,11 @@ class QueueActions:
         row = self.selected_run()
         if row is None:
             return
-        if row.status not in ("queued", "running", "blocked"):
+        if row.status not in (*ACTIVE, "blocked"):
             self.notify(f"{row.run_id} already {row.status}; nothing to cancel", severity="warning")
             return
-        what = "it stops (SIGTERM, then SIGKILL after the grace period)" if row.status == "running" else "it will not start"
+        what = ("it stops (SIGTERM, then SIGKILL after the grace period)" if row.status == "running"
+                else "Slurm drops it from its queue (scancel)" if row.status == "pending" else "it will not start")
 
         def chosen(yes: bool | None) -> None:
             if yes:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from sqlmodel import col, func, select
 
 from app.errors import UserError
-from app.store.models import ACTIVE, Metric, MetricSummary, Run, next_rev
+from app.queries import slot_label
+from app.store.models import ACTIVE, LAUNCHED, Metric, MetricSummary, Run, next_rev
 from app.workspace import Workspace
 from engine.run import parse_event_lines
 
@@ -63,14 +64,8 @@ class RunRow:
 
     @property
     def where(self) -> str:
-        """The slot a run holds (or held): GPUs, a CPU slot, or its Slurm job."""
-        if self.slurm_job_id:
-            return f"slurm:{self.slurm_job_id}"
-        if self.slots:
-            return self.slots
-        if self.status in ("queued", "blocked"):
-            return f"{self.gpus} GPU" if self.gpus else "cpu"
-        return ""
+        """The slot a run holds (or held): GPUs, a CPU slot, or its Slurm job (and Slurm's state while it has it)."""
+        return slot_label(self.status, self.slurm_job_id, self.slots, self.gpus)
 
     @property
     def key_config(self) -> str:
@@ -132,7 +127,7 @@ class QueueState:
     daemon_pid: int | None
     limits: str  # "slots 2 GPU x 1 + 4 CPU, cap 3": GPUs x runs per GPU, CPU slots, cap on running runs
     slots: tuple[SlotUse, ...]
-    elsewhere: tuple[tuple[int, str, str, str], ...]  # running runs on no local slot: (pk, run_id, name, where)
+    elsewhere: tuple[tuple[int, str, str, str], ...]  # launched runs on no local slot: (pk, run_id, name, where)
     queued: tuple[QueuedRun, ...]
 
 
@@ -148,6 +143,7 @@ class TuiData:
     def __init__(self, ws: Workspace):
         self.ws = ws
         self._last_ingest = 0.0
+        self._daemon_error: str | None = None
 
     def refresh_files(self) -> list[str]:
         """Ingest run directories if no daemon does it; returns new warnings."""
@@ -162,7 +158,13 @@ class TuiData:
         from app.queue.daemon import ensure_daemon, needs_daemon
 
         if needs_daemon(self.ws):  # queued work and no daemon (it crashed, or idled out)
-            ensure_daemon(self.ws)
+            try:
+                ensure_daemon(self.ws)
+                self._daemon_error = None
+            except UserError as e:  # e.g. a broken moe-tui.toml: say it once, not every pass
+                if str(e) != self._daemon_error:
+                    warnings.append(str(e))
+                self._daemon_error = str(e)
         return warnings
 
     def runs_since(self, rev: int) -> tuple[list[RunRow], int]:
@@ -313,8 +315,8 @@ class TuiData:
         gpus = discover_gpus()
         info = daemon_info(self.ws)
         with self.ws.store.read() as s:
-            running = s.exec(select(Run.id, Run.run_id, Run.name, Run.slots, Run.backend, Run.slurm_job_id)
-                             .where(Run.status == "running")).all()
+            running = s.exec(select(Run.id, Run.run_id, Run.name, Run.slots, Run.backend, Run.slurm_job_id, Run.status)
+                             .where(col(Run.status).in_(LAUNCHED))).all()
             waiting = s.exec(select(Run).where(col(Run.status).in_(("queued", BLOCKED)))).all()
             parents = parents_of(s, [r.id for r in waiting])
             # Plain tuples: nothing ORM leaves this session.
@@ -323,14 +325,15 @@ class TuiData:
                        for r in waiting]
         on_slot: dict[str, list[tuple[int, str, str]]] = {}
         elsewhere = []
-        for pk, run_id, name, slots, backend, job in running:
+        for pk, run_id, name, slots, backend, job, status in running:
             occ = Occupancy()
-            occ.take(slots)
+            if not job:
+                occ.take(slots)
             keys = [f"gpu {i}" for i in occ.gpu] + [f"cpu {i}" for i in occ.cpu]
             for k in keys:
                 on_slot.setdefault(k, []).append((pk, run_id, name))
-            if not keys:
-                elsewhere.append((pk, run_id, name, f"slurm job {job}" if job else backend))
+            if not keys:  # a Slurm job says what Slurm does with it: "slurm:123 PENDING (Priority)"
+                elsewhere.append((pk, run_id, name, slot_label(status, job, slots, 0) if job else backend))
         slots = [SlotUse(f"gpu {g.index}" + (f" ({g.name}, {g.memory_mib} MiB)" if g.name else ""), q.runs_per_gpu,
                          tuple(on_slot.pop(f"gpu {g.index}", []))) for g in gpus]
         slots += [SlotUse(f"cpu {i}", 1, tuple(on_slot.pop(f"cpu {i}", []))) for i in range(q.cpu_slots)]

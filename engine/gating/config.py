@@ -43,7 +43,8 @@ class TrainGatingConfig(JobConfig):
     # inputs
     logits_dir: str | None = Field(
         None, description="folder of per-expert logits: DIR/<expert>/<split>_logits.npz (engine recompute-logits) "
-                          "or DIR/<expert>/<split>_logits.pt (original layout, needs --labels-dir)")
+                          "or DIR/<expert>/<split>_logits.pt (original layout, needs --labels-dir); or a "
+                          "recompute-logits run directory or run id, whose artifacts/logits is used")
     experts: list[str] = Field(LT_EXPERTS, min_length=1, description="expert names, sub-folders of --logits-dir (comma-separated)")
     train_split: str = Field("gating", description="split the gate is trained on (held out from the experts' training)")
     val_split: str = Field("val", description="split for model selection (best checkpoint by balanced accuracy)")

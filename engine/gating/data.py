@@ -7,6 +7,10 @@ Two layouts per expert and split:
 - ``DIR/<expert>/<split>_logits.pt`` (the original layout): one [N, C] tensor,
   labels from ``LABELS/<split>_targets.npy`` (or ``.json``, a list of ints).
 
+``--logits-dir`` names DIR itself, or a ``recompute-logits`` run (its
+directory, or its run id under the workspace's ``runs/``), whose
+``artifacts/logits`` is DIR.
+
 Every check ends in a one-line :class:`JobError` naming the file and the fix.
 """
 
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.run import JobError
+from engine.run import RUNS_DIRNAME, JobError, RunDir, is_run_id, resolve_workspace
 
 LOGIT_SUFFIXES = (".npz", ".pt")
 _FINITE_CHUNK = 1 << 22  # elements per NaN/Inf check, so a 1.4 GB array needs no 1.4 GB mask
@@ -59,13 +63,40 @@ def has_split(logits_dir: str | Path, experts: list[str], split: str) -> bool:
     return all(logit_file(Path(logits_dir), e, split) is not None for e in experts)
 
 
-def check_logits_dir(logits_dir: str | None, experts: list[str]) -> Path:
+def check_logits_dir(logits_dir: str | None, experts: list[str], runs_roots: list[Path] | None = None) -> Path:
+    """The folder holding ``<expert>/<split>_logits.*`` for every expert.
+
+    ``logits_dir`` is that folder, a recompute-logits run directory (its
+    ``artifacts/logits`` is used), or such a run's id, looked up in
+    ``runs_roots`` (default: the workspace's ``runs/``, from
+    ``$MOE_TUI_WORKSPACE`` or the cwd, as a queued job has them).
+    """
     if not logits_dir:
-        raise JobError("no logits folder given; pass --logits-dir DIR (holding DIR/<expert>/<split>_logits.npz) "
-                       "or a data-set --preset")
+        raise JobError("no logits folder given; pass --logits-dir DIR (holding DIR/<expert>/<split>_logits.npz), "
+                       "a recompute-logits run directory or id, or a data-set --preset")
     root = Path(logits_dir).expanduser()
+    if not root.is_dir() and is_run_id(str(logits_dir)):
+        roots = runs_roots if runs_roots is not None else [resolve_workspace() / RUNS_DIRNAME]
+        found = next((r / str(logits_dir) for r in roots if (r / str(logits_dir)).is_dir()), None)
+        if found is None:
+            raise JobError(f"--logits-dir {logits_dir}: no such folder, nor a run {logits_dir} in "
+                           f"{', '.join(str(r) for r in roots)}; pass the run's directory or set --workspace")
+        root = found
     if not root.is_dir():
         raise JobError(f"logits folder {root} does not exist; run `engine recompute-logits` first or fix --logits-dir")
+    if not any((root / e).is_dir() for e in experts):
+        nested = root / "artifacts" / "logits"
+        if nested.is_dir():
+            root = nested
+        elif (run := RunDir(root).read_run()) is not None:
+            state = (RunDir(root).read_status() or {}).get("state", "not started")
+            raise JobError(f"--logits-dir {root} is a {run.get('kind', '?')} run ({state}) with no artifacts/logits; "
+                           "pass a recompute-logits run that has succeeded, or the logits folder itself")
+        else:
+            subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
+            raise JobError(f"--logits-dir {root} holds neither DIR/<expert>/<split>_logits.npz for experts "
+                           f"{', '.join(experts)} (sub-folders: {', '.join(subdirs) or 'none'}) nor a recompute-logits "
+                           "run's artifacts/logits; point it at one of the two")
     missing = [e for e in experts if not (root / e).is_dir()]
     if missing:
         found = sorted(p.name for p in root.iterdir() if p.is_dir())

@@ -9,6 +9,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from app.errors import UserError
 from app.tui.actions import QueueActions
 from app.tui.data import QueueState, QueuedRun, RunRow
 from app.tui.screens.runs import STATUS_STYLE
@@ -36,7 +37,7 @@ class QueueScreen(QueueActions, Screen):
         Binding("escape", "app.pop_screen", "Back", id="queue-back"),
         Binding("p", "toggle_pause", "Pause/resume", id="queue-pause"),
         Binding("plus,equals_sign", "priority(1)", "Raise priority", id="queue-priority-up"),
-        Binding("minus", "priority(-1)", "Lower priority", id="queue-priority-down"),
+        Binding("minus", "priority(-1)", "Lower priority", id="queue-priority-down", show=False),
         Binding("C", "cancel_run", "Cancel run", id="queue-cancel"),
         Binding("enter", "open_run", "Open", id="queue-open", show=False),
         Binding("tab", "switch_table", "Slots/queue", id="queue-switch", show=False),
@@ -97,7 +98,8 @@ class QueueScreen(QueueActions, Screen):
                 names = ", ".join(f"{run_id} {name}" for _, run_id, name in use.runs) or Text("free", style="dim")
                 slots.add_row(use.slot, f"{len(use.runs)}/{use.capacity}", names)
             for pk, run_id, name, where in state.elsewhere:
-                slots.add_row(where[:14], "", f"{run_id} {name}")
+                slot, _, slurm_state = where.partition(" ")  # "slurm:123", "PENDING (Priority)"
+                slots.add_row(slot[:14], "", f"{run_id} {name}" + (f" · {slurm_state}" if slurm_state else ""))
 
         table = self.query_one("#queued", DataTable)
         current = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value if table.row_count else None
@@ -172,7 +174,7 @@ class QueueScreen(QueueActions, Screen):
             else:
                 do_resume(ws)
                 ensure_daemon(ws)  # as `moe-tui resume` does: queued runs need someone to start them
-        except OSError as e:
+        except (OSError, UserError) as e:
             self.app.call_from_thread(self.notify, f"cannot {'pause' if pause else 'resume'}: {e}", severity="error")
             return
         self.app.call_from_thread(self.notify, "queue paused: running runs carry on, no new ones start"

@@ -263,6 +263,8 @@ class RunScreen(Screen):
         progress = f"epoch {row.progress}" if row.progress else ""
         head = f"[b]{row.run_id}[/b]  {row.name}  [b]{row.status}[/b]  {progress}  {fmt_duration(row.duration())}  {best}"
         lines = [head, row.command]
+        if row.status == "pending":
+            lines.append(f"waiting in Slurm: {row.where}")
         if row.error:
             lines.append(f"[red]{row.error}[/red]")
         self.query_one("#run-info", Static).update("\n".join(lines))

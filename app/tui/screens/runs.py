@@ -15,12 +15,14 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from app.errors import UserError
 from app.queries import fmt_duration
+from app.store.models import ACTIVE
 from app.tui.actions import QueueActions
 from app.tui.data import RunRow, parse_tags
 from app.tui.query import QueryError, compile_query
 
 STATUS_STYLE = {
     "queued": "dim",
+    "pending": "cyan",  # submitted to Slurm, waiting in its queue (the Slot says why)
     "running": "bold cyan",
     "succeeded": "green",
     "failed": "bold red",
@@ -28,7 +30,7 @@ STATUS_STYLE = {
     "lost": "magenta",
     "blocked": "bold dark_orange reverse",  # waits on a failed dependency: needs a person (retry the parent)
 }
-STATUS_ORDER = {s: i for i, s in enumerate(("running", "queued", "blocked", "failed", "lost", "cancelled", "succeeded"))}
+STATUS_ORDER = {s: i for i, s in enumerate(("running", "pending", "queued", "blocked", "failed", "lost", "cancelled", "succeeded"))}
 MARK = "●"
 NAME_WIDTH = 18  # longer names are cut in the table (the detail line shows them whole)
 
@@ -119,10 +121,10 @@ class RunsScreen(QueueActions, Screen):
         Binding("enter", "open_run", "Open", id="open-run"),
         Binding("space", "toggle_mark", "Mark", id="mark"),
         Binding("slash", "focus_filter", "Filter", id="filter"),
-        Binding("s", "sort_next", "Sort", id="sort"),
+        Binding("s", "sort_next", "Sort", id="sort", show=False),
         Binding("S", "sort_reverse", "Reverse sort", id="sort-reverse", show=False),
         Binding("c", "compare", "Compare", id="compare"),
-        Binding("x", "export", "Export", id="export"),
+        Binding("x", "export", "Export", id="export", show=False),
         Binding("l", "launch", "Launch", id="launch"),
         Binding("g", "queue", "Queue", id="queue"),
         Binding("C", "cancel_run", "Cancel run", id="cancel-run", show=False),
@@ -256,6 +258,8 @@ class RunsScreen(QueueActions, Screen):
         extra = []
         if row.status in ("queued", "blocked"):
             extra.append(f"priority {row.priority}")
+        if row.status == "pending":
+            extra.append(f"waiting in Slurm: {row.where}")
         if row.retry_of:
             extra.append(f"retry of {row.retry_of}")
         if row.metric_key and row.metric_best is not None:
@@ -467,7 +471,7 @@ class RunsScreen(QueueActions, Screen):
         row = self._selected()
         if row is None:
             return
-        if row.status in ("queued", "running"):
+        if row.status in ACTIVE:
             self.notify(f"{row.run_id} is {row.status}; only finished runs can be deleted", severity="warning")
             return
 
