@@ -107,6 +107,8 @@ def _heights(lp: CodeLP, n: int, ms: list[int]) -> list[float]:
             lp.free_rows(S)
             for j in S:
                 best = max(best, lp.maximise(j))
+                if math.isinf(best):
+                    break  # one unbounded LP settles h_m
             if math.isinf(best):
                 break
         out.append(best)
