@@ -94,6 +94,27 @@ def test_warm_started_lp_agrees_with_cold_scipy_lps():
     assert seen_inf >= 5 and seen_finite >= 50  # both kinds of label were compared
 
 
+def test_a_warm_start_that_ends_unknown_is_solved_again_cold():
+    """HiGHS 1.15, warm-started from an unbounded LP's basis, once ends "unknown" on this code
+    (found by search); the re-solve must give the same answer as a cold scipy LP, as must every LP."""
+    import itertools
+
+    from engine.mheight.lp import CodeLP
+    from engine.mheight.lp_baselines import _solve_one
+
+    P = np.array([[0, 83, -61, 95, -72, 43], [22, 75, -49, -46, -61, 33],
+                  [-45, 86, -43, -92, -48, 64], [-64, -53, -73, 61, 34, 29]], dtype=np.float64)
+    n, lp = 10, CodeLP(P)
+    for S in itertools.combinations(range(n), 6):
+        lp.free_rows(S)
+        rest = [t for t in range(n) if t not in S]
+        A = np.vstack([lp.G[:, rest].T, -lp.G[:, rest].T])
+        for j in S:  # every j, past the first unbounded one, to walk through the warm starts
+            got, cold = lp.maximise(j), _solve_one(lp.G[:, j], A, np.ones(len(A)))
+            assert got == pytest.approx(cold, rel=1e-9) or math.isinf(got) and math.isinf(cold), (S, j)
+    assert lp.cold_resolves >= 1, "this HiGHS no longer stalls here: the re-solve path is untested; find another code"
+
+
 def test_lp_codes_counts_its_lps():
     # m = 1 and 2 of a (5, 2) code with d = 4: 5 + 10 * 2 LPs, none unbounded.
     H, lps = heights_lp_codes((5, 2, [1, 2], np.array([PUBLIC_P])))

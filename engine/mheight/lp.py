@@ -64,6 +64,7 @@ class CodeLP:
         self.free = np.zeros(n, dtype=bool)
         self._cols = np.arange(k, dtype=np.int32)
         self.solves = 0  # LPs answered, for LPs/s
+        self.cold_resolves = 0  # warm starts that gave no answer and were solved again from scratch
 
     def free_rows(self, S: tuple[int, ...]) -> None:
         """Relax exactly the rows in S (only the rows that change are touched)."""
@@ -90,6 +91,7 @@ class CodeLP:
             # "unbounded or infeasible" can only mean unbounded.
             self.h.clearSolver()
             self.h.run()
+            self.cold_resolves += 1
             status = self.h.getModelStatus()
         if status in (st.kUnbounded, st.kUnboundedOrInfeasible):
             return math.inf
