@@ -35,8 +35,11 @@ class CodeLP:
     """One code's HiGHS model: rows t = coordinates of c = uG, bounds [-1, 1] or free."""
 
     def __init__(self, P: np.ndarray):
-        import highspy
-
+        try:
+            import highspy
+        except ImportError:
+            raise JobError("the LP reference needs the highspy package (make install, or pip install highspy); "
+                           "--method enumerate needs no LP solver") from None
         self._hs = highspy
         self.G = generator_matrix(P)
         k, n = self.G.shape
