@@ -71,18 +71,22 @@ def height_tool(argv: list[str]) -> int:
         raise JobError(f"input is not valid JSON ({e}); give an object or a list of objects with n, k, m, P") from None
     codes = data if isinstance(data, list) else [data]
     if args.method == "lp":
-        from engine.mheight.lp import height_lp as solve
+        from engine.mheight.lp import heights_lp as solve  # one HiGHS model serves every m of a code
     else:
-        from engine.mheight.solver import height_enumerate as solve
+        from engine.mheight.solver import height_enumerate
+
+        def solve(n, k, ms, P):
+            return [height_enumerate(n, k, m, P) for m in ms]
     out = []
     for i, code in enumerate(codes):
         where = f"code {i}"
         if not isinstance(code, dict) or not {"n", "k", "m", "P"} <= set(code):
             raise JobError(f"{where}: needs the keys n, k, m and P")
         ms = code["m"] if isinstance(code["m"], list) else [code["m"]]
-        for m in ms:
-            P = check_code(code["n"], code["k"], m, code["P"], where)
-            h = solve(code["n"], code["k"], m, P)
+        if not ms:
+            continue
+        P = [check_code(code["n"], code["k"], m, code["P"], where) for m in ms][0]  # every m checked
+        for m, h in zip(ms, solve(code["n"], code["k"], ms, P)):
             out.append({"n": code["n"], "k": code["k"], "m": m, "P": P.tolist(), "height": format_height(h)})
     print(json.dumps(out, indent=args.indent))
     return 0

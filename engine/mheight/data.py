@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from engine.mheight.config import PAD
+from engine.mheight.minors import STATS as MINOR_STATS  # min, 10%, median, max, mean per minor size
 from engine.mheight.shards import LabelSet
 
 MAX_M = 10  # one-hot width of m (the course grid has m <= 6; n <= 10 allows m <= 9)
-MINOR_STATS = 5  # min, 10th percentile, median, max, mean of log2 |minor| per minor size
 MINOR_FEATURES = MINOR_STATS * PAD
 
 
@@ -38,35 +38,20 @@ def minor_features(labels: LabelSet) -> torch.Tensor:
 
     Every entry of a vertex codeword is a ratio of two such minors (Cramer), so
     their magnitudes say most of what the height depends on; a net given raw P
-    would have to learn determinants. The maximal minors of [I | P] are exactly
-    P's square minors, computed by the solver's first (cheap) stage, once per
-    code (its labels for every m share them). Singular minors count as
-    |det| = 0.5 (log2 = -1).
+    would have to learn determinants. Computed once per code (its labels for
+    every m share them) by ``minors.minor_stats``; singular minors count as
+    |det| = 0.5 (log2 = -1); sizes a code does not have are 0.
     """
-    from engine.mheight.solver import maximal_minors, tables
+    from engine.mheight.minors import minor_stats
 
     _, first, inverse = np.unique(labels.code, return_index=True, return_inverse=True)
-    out = torch.zeros(len(first), MINOR_FEATURES)
+    out = np.zeros((len(first), MINOR_FEATURES), dtype=np.float32)
     n_all, k_all = labels.n[first], labels.k[first]
     for n, k in sorted(set(zip(n_all.tolist(), k_all.tolist()))):
         rows = np.flatnonzero((n_all == n) & (k_all == k))
-        r = n - k
-        P = torch.as_tensor(labels.P[first[rows]][:, :k, :r], dtype=torch.float64)
-        G = torch.cat([torch.eye(k, dtype=P.dtype).expand(len(P), k, k), P], 2)
-        t = tables(n, k)
-        logdet = torch.log2(maximal_minors(G, t).abs().clamp(min=0.5))
-        size = torch.as_tensor((t.bases >= k).sum(1))  # P columns in the basis = the minor's size
-        for s in range(1, min(k, r) + 1):
-            v = logdet[:, size == s].sort(1).values
-            last = v.shape[1] - 1
-            stats = []
-            for q in (0.0, 0.1, 0.5, 1.0):  # quantiles, linearly interpolated (as numpy's default)
-                lo, frac = int(q * last), q * last - int(q * last)
-                hi = min(lo + 1, last)
-                stats.append(v[:, lo] + frac * (v[:, hi] - v[:, lo]))
-            stats.append(v.mean(1))
-            out[rows, (s - 1) * MINOR_STATS:s * MINOR_STATS] = (torch.stack(stats, 1) / 10).float()
-    return out[torch.as_tensor(inverse.reshape(-1))]
+        stats = minor_stats(labels.P[first[rows]][:, :k, :n - k])
+        out[rows, :stats.shape[1]] = stats / 10
+    return torch.from_numpy(out[inverse.reshape(-1)])
 
 
 def canonicalize(P: torch.Tensor) -> torch.Tensor:
