@@ -131,7 +131,8 @@ def test_cancel_running_and_queued_runs(ws_path, ws):
 
 
 def test_retry_resume_continues_a_cancelled_run_from_its_last_epoch(ws_path, ws):
-    run = queued_id(moe(ws_path, "submit", "--", *TINY, "--epochs", "12"))
+    # 40 tiny epochs: with 12, a quiet machine finished them in the second `moe-tui cancel` takes to start
+    run = queued_id(moe(ws_path, "submit", "--", *TINY, "--epochs", "40"))
     rd = ws_path / "runs" / run
     wait_for(lambda: len(epoch_events(rd)) >= 2, timeout=120, what="two epochs")
     assert moe(ws_path, "cancel", run).returncode == 0
@@ -144,7 +145,7 @@ def test_retry_resume_continues_a_cancelled_run_from_its_last_epoch(ws_path, ws)
     new = next(r for r in runs_by_id(ws).values() if r.retry_of == run)
     assert moe(ws_path, "wait", new.run_id, "--timeout", "180").returncode == 0
     epochs = [e["epoch"] for e in epoch_events(ws_path / "runs" / new.run_id)]
-    assert epochs == list(range(done + 1, 13)), epochs  # continues, does not start over
+    assert epochs == list(range(done + 1, 41)), epochs  # continues, does not start over
     assert f"--resume {rd}/checkpoints/last.pth" in runs_by_id(ws)[new.run_id].command
 
 
