@@ -116,6 +116,18 @@ def reference(root: Path, threads: int) -> tuple[float, float]:
     return (time.perf_counter() - t0) / REF_EPOCHS, (time.process_time() - c0) / REF_EPOCHS
 
 
+def best_us(fn, reps: int = 200, per: int = 1) -> float:
+    """CPU microseconds per call (per ``per`` units of work a call does), best of 5 repeats after a warm-up call."""
+    fn()
+    out = float("inf")
+    for _ in range(5):
+        t0 = time.process_time()
+        for _ in range(reps):
+            fn()
+        out = min(out, (time.process_time() - t0) / (reps * per) * 1e6)
+    return out
+
+
 def step_breakdown(threads: int) -> dict[str, tuple[float, float]]:
     """CPU microseconds per batch of 128, (autograd + torch.optim way, ours by hand), best of 5 repeats.
 
@@ -175,20 +187,10 @@ def step_breakdown(threads: int) -> dict[str, tuple[float, float]]:
     def our_optimiser():
         opt.step(clip_scale(params.grad, cfg.grad_clip))
 
-    def best(fn, reps=200):
-        fn()
-        out = float("inf")
-        for _ in range(5):
-            t0 = time.process_time()
-            for _ in range(reps):
-                fn()
-            out = min(out, (time.process_time() - t0) / reps * 1e6)
-        return out
-
     return {
-        "MLP forward + backward": (best(ref_mlp), best(our_mlp)),
-        "loss terms and their gradient": (best(ref_loss), best(lambda: loss.grad(0, z))),
-        "grad clipping + AdamW": (best(ref_optimiser), best(our_optimiser)),
+        "MLP forward + backward": (best_us(ref_mlp), best_us(our_mlp)),
+        "loss terms and their gradient": (best_us(ref_loss), best_us(lambda: loss.grad(0, z))),
+        "grad clipping + AdamW": (best_us(ref_optimiser), best_us(our_optimiser)),
     }
 
 
@@ -212,20 +214,10 @@ def reference_extras(threads: int) -> dict[str, float]:
         for _ in loader:
             pass
 
-    def best(fn, reps=50, per=1):
-        fn()
-        out = float("inf")
-        for _ in range(5):
-            t0 = time.process_time()
-            for _ in range(reps):
-                fn()
-            out = min(out, (time.process_time() - t0) / (reps * per) * 1e6)
-        return out
-
     return {
-        "torch dropout sampling, 2 layers": best(dropout),
-        "DataLoader indexing + collation": best(collate, reps=5, per=len(loader)),
-        "features from [128, E, C] logits": best(lambda: posterior_features(logp)),
+        "torch dropout sampling, 2 layers": best_us(dropout, reps=50),
+        "DataLoader indexing + collation": best_us(collate, reps=5, per=len(loader)),
+        "features from [128, E, C] logits": best_us(lambda: posterior_features(logp), reps=50),
     }
 
 
