@@ -63,6 +63,11 @@ def test_two_step_chain_through_slurm(slurm_ws, ws):
     code = slurm_ws / "runs" / b / "exit_code"  # the launcher writes it just after the job's final status
     assert wait_for(lambda: code.exists() and code.read_text().strip(), timeout=20, what="exit_code") == "0"
     assert len(epoch_events(slurm_ws / "runs" / b)) == 3
+    # Slurm's verdict replaces the last live state it was seen in (RUNNING) once the run has ended.
+    for run in (a, b):
+        slurm_file = slurm_ws / "runs" / run / "slurm.json"
+        wait_for(lambda: json.loads(slurm_file.read_text()).get("final_state") == "COMPLETED", timeout=30,
+                 what=f"COMPLETED in {slurm_file}")
 
 
 def test_cancel_and_time_limit(slurm_ws, ws):

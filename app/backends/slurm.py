@@ -42,6 +42,7 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PRE
 _SAFE_VALUE = re.compile(r"^[^\s\x00-\x1f]+$")
 CMD_TIMEOUT_S = 30
 RECHECK_FINISHED_S = 600  # ask Slurm about runs that ended this recently without a Slurm verdict
+ENDED = ("succeeded", "cancelled", "failed")
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess:
@@ -150,9 +151,10 @@ class SlurmBackend:
         changes, so the run reads ``pending`` while it waits in Slurm's
         queue, and says why; a final state is Slurm's verdict. Returns the
         run ids whose slurm.json changed (the caller re-ingests them). Runs
-        that already read cancelled or failed are asked about too: a job
-        that caught Slurm's SIGTERM at its time limit wrote "cancelled"
-        before Slurm said TIMEOUT, and the cause must win.
+        that already ended are asked about once more: a job that caught
+        Slurm's SIGTERM at its time limit wrote "cancelled" before Slurm said
+        TIMEOUT, and the cause must win; a succeeded one gets COMPLETED, so
+        slurm.json does not keep its last live state.
         """
         if not force and time.monotonic() - self._last_poll < self.settings.poll_s:
             return []
@@ -162,7 +164,7 @@ class SlurmBackend:
         recent = time.time() - RECHECK_FINISHED_S
         with self.ws.store.read() as s:
             runs = s.exec(select(Run).where(Run.backend == "slurm", Run.slurm_job_id.is_not(None), (
-                col(Run.status).in_(LAUNCHED) | (col(Run.status).in_(("cancelled", "failed")) & (Run.ended_at > recent))))).all()
+                col(Run.status).in_(LAUNCHED) | (col(Run.status).in_(ENDED) & (Run.ended_at > recent))))).all()
         runs = [r for r in runs if r.status in LAUNCHED
                 or not (read_json(self.ws.run_dir(r.run_id).path / SLURM_FILE) or {}).get("final_state")]
         states = self.query([r.slurm_job_id for r in runs])
