@@ -53,9 +53,6 @@ class AdamW:
                             lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=self.weight_decay,
                             eps=self.eps, amsgrad=False, maximize=False, grad_scale=grad_scale)
 
-    def state_dict(self) -> dict:
-        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "step": self.step_t, "lr": self.lr}
-
 
 def clip_scale(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
     """max(1, ||g|| / max_norm): dividing by it is torch's clip_grad_norm_ (which multiplies by
