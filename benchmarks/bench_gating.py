@@ -75,7 +75,7 @@ def reference(root: Path, threads: int) -> tuple[float, float]:
     from engine.gating.config import TrainGatingConfig
     from engine.gating.features import FeatureNorm, posterior_features
     from engine.gating.model import GatingMLP, route
-    from engine.jobs.train_gating import gating_loss
+    from engine.gating.losses import gating_loss
 
     torch.set_num_threads(threads)
     cfg = TrainGatingConfig(logits_dir=str(root))
@@ -141,7 +141,7 @@ def step_breakdown(threads: int) -> dict[str, tuple[float, float]]:
     from engine.gating.config import TrainGatingConfig
     from engine.gating.loss_grad import EpochLoss
     from engine.gating.model import GatingMLP, keep_masks
-    from engine.jobs.train_gating import gating_loss
+    from engine.gating.losses import gating_loss
 
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)

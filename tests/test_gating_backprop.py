@@ -10,7 +10,8 @@ from engine.gating.backprop import AdamW, FlatParams, Step, clip_scale
 from engine.gating.config import TrainGatingConfig
 from engine.gating.loss_grad import EpochLoss
 from engine.gating.model import GatingMLP, keep_masks
-from engine.jobs.train_gating import batch_bounds, gating_loss
+from engine.gating.losses import gating_loss
+from engine.jobs.train_gating import batch_bounds
 
 B, E, G = 64, 4, 2
 

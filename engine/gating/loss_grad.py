@@ -1,6 +1,6 @@
 """The gating loss's gradient with respect to the router logits in closed form, and its value per epoch.
 
-Same loss as :func:`engine.jobs.train_gating.gating_loss` (the autograd
+Same loss as :func:`engine.gating.losses.gating_loss` (the autograd
 definition, one function per term in :mod:`engine.gating.losses`); tests hold
 the two together. Why by hand: a batch is 128 x E numbers, so autograd's
 graph and the ~60 tiny kernels of a term-by-term backward cost more than the

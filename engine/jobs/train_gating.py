@@ -57,25 +57,6 @@ def linear_warmup_cosine(warmup_epochs: int, epochs: int):
     return factor
 
 
-def gating_loss(model_out: torch.Tensor, batch: tuple[torch.Tensor, ...], cfg: TrainGatingConfig, temperature: float,
-                log_prior: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Total loss and the raw value of each term in TERMS (0 for a term switched off), by autograd.
-
-    The definition, term by term; training uses :func:`engine.gating.loss_grad.loss_and_grad`,
-    its closed form, and tests hold the two together. ``batch``: (x, log p(y), class weight, group one-hot).
-    """
-    _, logp, sw, gh = batch
-    r = route(model_out, cfg.router, temperature, cfg.top_k, cfg.noise_std, gen, train=True)
-    zero = model_out.new_zeros(())
-    nll = losses.mixture_nll(r.log_weights, logp, sw)
-    lb = losses.load_balance(r.dense_probs, r.kept) if cfg.router == "top_k" and cfg.lambda_lb > 0 else zero
-    ent = losses.routing_entropy(r.weights, r.log_weights) if cfg.lambda_entropy > 0 else zero
-    resp = losses.responsibility_kl(r.log_weights, logp, cfg.resp_temperature) if cfg.lambda_resp > 0 else zero
-    prior = losses.group_prior_kl(r.weights, gh, log_prior) if cfg.lambda_prior > 0 else zero
-    total = nll + cfg.lambda_lb * lb + cfg.lambda_entropy * ent + cfg.lambda_resp * resp + cfg.lambda_prior * prior
-    return total, torch.stack([nll, lb, ent, resp, prior]).detach()
-
-
 def train_one_epoch(step: Step, params: FlatParams, opt: AdamW, data: TrainTensors, cfg: TrainGatingConfig,
                     temperature: float, log_prior: torch.Tensor, gen: torch.Generator, mask_rng: np.random.Generator,
                     rec: RunRecorder) -> tuple[dict[str, float], torch.Tensor]:
