@@ -57,7 +57,7 @@ class AdamW:
 def clip_scale(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
     """max(1, ||g|| / max_norm): dividing by it is torch's clip_grad_norm_ (which multiplies by
     max_norm / (||g|| + 1e-6) clamped at 1); no host sync."""
-    return (grad.norm() + 1e-6).div_(max_norm).clamp_(min=1.0)
+    return (torch.linalg.vector_norm(grad) + 1e-6).div_(max_norm).clamp_(min=1.0)
 
 
 class Step:
@@ -69,6 +69,10 @@ class Step:
 
     def __init__(self, model: GatingMLP, params: FlatParams):
         self.layers = [*model.hidden, model.out]
+        # views of the flat buffer, fetched once: Module attribute lookups cost as much as a small kernel
+        self.weights = [layer.weight for layer in self.layers]
+        self.weights_t = [w.T for w in self.weights]
+        self.biases = [layer.bias for layer in self.layers]
         self.grads = params.grads  # weight, bias per layer, in parameters() order
         self.acts: list[torch.Tensor] = []
         self.alpha = [1.0] * len(self.layers)  # the scale of each layer's input
@@ -77,10 +81,10 @@ class Step:
         """Router logits (B, E) in train mode; ``masks`` from :func:`engine.gating.model.keep_masks`."""
         self.acts = [x]
         self.alpha = [1.0] + [masks.scale if masks is not None else 1.0] * (len(self.layers) - 1)
-        h = x
-        for i, layer in enumerate(self.layers):
-            h = torch.addmm(layer.bias, h, layer.weight.T, alpha=self.alpha[i])
-            if i < len(self.layers) - 1:
+        h, last = x, len(self.layers) - 1
+        for i in range(last + 1):
+            h = torch.addmm(self.biases[i], h, self.weights_t[i], alpha=self.alpha[i])
+            if i < last:
                 h.relu_()
                 if masks is not None:
                     h.mul_(masks.keep[i])
@@ -96,4 +100,4 @@ class Step:
             torch.sum(g, 0, out=self.grads[2 * i + 1])
             if i:
                 # alpha * g @ W (beta=0: inp only lends its shape), then 0 where the ReLU or dropout gave 0
-                g = _relu_backward(torch.addmm(inp, g, self.layers[i].weight, beta=0, alpha=alpha), inp, 0)
+                g = _relu_backward(torch.addmm(inp, g, self.weights[i], beta=0, alpha=alpha), inp, 0)

@@ -8,8 +8,8 @@ arithmetic. Every term is a function of a = log w, so their gradients add up
 in one (B, E) tensor before a single softmax backward; whatever depends only
 on the batch's composition (class weights, group counts) is computed once per
 epoch; a step computes no loss value, it records what the values need
-(w, log sum_e w_e p_e(y), group means) into epoch buffers, and :meth:`EpochLoss.terms`
-turns them into the per-term means once per epoch.
+(w, group means) into epoch buffers, and :meth:`EpochLoss.terms` turns them
+into the per-term means once per epoch (lse and r come back from w there).
 
 Derivatives, per sample i of a batch of B (c_i: class weight / batch sum):
   nll       -sum_i c_i lse_i,  lse = log sum_e w_e p_e(y)         d/da = -c_i r,  r = softmax(a + log p(y))
@@ -55,9 +55,9 @@ class EpochLoss:
         self.coef = sample_weight / batch_sw[batch_of]  # F.nll_loss(weight=)'s normalisation, per batch
         self.nll_coef = self.coef * size_of  # batch b weighs |b| / n in the epoch's mean
         resp_on = cfg.lambda_resp > 0 and cfg.resp_temperature == 1.0
-        # d/da of nll (and of resp_kl when q = r) is -r times this
+        # -d/da of nll (and of resp_kl when q = r) is r times this
         # (1 / T of the softmax backward is folded into these coefficients)
-        self.r_coef = (self.coef + (cfg.lambda_resp / size_of if resp_on else 0.0))[:, None] * self.inv_t
+        self.neg_r_coef = (self.coef + (cfg.lambda_resp / size_of if resp_on else 0.0))[:, None] * -self.inv_t
         self.ent_coef = [-cfg.lambda_entropy * self.inv_t / (b - a) for a, b in bounds]  # one number per batch
         self.resp_coef = [-cfg.lambda_resp * self.inv_t / (b - a) for a, b in bounds]
         # per (batch, group) cell: sample counts, and each present group's share of the prior term
@@ -66,21 +66,26 @@ class EpochLoss:
         present = (count.view(nb, num_groups) > 0).to(dt)
         self.group_share = present / present.sum(1, keepdim=True).clamp_min(1)  # (nb, G)
         inv_count = 1.0 / count.clamp_min(1)
-        # a batch's group means as one product: mean_rows[batch].T @ w, rows = one-hot / count
-        self.mean_rows = torch.nn.functional.one_hot(group, num_groups).to(dt) * inv_count[cell][:, None]
-        self.prior_coef = (cfg.lambda_prior * self.inv_t * self.group_share.reshape(-1) * inv_count)[cell][:, None]
+        # a batch's group means as one product, mean_rows[:, batch] @ w (rows: one-hot / count), and
+        # the prior's gradient as another, prior_rows[batch] @ d (d/dm per group, one-hot x coefficient)
+        onehot = torch.nn.functional.one_hot(group, num_groups).to(dt)
+        self.mean_rows = (onehot * inv_count[cell][:, None]).T.contiguous()  # (G, n)
+        self.prior_rows = onehot * (cfg.lambda_prior * self.inv_t * self.group_share.reshape(-1) * inv_count)[cell][:, None]
         # what the term values need, written by the steps
         self.weights = torch.empty(n, E, device=dev, dtype=dt)
-        self.lse = torch.empty(n, 1, device=dev, dtype=dt)
-        self.resp = torch.empty(n, E, device=dev, dtype=dt)  # r, or q log(q / w) for a tempered q
+        self.resp = torch.empty(n, E, device=dev, dtype=dt) if cfg.resp_temperature != 1.0 else None  # q log(q / w)
         self.mean_w = torch.empty(len(bounds), num_groups, E, device=dev, dtype=dt)
         self.slots = torch.zeros(len(bounds), E, device=dev, dtype=dt)  # top-k: f
         self.dense_mean = torch.zeros(len(bounds), E, device=dev, dtype=dt)  # top-k: mean P
 
     def grad(self, b: int, z: torch.Tensor) -> torch.Tensor:
-        """d loss_b / d z for batch ``b``'s router logits ``z`` (B, E)."""
+        """d loss_b / d z for batch ``b``'s router logits ``z`` (B, E).
+
+        Terms of the form c_i w_i (a multiple of a sample's own weights) vanish in the
+        softmax backward (w sums to 1), so the +1 of d/dw (w log w) and of the prior's
+        d/dm (m log m) are left out.
+        """
         cfg, (start, stop) = self.cfg, self.bounds[b]
-        logp = self.logp[start:stop]
         w = self.weights[start:stop]
         if self.top_k:
             noisy = z if self.noise is None else z + self.noise[start:stop]
@@ -89,23 +94,22 @@ class EpochLoss:
         else:
             a = (z * self.inv_t).log_softmax(-1)
         torch.exp(a, out=w)
-        s = a + logp  # log w_e p_e(y); -inf where top-k dropped e
-        lse = torch.logsumexp(s, -1, keepdim=True, out=self.lse[start:stop])
-        r = torch.exp(s.sub_(lse), out=self.resp[start:stop] if cfg.resp_temperature == 1.0 else None)
-        g = r.mul(self.r_coef[start:stop]).neg_()  # d/da (times 1/T) accumulates every term
-        if cfg.lambda_entropy > 0:
-            a_floor = a.clamp_min(_LOG_FLOOR) if self.top_k else a  # 0 * log 0 = 0 for the dropped experts
-            g.addcmul_(a_floor + 1, w, value=self.ent_coef[b])
+        s = a + self.logp[start:stop]  # log w_e p_e(y); -inf where top-k dropped e
         if cfg.lambda_resp > 0 and cfg.resp_temperature != 1.0:
-            log_q = (s / cfg.resp_temperature).log_softmax(-1)  # s is log r now: softmax ignores the shift
+            log_r = s.log_softmax(-1)
+            log_q = (log_r / cfg.resp_temperature).log_softmax(-1)
             q = log_q.exp()
             torch.mul(q, log_q.clamp_min(_LOG_FLOOR) - a.clamp_min(_LOG_FLOOR), out=self.resp[start:stop])
-            g.add_(q, alpha=self.resp_coef[b])
+            g = log_r.exp_().mul_(self.neg_r_coef[start:stop]).add_(q, alpha=self.resp_coef[b])
+        else:
+            g = s.softmax(-1).mul_(self.neg_r_coef[start:stop])  # r, the responsibilities, times -d/da's coefficient
+        if cfg.lambda_entropy > 0:
+            g.addcmul_(a.clamp_min(_LOG_FLOOR) if self.top_k else a, w, value=self.ent_coef[b])  # 0 log 0 = 0
         if cfg.lambda_prior > 0:
-            mean_w = torch.mm(self.mean_rows[start:stop].T, w, out=self.mean_w[b])  # (G, E)
-            d_mean = mean_w.clamp_min(1e-12).log_().sub_(self.log_prior).add_(1)
-            # where a group's mean is clamped, every w of it is 0 and so is its gradient: the +1 is harmless
-            g.addcmul_(d_mean[self.group[start:stop]], w * self.prior_coef[start:stop])
+            mean_w = torch.mm(self.mean_rows[:, start:stop], w, out=self.mean_w[b])  # (G, E)
+            d_mean = mean_w.clamp_min(1e-12).log_().sub_(self.log_prior)
+            # where a group's mean is clamped, every w of it is 0 and so is its gradient
+            g.addcmul_(torch.mm(self.prior_rows[start:stop], d_mean), w)
         grad = g.addcmul_(w, g.sum(-1, keepdim=True), value=-1.0)
         if self.top_k and cfg.lambda_lb > 0:
             dense = (z * self.inv_t).softmax(-1)
@@ -126,14 +130,17 @@ class EpochLoss:
 
     def _terms(self, rows: slice, batches: slice, n: int) -> torch.Tensor:
         cfg = self.cfg
-        zero = self.lse.new_zeros(())
-        sizes = torch.tensor([b - a for a, b in self.bounds[batches]], dtype=self.lse.dtype, device=self.lse.device)
-        w = self.weights[rows]
-        nll = -(self.nll_coef[rows] @ self.lse[rows, 0]) / n  # sum over b of |b| / n * (-sum_i c_i lse_i)
+        zero = self.weights.new_zeros(())
+        sizes = torch.tensor([b - a for a, b in self.bounds[batches]], dtype=zero.dtype, device=zero.device)
+        w, logp = self.weights[rows], self.logp[rows]
+        s = w.log() + logp  # the step's a + log p(y), back from the weights it recorded
+        lse = torch.logsumexp(s, -1, keepdim=True)  # log sum_e w_e p_e(y)
+        nll = -(self.nll_coef[rows] @ lse[:, 0]) / n  # sum over b of |b| / n * (-sum_i c_i lse_i)
         ent = -torch.special.xlogy(w, w).sum() / n if cfg.lambda_entropy > 0 else zero
         resp = zero
         if cfg.lambda_resp > 0:
-            per = (self.resp[rows] * (self.logp[rows] - self.lse[rows])) if cfg.resp_temperature == 1.0 else self.resp[rows]
+            # q = r: sum_e r_e (log r_e - a_e) = sum_e r_e (log p_e(y) - lse), 0 where r_e = 0
+            per = (s - lse).exp_() * (logp - lse) if cfg.resp_temperature == 1.0 else self.resp[rows]
             resp = per.sum() / n
         prior = zero
         if cfg.lambda_prior > 0:

@@ -38,8 +38,9 @@ class KeepMasks:
     keep: list[torch.Tensor]
     scale: float
 
-    def rows(self, start: int, stop: int) -> "KeepMasks":
-        return KeepMasks([k[start:stop] for k in self.keep], self.scale)
+    def split(self, sizes: list[int]) -> list["KeepMasks"]:
+        """Consecutive row blocks of these sizes (one batch each), as views."""
+        return [KeepMasks(list(block), self.scale) for block in zip(*(k.split(sizes) for k in self.keep))]
 
     def as_float(self) -> list[torch.Tensor]:
         """The inverted-dropout multipliers (0 or 1 / (1 - p)) that GatingMLP.forward takes."""
