@@ -3,7 +3,8 @@
 Speed. Ours is the real `train-gating` job run in-process (loading the npz
 files, features once, 100 epochs with the per-epoch train and val
 evaluation, checkpoints, events, results table). It trains on this thread and
-reports each epoch on a worker thread (one torch thread each, so two cores):
+prepares the next epoch and reports the last on a worker thread (one torch
+thread each, so two cores):
 besides wall and process CPU seconds, this thread's CPU seconds are the
 critical path, what the wall time is on two idle cores. The reference is the
 original style of loop: a DataLoader over a TensorDataset of [N, E, C]
@@ -281,9 +282,9 @@ Speed: 100 epochs at N={N:,} gating samples, E={E}, C={C} (val {N_VAL:,}), batch
 
 Target: at least 10x the reference and under 3 s on a 2-core CPU: **{verdict}** in wall time
 ({ref_total / our_total:.1f}x, {our_total:.1f} s), **{critical}** on the critical path ({ref_cpu / our_main:.1f}x,
-{our_main:.1f} s). The reference is one thread; ours trains on one and reports each epoch (train and val
-mixtures over all classes, events, checkpoints: {our_cpu - our_main:.1f} CPU-s in all) on the other, while
-the next epoch trains. Wall seconds include waiting for the shared cores.
+{our_main:.1f} s). The reference is one thread; ours trains on one; the other prepares each next epoch (order,
+masks, gathered batches) and reports the last (train and val mixtures over all classes, events,
+checkpoints): {our_cpu - our_main:.1f} CPU-s in all. Wall seconds include waiting for the shared cores.
 
 Where a batch's time goes (CPU microseconds per batch of 128, best of 5, same process):
 
@@ -295,7 +296,7 @@ Ours: the step is written out (engine/gating/backprop.py, loss_grad.py): the los
 with respect to the router logits in closed form, six matrix products for the MLP's backward,
 one fused AdamW kernel on a flat parameter buffer with the clipping factor as its grad scale,
 no autograd graph, subnormals flushed to zero, dropout masks for a whole epoch drawn one epoch ahead
-on the report thread. At
+on the worker thread. At
 {ours_step:.0f} us a step, the {steps:,} steps of 100 epochs cost {ours_step * steps / 1e6:.1f} s; the MLP's
 matrix products alone are {mlp_gflop:.0f} GFLOP, which bounds any fp32 loop from below on this CPU.
 Load average of the shared machine during the measurement: {load_before:.1f} before, {load_after:.1f} after

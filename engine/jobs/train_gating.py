@@ -58,27 +58,48 @@ def linear_warmup_cosine(warmup_epochs: int, epochs: int):
     return factor
 
 
-def train_one_epoch(step: Step, opt: AdamW, data: TrainTensors, cfg: TrainGatingConfig, temperature: float,
-                    log_prior: torch.Tensor, gen: torch.Generator, masks: KeepMasks | None,
-                    rec: RunRecorder) -> tuple[dict[str, float], torch.Tensor]:
-    """One pass over the train split; returns the epoch's mean loss terms and the routing
-    weights each sample got in it (n, E), in the split's order. ``masks``: dropout's for
-    the epoch's n samples (:func:`keep_masks`), None without dropout."""
+@dataclass
+class EpochPlan:
+    """One epoch's batches, drawn and gathered before it starts (on the worker, while the
+    epoch before it trains): its order, dropout masks, router noise, per-batch loss constants."""
+
+    epoch: int
+    temperature: float
+    order: torch.Tensor  # (n,) the split's samples in the epoch's order
+    x: list[torch.Tensor]  # features of each batch (views)
+    masks: list[KeepMasks | None]  # dropout's keep masks of each batch
+    loss: EpochLoss  # gradients per batch, and the buffers the epoch's loss values come from
+
+
+def plan_epoch(epoch: int, data: TrainTensors, cfg: TrainGatingConfig, log_prior: torch.Tensor,
+               gen: torch.Generator, mask_rng: np.random.Generator) -> EpochPlan:
+    """Everything random or per-sample, drawn and gathered once per epoch; batches are views.
+    Draws from ``gen`` (order, then router noise) and ``mask_rng`` in a fixed order per epoch."""
     n, dev = len(data), data.x.device
+    temperature = router_temperature(epoch, cfg.epochs, cfg.temperature_start, cfg.temperature_end)
     bounds = batch_bounds(n, cfg.batch_size)
-    order = torch.randperm(n, generator=gen).to(dev)
-    # Everything random or per-sample is drawn and gathered once per epoch; batches are views.
-    x, logp, group = data.x[order], data.logp_target[order], data.group[order]
-    sw = data.sample_weight[order]
-    noise = (torch.randn(n, logp.shape[1], generator=gen).to(dev)
-             if cfg.router == "top_k" and cfg.noise_std > 0 else None)
-    loss = EpochLoss(cfg, logp, sw, group, len(GROUPS), bounds, log_prior, temperature, noise)
     sizes = [stop - start for start, stop in bounds]
-    batch_masks = masks.split(sizes) if masks else [None] * len(bounds)
-    for b, (xb, mb) in enumerate(zip(x.split(sizes), batch_masks)):
-        step.backward(loss.grad(b, step.forward(xb, mb)))
+    order = torch.randperm(n, generator=gen).to(dev)
+    noise = (torch.randn(n, data.logp_target.shape[1], generator=gen).to(dev)
+             if cfg.router == "top_k" and cfg.noise_std > 0 else None)
+    masks = keep_masks(mask_rng, n, cfg.hidden, cfg.dropout, dev).split(sizes) if cfg.dropout > 0 else [None] * len(sizes)
+    loss = EpochLoss(cfg, data.logp_target[order], data.sample_weight[order], data.group[order], len(GROUPS),
+                     bounds, log_prior, temperature, noise)
+    return EpochPlan(epoch, temperature, order, list(data.x[order].split(sizes)), masks, loss)
+
+
+def train_one_epoch(step: Step, opt: AdamW, plan: EpochPlan, cfg: TrainGatingConfig, rec: RunRecorder) -> None:
+    """One pass over the train split: forward, closed-form loss gradient, backward, clipped AdamW."""
+    for b, (xb, mb) in enumerate(zip(plan.x, plan.masks)):
+        step.backward(plan.loss.grad(b, step.forward(xb, mb)))
         opt.step(clip_scale(opt.p.grad, cfg.grad_clip))
         rec.check_cancelled()
+
+
+def epoch_stats(plan: EpochPlan, cfg: TrainGatingConfig) -> tuple[dict[str, float], torch.Tensor]:
+    """A trained epoch's mean loss terms, and the routing weights each sample got in it (n, E)
+    in the split's order."""
+    loss = plan.loss
     terms = loss.terms()
     sums = torch.cat([loss.total(terms)[None], terms]).tolist()
     stats = {"train/loss": sums[0]}
@@ -86,7 +107,7 @@ def train_one_epoch(step: Step, opt: AdamW, data: TrainTensors, cfg: TrainGating
           "resp_kl": cfg.lambda_resp > 0, "prior_kl": cfg.lambda_prior > 0}
     stats.update({f"train/{t}": v for t, v in zip(TERMS, sums[1:]) if on[t]})
     in_order = torch.empty_like(loss.weights)
-    in_order[order] = loss.weights
+    in_order[plan.order] = loss.weights
     return stats, in_order
 
 
@@ -115,42 +136,44 @@ def evaluate(model: GatingMLP, x: torch.Tensor, prep: PreparedSplit, groups: Cla
     return mixture_metrics(prep, w, groups, prefix), routing_stats(w, prep)
 
 
-class EpochReports:
-    """Everything after an epoch's last step (its metrics, log line, events, checkpoints), on a worker thread.
+class EpochWorker:
+    """The epoch loop's second thread: it prepares the next epoch and reports the last one.
 
-    Why a thread: at N=10,000 an epoch trains in ~35 ms on one core and its report
-    (mixtures over every class on train and val, files and fsyncs) takes ~12 ms
-    more, so on two cores the report of epoch t runs while epoch t+1 trains. A
-    report evaluates its own model holding a copy of the weights from the end of its
-    epoch. At most one is in flight: :meth:`submit` first waits for the previous one,
-    so an error in a report stops training at the next epoch. The same worker draws
-    each epoch's dropout masks one epoch ahead, in the order training would.
+    Why: at N=10,000 an epoch trains in ~31 ms on one core, while drawing and gathering
+    its batches takes ~4 ms and its report (mixtures over every class on train and val,
+    the log line and events, checkpoints) ~11 ms; on two cores both run beside training.
+    A report evaluates its own model holding a copy of the weights from the end of its
+    epoch, so nothing depends on how the threads interleave. The worker runs its tasks
+    in the order they are given (the random draws of each epoch's plan happen in epoch
+    order); at most one report is in flight: :meth:`report` first waits for the previous
+    one, so an error in a report stops training at the next epoch.
     The train/ metrics are those of the weights the loss saw during the epoch (dropout
-    and router noise on), as a training accuracy is everywhere; val/ metrics are of
-    the eval-mode gate.
+    and router noise on), as a training accuracy is everywhere; val/ metrics are of the
+    eval-mode gate.
     """
 
-    def __init__(self, model: GatingMLP, cfg: TrainGatingConfig, train: PreparedSplit, val: PreparedSplit,
-                 val_x: torch.Tensor, groups: ClassGroups, meta: dict, history: list[dict], rec: RunRecorder):
-        self.cfg, self.train, self.val, self.val_x, self.groups = cfg, train, val, val_x, groups
+    def __init__(self, cfg: TrainGatingConfig, data: TrainTensors, log_prior: torch.Tensor, gen: torch.Generator,
+                 mask_rng: np.random.Generator, train: PreparedSplit, val: PreparedSplit, val_x: torch.Tensor,
+                 groups: ClassGroups, meta: dict, history: list[dict], rec: RunRecorder):
+        self.cfg, self.data, self.log_prior, self.gen, self.mask_rng = cfg, data, log_prior, gen, mask_rng
+        self.train, self.val, self.val_x, self.groups = train, val, val_x, groups
         self.meta, self.history, self.rec = meta, history, rec
         self.model = GatingMLP(meta["num_features"], len(train.experts), cfg.hidden, cfg.dropout).to(val_x.device)
         self.weights = FlatParams(self.model).data
         self.best, self.best_epoch = float("-inf"), 0
         threads = torch.get_num_threads()  # torch's thread count is per thread: the worker takes the caller's
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="gating-report",
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="gating-epochs",
                                        initializer=torch.set_num_threads, initargs=(threads,))
         self.pending: Future | None = None
 
-    def masks(self, rng: np.random.Generator, n: int) -> Future:
-        """The next epoch's dropout masks (a future; None without dropout)."""
-        cfg, dev = self.cfg, self.val_x.device
-        return self.pool.submit(lambda: keep_masks(rng, n, cfg.hidden, cfg.dropout, dev) if cfg.dropout > 0 else None)
+    def plan(self, epoch: int) -> Future:
+        """:func:`plan_epoch` for ``epoch``, as a future."""
+        return self.pool.submit(plan_epoch, epoch, self.data, self.cfg, self.log_prior, self.gen, self.mask_rng)
 
-    def submit(self, epoch: int, stats: dict[str, float], train_w: torch.Tensor, weights: torch.Tensor,
-               temperature: float) -> None:
+    def report(self, plan: EpochPlan, weights: torch.Tensor, lr: float) -> None:
+        """Hand over a trained epoch (``weights``: the flat parameters at its end, copied here)."""
         self.wait()
-        self.pending = self.pool.submit(self.report, epoch, stats, train_w, weights.clone(), temperature)
+        self.pending = self.pool.submit(self._report, plan, weights.clone(), lr)
 
     def wait(self) -> None:
         if self.pending is not None:
@@ -164,10 +187,10 @@ class EpochReports:
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def report(self, epoch: int, stats: dict[str, float], train_w: torch.Tensor, weights: torch.Tensor,
-               temperature: float) -> None:
-        cfg, rec, experts = self.cfg, self.rec, self.train.experts
+    def _report(self, plan: EpochPlan, weights: torch.Tensor, lr: float) -> None:
+        cfg, rec, experts, epoch, temperature = self.cfg, self.rec, self.train.experts, plan.epoch, plan.temperature
         self.weights.copy_(weights)
+        stats, train_w = epoch_stats(plan, cfg)
         routing = routing_stats(train_w, self.train)
         _, pred = mixture_predict(self.train, train_w)
         stats["train/mix_acc"] = float((pred == self.train.targets).float().mean())
@@ -179,7 +202,6 @@ class EpochReports:
         val_metrics, val_routing = evaluate(self.model, self.val_x, self.val, self.groups, cfg, temperature, "val")
         stats.update(val_metrics)
         stats["val/eff_experts"] = val_routing["eff_experts"]
-        lr = stats.pop("lr")
         stats.update({"temperature": temperature, "lr": lr})
         rec.log_epoch(epoch, stats)
         rec.event("expert_load", epoch=epoch, split=cfg.train_split, experts=experts,
@@ -198,26 +220,25 @@ def train_epochs(model: GatingMLP, data: TrainTensors, cfg: TrainGatingConfig, t
                  val: PreparedSplit, val_x: torch.Tensor, groups: ClassGroups, log_prior: torch.Tensor,
                  gen: torch.Generator, mask_rng: np.random.Generator, meta: dict, history: list[dict],
                  rec: RunRecorder) -> tuple[float, int]:
-    """The epoch loop: train here, report on the side (:class:`EpochReports`).
+    """The epoch loop: train on this thread, plan and report on the other (:class:`EpochWorker`).
     Returns the best val balanced accuracy and its epoch."""
     params = FlatParams(model)
     step = Step(model, params)
     opt = AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_factor = linear_warmup_cosine(cfg.warmup_epochs, cfg.epochs)
-    reports = EpochReports(model, cfg, train, val, val_x, groups, meta, history, rec)
+    worker = EpochWorker(cfg, data, log_prior, gen, mask_rng, train, val, val_x, groups, meta, history, rec)
     try:
-        masks = reports.masks(mask_rng, len(data))
+        next_plan = worker.plan(1)
         for epoch in range(1, cfg.epochs + 1):
-            temperature = router_temperature(epoch, cfg.epochs, cfg.temperature_start, cfg.temperature_end)
-            opt.lr = lr = cfg.lr * lr_factor(epoch - 1)
-            epoch_masks = masks.result()
+            plan = next_plan.result()
             if epoch < cfg.epochs:
-                masks = reports.masks(mask_rng, len(data))
-            stats, train_w = train_one_epoch(step, opt, data, cfg, temperature, log_prior, gen, epoch_masks, rec)
-            reports.submit(epoch, {**stats, "lr": lr}, train_w, params.data, temperature)
+                next_plan = worker.plan(epoch + 1)
+            opt.lr = lr = cfg.lr * lr_factor(epoch - 1)
+            train_one_epoch(step, opt, plan, cfg, rec)
+            worker.report(plan, params.data, lr)
     finally:
-        reports.close()
-    return reports.best, reports.best_epoch
+        worker.close()
+    return worker.best, worker.best_epoch
 
 
 def _group_index(targets: torch.Tensor, groups: ClassGroups) -> torch.Tensor:
