@@ -161,9 +161,8 @@ class EpochWorker:
         self.model = GatingMLP(meta["num_features"], len(train.experts), cfg.hidden, cfg.dropout).to(val_x.device)
         self.weights = FlatParams(self.model).data
         self.best, self.best_epoch = float("-inf"), 0
-        threads = torch.get_num_threads()  # torch's thread count is per thread: the worker takes the caller's
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="gating-epochs",
-                                       initializer=torch.set_num_threads, initargs=(threads,))
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="gating-epochs", initializer=_worker_settings,
+                                       initargs=(torch.get_num_threads(),))
         self.pending: Future | None = None
 
     def plan(self, epoch: int) -> Future:
@@ -214,6 +213,13 @@ class EpochWorker:
             save_checkpoint({**state, "metrics": stats}, rec.run_dir.checkpoints / "best_gating.pth")
         if epoch == cfg.epochs:
             save_checkpoint({**state, "metrics": stats}, rec.run_dir.checkpoints / "final_gating.pth")
+
+
+def _worker_settings(threads: int) -> None:
+    """What ``run`` set for this job's main thread, for the worker: torch's thread count and
+    flushing subnormals are per thread (OpenMP's and the FPU's state), not per process."""
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
 
 
 def train_epochs(model: GatingMLP, data: TrainTensors, cfg: TrainGatingConfig, train: PreparedSplit,
