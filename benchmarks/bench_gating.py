@@ -256,9 +256,12 @@ def run() -> str:
         write_logits(tmp / "logits", N_VAL, C, "val", seed=3)
         load_before = os.getloadavg()[0]
         ref_epoch, ref_cpu_epoch = reference(tmp / "logits", threads)
+        ref2_epoch, ref2_cpu_epoch = reference(tmp / "logits", 2)  # ours uses two cores: so may the reference
         our_total, our_cpu, our_main = ours(tmp / "logits", tmp / "ws", threads)
         load_after = os.getloadavg()[0]
         ref_total, ref_cpu = ref_epoch * EPOCHS, ref_cpu_epoch * EPOCHS
+        ref2_total, ref2_cpu = ref2_epoch * EPOCHS, ref2_cpu_epoch * EPOCHS
+        best_ref = min(ref_total, ref2_total)  # the faster reference, by wall time
         parts = step_breakdown(threads)
         extras = reference_extras(threads)
         rss, wall, size, inat_cpu = inat_peak_rss(tmp)
@@ -268,21 +271,24 @@ def run() -> str:
     ours_step = sum(o for _, o in parts.values())
     d, (h1, h2) = 7 * E + 3, (256, 128)
     mlp_gflop = 3 * 2 * 128 * (d * h1 + h1 * h2 + h2 * E) * steps / 1e9
-    verdict = "met" if ref_total / our_total >= 10 and our_total < 3 else "not met"
+    verdict = "met" if best_ref / our_total >= 10 and our_total < 3 else "not met"
     critical = "met" if ref_cpu / our_main >= 10 and our_main < 3 else "not met"
     return f"""## Gating (train-gating)
 
-Speed: 100 epochs at N={N:,} gating samples, E={E}, C={C} (val {N_VAL:,}), batch 128, torch threads: {threads}.
+Speed: 100 epochs at N={N:,} gating samples, E={E}, C={C} (val {N_VAL:,}), batch 128, one torch thread per Python thread
+unless said.
 
 | loop | 100 epochs, wall (s) | 100 epochs, CPU (s) | vs reference (wall) | vs reference (CPU) |
 |---|---:|---:|---:|---:|
 | reference: DataLoader over [N, E, C] logits, features every batch, autograd, torch.optim.AdamW ({REF_EPOCHS} epochs measured, time per epoch x {EPOCHS}) | {ref_total:.1f} | {ref_cpu:.1f} | 1.0x | 1.0x |
+| the same reference with 2 torch threads | {ref2_total:.1f} | {ref2_cpu:.1f} | {ref_total / ref2_total:.1f}x | {ref_cpu / ref2_cpu:.1f}x |
 | ours: the whole `train-gating` job (load, features once, 100 epochs with train+val metrics, checkpoints, table), both threads | {our_total:.1f} | {our_cpu:.1f} | {ref_total / our_total:.1f}x | {ref_cpu / our_cpu:.1f}x |
 | ours, the training thread alone (the critical path: the wall time on two idle cores) | - | {our_main:.1f} | - | {ref_cpu / our_main:.1f}x |
 
 Target: at least 10x the reference and under 3 s on a 2-core CPU: **{verdict}** in wall time
-({ref_total / our_total:.1f}x, {our_total:.1f} s), **{critical}** on the critical path ({ref_cpu / our_main:.1f}x,
-{our_main:.1f} s). The reference is one thread; ours trains on one; the other prepares each next epoch (order,
+({best_ref / our_total:.1f}x the faster reference, {our_total:.1f} s), **{critical}** on the critical path
+({ref_cpu / our_main:.1f}x the one-thread reference's CPU time, {our_main:.1f} s). A second torch thread changes the
+reference's wall time by {ref_total / ref2_total:.2f}x. Ours trains on one thread; the other prepares each next epoch (order,
 masks, gathered batches) and reports the last (train and val mixtures over all classes, events,
 checkpoints): {our_cpu - our_main:.1f} CPU-s in all. Wall seconds include waiting for the shared cores.
 
