@@ -33,7 +33,7 @@ MOE_EXPERTS, MOE_TOP_K, MOE_EPOCHS = 4, 2, 10
 
 def _features(P: np.ndarray, kind: str) -> np.ndarray:
     """(B, F) float32 features of codes P (B, k, n-k) of one (n, k)."""
-    from engine.mheight.minors import minor_stats
+    from benchmarks.mheight_features_v1 import minor_stats
 
     absP = np.abs(P)
     # sorted log2 row and column L1 norms: invariant to signed permutations, cheap
