@@ -263,9 +263,11 @@ float's bits (within 0.086), no sort.
 - {verdict}. Fastest overall: {fastest[0]} + {fastest[1]}, {fastest[4]:,.0f}x at {fastest[2]:.3f}.
 - Issue target (>= 1,000x at <= 0.40): {'met' if best_ok and best_ok[4] >= 1000 else '**not met**'} on this CPU.
 - What bounds it: P's square minors alone (version 2, float32; no log, no statistics, no model) run at
-  {gen_labels / bounds[0] / gen_rate:,.0f}x the generator, so no model reading every minor in numpy reaches 1,000x here.
-  The generator's own first step (its Laplace pass over the maximal minors of G) is {bounds[1] / gen_s:.0%} of its
-  time; the direct minors would make it at most that much faster (it is left as it is: the reference above).
+  {gen_labels / bounds[0] / gen_rate:,.0f}x the generator: the ceiling for any prediction that reads every minor
+  through numpy's whole-array passes; the log2 and the statistics add about as much again (features alone).
+- The generator's own first step (its torch Laplace pass over the maximal minors of G) is {bounds[1] / gen_s:.0%}
+  of its time: computing those minors as version 2 does would make it up to that much faster and every ratio
+  above that much smaller. It is left as it is (the reference above).
 - Load average (1 min) {load0:.1f} before, {load1:.1f} after (2 cores shared with other jobs): rates are a
   lower bound; ratios come from the same run.
 """
