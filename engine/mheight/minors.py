@@ -71,7 +71,7 @@ def plan(k: int, r: int) -> Plan:
     return Plan(starts, counts, tuple(steps))
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=16)  # the course grid: 6 (k, r) x a full and a last chunk; a few MB each
 def _workspace(k: int, r: int, B: int, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Buffers reused across calls: temporaries above glibc's mmap threshold (128 KB) would be
     fresh pages on every call, and their page faults cost more than the arithmetic (measured 3x)."""
@@ -84,7 +84,8 @@ def _workspace(k: int, r: int, B: int, dtype: str) -> tuple[np.ndarray, np.ndarr
 def square_minors(P: np.ndarray) -> np.ndarray:
     """(sum_s C(k, s) C(r, s), B): every square minor of P (B, k, r), in P's dtype, by size (``plan``).
 
-    The result is a reused buffer, overwritten by the next call with the same shape: copy it to keep it.
+    The result is a reused buffer, overwritten by the next call with the same shape: copy it to keep it
+    (and call this from one thread at a time; the engine's feature pass is single-threaded).
     """
     B, k, r = P.shape
     p = plan(k, r)
