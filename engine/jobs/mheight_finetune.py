@@ -13,7 +13,7 @@ import torch
 from engine.checkpoint import load_checkpoint
 from engine.config import JobSpec
 from engine.mheight.config import PAD, MHeightFinetuneConfig
-from engine.mheight.data import Batchable, feature_dim
+from engine.mheight.data import MINOR_FEATURE_VERSION, Batchable, check_minor_features, feature_dim
 from engine.mheight.fit import checkpoint_path, fit, load_split
 from engine.mheight.models import SparseMoE, build
 from engine.run import JobError, RunRecorder
@@ -31,6 +31,7 @@ def load_experts(paths: list[str], device: torch.device) -> tuple[dict, list[dic
         if not spec or spec.get("model") not in ("fc", "resnet2d", "vit"):
             got = spec.get("model") if spec else "not an m-height checkpoint"
             raise JobError(f"{path} is {got!r}; experts must be single fc, resnet2d or vit mheight-train checkpoints")
+        check_minor_features(st, path)
         specs.append({**spec["expert"], "arch": spec["model"]})
         states.append({k.removeprefix("net."): v for k, v in st["model"].items() if k.startswith("net.")})
         bases.append(st["model"]["group_base"])
@@ -71,6 +72,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
         {"params": [p for e in moe.experts for p in e.parameters()], "lr": cfg.lr},
         {"params": gate_params, "lr": cfg.lr * cfg.gate_lr_scale},
     ], weight_decay=cfg.weight_decay)
-    meta = {"spec": mspec, "scale": scale, "canonicalize": canonical, "minor_features": minors, "pad": PAD,
+    meta = {"spec": mspec, "scale": scale, "canonicalize": canonical, "minor_features": minors,
+            "minor_feature_version": MINOR_FEATURE_VERSION, "pad": PAD,
             "config": cfg.model_dump(mode="json"), "experts_from": [str(checkpoint_path(p)) for p in cfg.experts]}
     fit(model, meta, train, val, opt, cfg, rec, gen)

@@ -6,7 +6,7 @@ import torch
 
 from engine.config import JobSpec
 from engine.mheight.config import PAD, MHeightTrainConfig
-from engine.mheight.data import Batchable
+from engine.mheight.data import MINOR_FEATURE_VERSION, Batchable
 from engine.mheight.fit import data_scale, fit, group_means, load_split
 from engine.mheight.models import build, model_spec
 from engine.run import RunRecorder
@@ -27,6 +27,6 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     model.set_group_means(*group_means(train))
     print(f"{cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    meta = {"spec": mspec, "scale": scale, "canonicalize": cfg.canonicalize, "minor_features": cfg.minor_features, "pad": PAD,
-            "config": cfg.model_dump(mode="json")}
+    meta = {"spec": mspec, "scale": scale, "canonicalize": cfg.canonicalize, "minor_features": cfg.minor_features,
+            "minor_feature_version": MINOR_FEATURE_VERSION, "pad": PAD, "config": cfg.model_dump(mode="json")}
     fit(model, meta, train, val, opt, cfg, rec, gen)

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from engine.mheight.config import PAD
-from engine.mheight.minors import STATS as MINOR_STATS  # min, 10%, median, max, mean per minor size
+from engine.mheight.minors import FEATURE_VERSION as MINOR_FEATURE_VERSION
+from engine.mheight.minors import STATS as MINOR_STATS  # min, mean, std of log2 |minor| per size
 from engine.mheight.shards import LabelSet
+from engine.run import JobError
 
 MAX_M = 10  # one-hot width of m (the course grid has m <= 6; n <= 10 allows m <= 9)
 MINOR_FEATURES = MINOR_STATS * PAD
@@ -34,13 +36,14 @@ def features(n: torch.Tensor, k: torch.Tensor, m: torch.Tensor, pad: int = PAD) 
 
 
 def minor_features(labels: LabelSet) -> torch.Tensor:
-    """(L, MINOR_FEATURES): statistics of log2 |det| of P's square submatrices, per size 1..PAD.
+    """(L, MINOR_FEATURES): statistics of log2 |det| of P's square submatrices, per size 1..PAD (version
+    MINOR_FEATURE_VERSION: checkpoints record it, ``check_minor_features`` refuses a model trained on others).
 
     Every entry of a vertex codeword is a ratio of two such minors (Cramer), so
     their magnitudes say most of what the height depends on; a net given raw P
     would have to learn determinants. Computed once per code (its labels for
-    every m share them) by ``minors.minor_stats``; singular minors count as
-    |det| = 0.5 (log2 = -1); sizes a code does not have are 0.
+    every m share them) by ``minors.minor_stats``, the function the prediction-speed benchmark
+    times; singular minors count as |det| = 0.5 (log2 = -1); sizes a code does not have are 0.
     """
     from engine.mheight.minors import minor_stats
 
@@ -52,6 +55,16 @@ def minor_features(labels: LabelSet) -> torch.Tensor:
         stats = minor_stats(labels.P[first[rows]][:, :k, :n - k])
         out[rows, :stats.shape[1]] = stats / 10
     return torch.from_numpy(out[inverse.reshape(-1)])
+
+
+def check_minor_features(state: dict, source: object) -> None:
+    """Refuse a checkpoint whose model read minor features other than the ones this engine computes."""
+    if not state.get("minor_features"):
+        return
+    got = state.get("minor_feature_version", 1)  # checkpoints from before versioning read version 1
+    if got != MINOR_FEATURE_VERSION:
+        raise JobError(f"{source} was trained on minor features version {got}, this engine computes version "
+                       f"{MINOR_FEATURE_VERSION}: retrain it (engine mheight train --minor-features ...)")
 
 
 def canonicalize(P: torch.Tensor) -> torch.Tensor:

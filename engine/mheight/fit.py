@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.mheight.config import PAD
-from engine.mheight.data import Batchable, augment, canonicalize, group_mse, mse_metrics
+from engine.mheight.data import Batchable, augment, canonicalize, check_minor_features, group_mse, mse_metrics
 from engine.mheight.models import HardMoE, Regressor, SparseMoE
 from engine.mheight.shards import LabelSet, load_labels
 from engine.run import CHECKPOINTS, JobError, RunRecorder
@@ -195,6 +195,7 @@ def load_model(path: str | Path, device: torch.device) -> tuple[Regressor, dict[
     state = load_checkpoint(checkpoint_path(path), map_location=device)
     if "spec" not in state:
         raise JobError(f"{checkpoint_path(path)} is not an m-height checkpoint (no model spec); give a mheight-train/finetune one")
+    check_minor_features(state, checkpoint_path(path))
     model = build(state["spec"]).to(device)
     model.load_state_dict(state["model"])
     return model, state

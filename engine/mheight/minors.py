@@ -1,104 +1,159 @@
-"""Statistics of log2 |det| of P's square submatrices, fast enough to sit in front of a model.
+"""Statistics of log2 |det| of P's square submatrices: the m-height models' features.
 
-A model's input features are part of the cost of every prediction, so this is
-written for throughput (numpy; float64 by default, so integer minors stay exact:
-a near-singular minor is the feature that matters most. ``exact=False`` forms
-them in float32, ~2x faster: 4 x 4 minors of entries up to 100 then carry
-rounding errors of a few units, which left a model's held-out error unchanged
-in the prediction-speed benchmark):
+A model's input features are part of the cost of every prediction (the issue measures a
+model in labels/s against the generator), so this is written for throughput; each choice
+below was measured, one thread (docs/mheight.md; `python -m benchmarks mheight_fast`):
 
-- the batch is the *last* axis, so each Laplace step copies whole rows of B
-  values (indexing a leading batch axis gathers one scalar at a time);
-- codes go through in chunks that stay in cache;
-- a code's features are computed once for all of its m labels (the caller
-  indexes them per label).
+- P's square minors directly, size by size: an s x s minor is the expansion of its last
+  row against s minors of size s-1 (2 x 2 from entries, 3 x 3 from 2 x 2, ...). For
+  n = 10, k = 5 that is ~600 multiply-adds per code; a Laplace pass over the maximal minors
+  of G = [I | P] (the same numbers, the solver's first step) takes ~2,500.
+- the batch is the *last* axis, so every gather copies whole rows of codes (indexing a
+  leading batch axis gathers one scalar at a time); codes go in chunks of 1,024 (fastest
+  measured: 256 is ~25% slower, 2,048 ~5%), through buffers reused across calls.
+- float32: minors up to 3 x 3 of entries <= 100 are exact integers; larger ones carry
+  rounding errors of a few units (a truly singular 5 x 5 minor may come out as a few
+  thousand): the same in training as at prediction, and it left the error unchanged.
+- log2 from the float's bits (exponent + mantissa - 1, Mitchell's approximation, error
+  <= 0.086): ~10% cheaper than np.log2 (which numpy vectorises for float32), exact at
+  powers of two, and the model's held-out error did not move.
+- sort-free statistics per size (min, mean, std): version 1's 10% and median quantiles
+  needed a sort per size.
 
-The maximal minors of G = [I | P] are exactly P's square minors (a basis with
-s columns of P gives an s x s minor), so one Laplace pass over G's rows gives
-every size. ``max_size`` <= 2 skips it: 1 x 1 and 2 x 2 minors come straight
-from P's entries, the cheapest features that still see singular pairs.
+FEATURE_VERSION names what ``minor_stats`` returns; checkpoints record it, and a model
+trained on other features is refused (``engine.mheight.data.check_minor_features``).
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-STATS = 5  # min, 10th percentile, median, max, mean of log2 |minor|, per size
-QUANTILES = (0.0, 0.1, 0.5, 1.0)
-CHUNK = 256  # codes per pass: the largest step (n=10, k=5) then holds ~1 MB
+FEATURE_VERSION = 2  # 1: min, 10%, median, max, mean of exact log2 |minor| (Laplace pass over G)
+STATS = 3  # min, mean, std of log2 |minor|, per size
+CHUNK = 1024  # codes per pass (see above); n=10, k=5 then works in ~4 MB
+_HALF = np.float32(0.5).view(np.int32)  # bits of 0.5: singular minors count as |det| = 0.5
+_ONE = np.float32(1.0).view(np.int32)  # bits of 1.0: subtracted, bits / 2^23 ~ log2
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Index tables for one (k, r): minors of every size stacked in one array, size after size."""
+
+    starts: np.ndarray  # (sizes,) first row of each size's block
+    counts: np.ndarray  # (sizes,) C(k, s) C(r, s)
+    steps: tuple  # per size s >= 2: (entry (s, Ns) into [P; -P] entries, sub (s, Ns) into the stack)
 
 
 @lru_cache(maxsize=None)
-def _laplace(n: int, k: int):
-    """Laplace steps with the batch axis last, and the indices of each minor size among the bases."""
-    from engine.mheight.solver import tables
-
-    t = tables(n, k)
-    steps = [(cols.T.copy(), sub.T.copy(), sign[:, None, None]) for cols, sub, sign in t.laplace]
-    size = (t.bases >= k).sum(1)  # P columns in the basis = the minor's size
-    return steps, [np.flatnonzero(size == s) for s in range(1, min(k, n - k) + 1)]
-
-
-@lru_cache(maxsize=None)
-def _pairs(k: int, r: int):
-    rows = np.array(list(itertools.combinations(range(k), 2))).T
-    cols = np.array(list(itertools.combinations(range(r), 2))).T
-    return rows, cols
-
-
-def _all_minors(P: np.ndarray) -> list[np.ndarray]:
-    """[(B, C(k, s) C(r, s)) for s = 1..min(k, r)]: every square minor of P, by size, in P's dtype."""
-    B, k, r = P.shape
-    steps, by_size = _laplace(k + r, k)
-    Gt = np.empty((k, k + r, B), dtype=P.dtype)
-    Gt[:, :k] = np.eye(k)[:, :, None]
-    Gt[:, k:] = P.transpose(1, 2, 0)
-    M = Gt[0]  # (n, B): 1 x 1 minors of row 0
-    for s, (cols, sub, sign) in enumerate(steps, start=2):
-        # minors of rows 0..s-1 on column set C: sum_t sign_t G[s-1, C_t] * minor(C without C_t)
-        prod = Gt[s - 1][cols]  # (s, Ns, B)
-        prod *= M[sub]
-        prod *= sign.astype(P.dtype, copy=False)
-        M = prod.sum(0)
-    return [M[idx].T for idx in by_size]
-
-
-def _small_minors(P: np.ndarray) -> list[np.ndarray]:
-    """1 x 1 and 2 x 2 minors of P straight from its entries."""
-    B, k, r = P.shape
-    out = [P.reshape(B, -1)]
-    if min(k, r) >= 2:
-        (i, j), (a, b) = _pairs(k, r)
-        top, bot = P[:, i], P[:, j]  # (B, pairs of rows, r)
-        out.append((top[:, :, a] * bot[:, :, b] - top[:, :, b] * bot[:, :, a]).reshape(B, -1))
-    return out
-
-
-def minor_stats(P: np.ndarray, max_size: int | None = None, exact: bool = True) -> np.ndarray:
-    """(B, STATS * min(k, n-k)): per size s, STATS of log2 |det| over P's s x s submatrices.
-
-    P: (B, k, n-k), one (n, k). Singular minors count as |det| = 0.5 (log2 = -1; integer
-    minors are 0 or >= 1). Columns of sizes above ``max_size`` are zero. float64, or float32
-    throughout when not ``exact``.
-    """
-    P = np.asarray(P, dtype=np.float64 if exact else np.float32)
-    B, k, r = P.shape
+def plan(k: int, r: int) -> Plan:
     sizes = min(k, r)
-    out = np.zeros((B, STATS * sizes), dtype=P.dtype)
-    small = max_size is not None and max_size <= 2
+    rows = [list(itertools.combinations(range(k), s)) for s in range(sizes + 1)]
+    cols = [list(itertools.combinations(range(r), s)) for s in range(sizes + 1)]
+    counts = np.array([len(rows[s]) * len(cols[s]) for s in range(1, sizes + 1)])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    row_at = [{R: i for i, R in enumerate(rows[s])} for s in range(sizes + 1)]
+    col_at = [{C: i for i, C in enumerate(cols[s])} for s in range(sizes + 1)]
+    steps = []
+    for s in range(2, sizes + 1):
+        entry, sub, base, width = [], [], starts[s - 2], len(cols[s - 1])
+        for R in rows[s]:
+            last, above = R[-1], row_at[s - 1][R[:-1]]
+            for C in cols[s]:
+                # det = sum_t (-1)^(s-1+t) P[last, C_t] * minor(R without last, C without C_t);
+                # a negative sign reads the entry from the negated copy of P (offset k r)
+                entry.append([last * r + C[t] + (k * r if (s - 1 + t) % 2 else 0) for t in range(s)])
+                sub.append([base + above * width + col_at[s - 1][C[:t] + C[t + 1:]] for t in range(s)])
+        steps.append((np.array(entry).T.copy(), np.array(sub).T.copy()))
+    return Plan(starts, counts, tuple(steps))
+
+
+@lru_cache(maxsize=16)  # the course grid: 6 (k, r) x a full and a last chunk; a few MB each
+def _workspace(k: int, r: int, B: int, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Buffers reused across calls: temporaries above glibc's mmap threshold (128 KB) would be
+    fresh pages on every call, and their page faults cost more than the arithmetic (measured 3x)."""
+    p = plan(k, r)
+    widest = max([entry.shape[1] for entry, _ in p.steps], default=0)
+    return (np.empty((2 * k * r, B), dtype=dtype), np.empty((int(p.counts.sum()), B), dtype=dtype),
+            np.empty((widest, B), dtype=dtype), np.empty((widest, B), dtype=dtype))
+
+
+def square_minors(P: np.ndarray) -> np.ndarray:
+    """(sum_s C(k, s) C(r, s), B): every square minor of P (B, k, r), in P's dtype, by size (``plan``).
+
+    The result is a reused buffer, overwritten by the next call with the same shape: copy it to keep it
+    (and call this from one thread at a time; the engine's feature pass is single-threaded).
+    """
+    B, k, r = P.shape
+    p = plan(k, r)
+    E, A, ent, below = _workspace(k, r, B, P.dtype.str)
+    E[:k * r] = P.reshape(B, k * r).T
+    np.negative(E[:k * r], out=E[k * r:])
+    A[:k * r] = E[:k * r]
+    for s, (entry, sub) in enumerate(p.steps, start=2):
+        Ns = entry.shape[1]
+        out, e, b = A[p.starts[s - 1]:p.starts[s - 1] + Ns], ent[:Ns], below[:Ns]
+        # term by term into the output, through two buffers that stay in cache: 30% faster than
+        # gathering all s terms at once and summing them (that writes and reads s times more memory)
+        for t in range(s):
+            np.take(E, entry[t], axis=0, out=e, mode="clip")  # "clip": with the default mode, out= is buffered
+            np.take(A, sub[t], axis=0, out=b, mode="clip")
+            if t == 0:
+                np.multiply(e, b, out=out)
+            else:
+                e *= b
+                out += e
+    return A
+
+
+@lru_cache(maxsize=16)
+def _half(shape: tuple[int, int]) -> np.ndarray:
+    # a full array, not a scalar: numpy's maximum against a scalar int is ~3x slower (no SIMD path)
+    h = np.full(shape, _HALF, dtype=np.int32)
+    h.flags.writeable = False
+    return h
+
+
+@lru_cache(maxsize=16)
+def _floats(shape: tuple[int, int]) -> np.ndarray:
+    return np.empty(shape, dtype=np.float32)  # reused, as _workspace
+
+
+def log2_bits(A: np.ndarray) -> np.ndarray:
+    """log2 max(|A|, 0.5) * 2^23 as int32, in place over float32 A (2-d): the float's own exponent and mantissa.
+
+    For x = 2^e (1 + f), (bits(x) - bits(1.0)) / 2^23 = e + f, within 0.086 of log2 x.
+    """
+    bits = A.view(np.int32)
+    bits &= np.int32(0x7FFFFFFF)  # |x|: the sign bit off
+    np.maximum(bits, _half(bits.shape), out=bits)  # integer minors are 0 or >= 1: singular ones count as 0.5
+    bits -= _ONE
+    return bits
+
+
+def minor_stats(P: np.ndarray) -> np.ndarray:
+    """(B, STATS * min(k, n-k)) float32: per size s, min, mean, std of log2 |det| over P's s x s submatrices.
+
+    P: (B, k, n-k), one (n, k). Singular minors count as |det| = 0.5 (log2 = -1); log2 is
+    Mitchell's approximation (``log2_bits``).
+    """
+    P = np.asarray(P, dtype=np.float32)
+    B, k, r = P.shape
+    p = plan(k, r)
+    out = np.empty((len(p.counts), STATS, B), dtype=np.float32)
+    unit = np.float32(2.0**-23)
     for c in range(0, B, CHUNK):
-        chunk = P[c:c + CHUNK]
-        minors = _small_minors(chunk) if small else _all_minors(chunk)
-        for s, M in enumerate(minors[:sizes if max_size is None else max_size]):
-            v = np.sort(np.log2(np.maximum(np.abs(M), 0.5)), axis=1)
-            last = v.shape[1] - 1
-            cols = out[c:c + CHUNK, s * STATS:(s + 1) * STATS]
-            for i, q in enumerate(QUANTILES):  # linear interpolation, as numpy's default quantile
-                lo = int(q * last)
-                frac = q * last - lo
-                cols[:, i] = v[:, lo] + frac * (v[:, min(lo + 1, last)] - v[:, lo])
-            cols[:, len(QUANTILES)] = v.mean(1)
-    return out
+        bits = log2_bits(square_minors(P[c:c + CHUNK]))
+        L = _floats(bits.shape)
+        L[...] = bits  # log2 in units of 2^-23
+        for i, (lo, cnt) in enumerate(zip(p.starts.tolist(), p.counts.tolist())):
+            blk, o = L[lo:lo + cnt], out[i, :, c:c + CHUNK]
+            np.multiply(blk.min(0), unit, out=o[0])
+            np.multiply(blk.sum(0), unit / cnt, out=o[1])
+            sq = np.einsum("ij,ij->j", blk, blk) * (unit * unit / cnt)  # one pass for the sum of squares
+            np.sqrt(np.maximum(sq - o[1] * o[1], 0), out=o[2])
+    # a transposed view, not a copy: gathering it code-major costs a cache miss per value
+    return out.reshape(-1, B).T
