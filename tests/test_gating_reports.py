@@ -87,19 +87,27 @@ def test_a_failing_report_fails_the_run_and_stops_training(tmp_path, monkeypatch
     assert [h["epoch"] for h in history] == [1, 2]
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_the_report_worker_uses_the_jobs_thread_count(tmp_path, monkeypatch, threads):
-    """torch's thread count is per thread; the worker must not fall back to one per core."""
-    seen, real = [], train_gating.evaluate
+@pytest.mark.parametrize("threads,train,worker", [(1, 1, 1), (2, 1, 1), (4, 2, 2), (5, 2, 3)])
+def test_the_jobs_threads_are_split_between_training_and_the_worker(tmp_path, monkeypatch, threads, train, worker):
+    """torch's thread count is per thread: the worker must neither fall back to one per core
+    nor, with the training thread, oversubscribe the cores the job was given."""
+    seen = {"train": [], "worker": []}
+    real_eval, real_epoch = train_gating.evaluate, train_gating.train_one_epoch
 
     def evaluate(*args, **kw):
-        seen.append(torch.get_num_threads())
-        return real(*args, **kw)
+        seen["worker"].append(torch.get_num_threads())
+        return real_eval(*args, **kw)
+
+    def train_one_epoch(*args):
+        seen["train"].append(torch.get_num_threads())
+        return real_epoch(*args)
 
     monkeypatch.setattr(train_gating, "evaluate", evaluate)
+    monkeypatch.setattr(train_gating, "train_one_epoch", train_one_epoch)
     before = torch.get_num_threads()
     try:
         assert run_in_process(tmp_path, epochs=2, threads=threads).exit_code == EXIT_OK
+        assert torch.get_num_threads() == threads  # the final table gets them all back
     finally:
         torch.set_num_threads(before)
-    assert seen == [threads, threads]
+    assert seen == {"train": [train, train], "worker": [worker, worker]}
