@@ -69,6 +69,19 @@ def test_chunks_and_reused_buffers_do_not_mix_codes(monkeypatch):
     np.testing.assert_array_equal(minor_stats(P[:64]), together[:64])
 
 
+def test_threads_computing_features_at_once_get_the_same_results():
+    """The reused buffers are per thread: two threads on the same shapes do not overwrite each other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    codes = [_codes(10, 5, 300, 100, seed) for seed in range(8)]
+    alone = [minor_stats(P).copy() for P in codes]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            together = list(pool.map(minor_stats, codes))
+            for a, b in zip(alone, together):
+                np.testing.assert_array_equal(a, b)
+
+
 def test_version_1_reference_matches_determinants_one_by_one():
     # the benchmark's comparison point: min, 10%, median, max, mean of exact log2 |det| per size
     from benchmarks.mheight_features_v1 import STATS as STATS_V1

@@ -27,6 +27,7 @@ trained on other features is refused (``engine.mheight.data.check_minor_features
 from __future__ import annotations
 
 import itertools
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -71,21 +72,39 @@ def plan(k: int, r: int) -> Plan:
     return Plan(starts, counts, tuple(steps))
 
 
-@lru_cache(maxsize=16)  # the course grid: 6 (k, r) x a full and a last chunk; a few MB each
+_per_thread = threading.local()
+_KEEP = 16  # buffers per thread: the course grid is 6 (k, r) x a full and a last chunk; a few MB each
+
+
+def _reused(key: tuple, make):
+    """A buffer reused across calls on this thread: temporaries above glibc's mmap threshold
+    (128 KB) would be fresh pages on every call, and their page faults cost more than the
+    arithmetic (measured 3x). Each thread has its own, so concurrent calls never share one."""
+    cache = getattr(_per_thread, "buffers", None)
+    if cache is None:
+        cache = _per_thread.buffers = {}
+    if key not in cache:
+        if len(cache) >= _KEEP:
+            cache.pop(next(iter(cache)))  # the oldest
+        cache[key] = make()
+    return cache[key]
+
+
 def _workspace(k: int, r: int, B: int, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Buffers reused across calls: temporaries above glibc's mmap threshold (128 KB) would be
-    fresh pages on every call, and their page faults cost more than the arithmetic (measured 3x)."""
-    p = plan(k, r)
-    widest = max([entry.shape[1] for entry, _ in p.steps], default=0)
-    return (np.empty((2 * k * r, B), dtype=dtype), np.empty((int(p.counts.sum()), B), dtype=dtype),
-            np.empty((widest, B), dtype=dtype), np.empty((widest, B), dtype=dtype))
+    def make():
+        p = plan(k, r)
+        widest = max([entry.shape[1] for entry, _ in p.steps], default=0)
+        return (np.empty((2 * k * r, B), dtype=dtype), np.empty((int(p.counts.sum()), B), dtype=dtype),
+                np.empty((widest, B), dtype=dtype), np.empty((widest, B), dtype=dtype))
+
+    return _reused(("workspace", k, r, B, dtype), make)
 
 
 def square_minors(P: np.ndarray) -> np.ndarray:
     """(sum_s C(k, s) C(r, s), B): every square minor of P (B, k, r), in P's dtype, by size (``plan``).
 
-    The result is a reused buffer, overwritten by the next call with the same shape: copy it to keep it
-    (and call this from one thread at a time; the engine's feature pass is single-threaded).
+    The result is a buffer reused by this thread, overwritten by its next call with the same shape:
+    copy it to keep it.
     """
     B, k, r = P.shape
     p = plan(k, r)
@@ -117,9 +136,8 @@ def _half(shape: tuple[int, int]) -> np.ndarray:
     return h
 
 
-@lru_cache(maxsize=16)
 def _floats(shape: tuple[int, int]) -> np.ndarray:
-    return np.empty(shape, dtype=np.float32)  # reused, as _workspace
+    return _reused(("floats", shape), lambda: np.empty(shape, dtype=np.float32))
 
 
 def log2_bits(A: np.ndarray) -> np.ndarray:
