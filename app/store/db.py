@@ -1,7 +1,10 @@
 """SQLite connections: pragmas, writer transactions, migrations at open.
 
-Every connection gets WAL (on local disks), ``synchronous=NORMAL``, a busy
-timeout and foreign keys. pysqlite's own transaction handling is switched off
+Every connection gets ``synchronous=NORMAL``, a busy timeout and foreign keys.
+The journal mode (WAL on local disks) is a property of the database file: it
+is set once, with the migrations, under the same file lock, because
+``PRAGMA journal_mode=WAL`` from several fresh connections at once can fail
+with "database is locked" without waiting in the busy handler. pysqlite's own transaction handling is switched off
 so we emit ``BEGIN`` ourselves: readers ``BEGIN`` (deferred), writers ``BEGIN
 IMMEDIATE``, which takes the write lock up front and so waits in the busy
 handler instead of failing with "database is locked" when a read transaction
@@ -48,7 +51,6 @@ def journal_mode_for(db_path: Path) -> str:
 
 
 def make_engine(db_path: Path) -> Engine:
-    journal = journal_mode_for(db_path)
     engine = create_engine(
         f"sqlite:///{db_path}",
         connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
@@ -59,7 +61,6 @@ def make_engine(db_path: Path) -> Engine:
         dbapi_conn.isolation_level = None  # we send BEGIN ourselves (see module doc)
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cur.execute(f"PRAGMA journal_mode={journal}")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -78,7 +79,8 @@ class Store:
         self.db_path = Path(db_path)
         self.engine = make_engine(self.db_path)
         self._writer = self.engine.execution_options(writer=True)
-        migrate(self.engine, lock_path or self.db_path.with_name(self.db_path.name + ".migrate.lock"))
+        migrate(self.engine, lock_path or self.db_path.with_name(self.db_path.name + ".migrate.lock"),
+                journal_mode_for(self.db_path))
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
@@ -117,15 +119,26 @@ def current_revision(engine: Engine) -> str | None:
         return row[0] if row else None
 
 
-def migrate(engine: Engine, lock_path: Path) -> None:
-    """Bring the schema to the newest revision, under a file lock.
+def journal_mode(engine: Engine) -> str:
+    with engine.connect() as conn:
+        return str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()).upper()
 
-    The common case (already current) costs one query and no Alembic import.
+
+def migrate(engine: Engine, lock_path: Path, journal: str = "WAL") -> None:
+    """Bring the database to ``journal`` mode and the schema to the newest revision, under a file lock.
+
+    The common case (already done) costs two queries and no Alembic import.
     """
     head = head_revision()
-    if current_revision(engine) == head:
+    if journal_mode(engine) == journal and current_revision(engine) == head:
         return
     with FileLock(lock_path):
+        if journal_mode(engine) != journal:
+            raw = engine.raw_connection()  # outside any transaction, which the journal mode needs
+            try:
+                raw.cursor().execute(f"PRAGMA journal_mode={journal}")
+            finally:
+                raw.close()
         if current_revision(engine) == head:  # another process migrated while we waited
             return
         from alembic import command
