@@ -8,7 +8,8 @@ from collections import defaultdict
 from sqlmodel import Session, col, select
 
 from app.errors import UserError
-from app.store.models import Metric, MetricSummary, Run
+from app.store.models import ACTIVE, BLOCKED, FINISHED, Metric, MetricSummary, Run
+from engine.config import JOBS
 
 
 def find_run(s: Session, ref: str) -> Run:
@@ -27,7 +28,17 @@ def find_run(s: Session, ref: str) -> Run:
     raise UserError(f"'{ref}' matches several runs ({ids}); give more of the id")
 
 
+def check_run_filter(status: str | None, kind: str | None) -> None:
+    """A misspelt --status or --kind would list nothing and look like an empty workspace: refuse it."""
+    statuses = (*ACTIVE, *FINISHED, BLOCKED)
+    if status is not None and status not in statuses:
+        raise UserError(f"unknown --status '{status}'; choose one of: {', '.join(statuses)}")
+    if kind is not None and kind not in JOBS:
+        raise UserError(f"unknown --kind '{kind}'; choose one of: {', '.join(sorted(JOBS))}")
+
+
 def list_runs(s: Session, status: str | None = None, kind: str | None = None, limit: int | None = None) -> list[Run]:
+    check_run_filter(status, kind)
     q = select(Run)
     if status:
         q = q.where(Run.status == status)

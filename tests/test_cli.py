@@ -68,6 +68,18 @@ def test_export_refuses_a_directory(ws_path, copy_run):
     assert "is a directory" in one_line_error(moe(ws_path, "export", "--out", str(ws_path)))
 
 
+def test_a_misspelt_status_or_kind_is_refused_not_an_empty_listing(ws_path, copy_run):
+    copy_run(ws_path)
+    target = ws_path / "runs.csv"
+    err = one_line_error(moe(ws_path, "export", "--out", str(target), "--status", "runing"))
+    assert "unknown --status 'runing'" in err and "running" in err
+    assert not target.exists()
+    err = one_line_error(moe(ws_path, "ls", "--kind", "gating"))
+    assert "unknown --kind 'gating'" in err and "train-gating" in err
+    out = moe(ws_path, "ls", "--status", "succeeded", "--kind", "train-expert")
+    assert out.returncode == 0 and "train-expert" in out.stdout
+
+
 def test_engine_help_lists_settings_with_defaults(ws_path):
     out = engine(ws_path, "train-expert", "--help")
     assert out.returncode == 0
