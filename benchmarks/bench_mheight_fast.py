@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from benchmarks.timing import best_of
+
 PAIRS = [(9, 4), (9, 5), (9, 6), (10, 4), (10, 5), (10, 6)]
 TRAIN_CODES = 6000  # per (n, k), as the mheight_models benchmark
 TEST_CODES = 2000
@@ -144,15 +146,6 @@ class _SparseMoE:
         return self._forward(X)[0]
 
 
-def _best_of_3(fn) -> float:
-    best = np.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def _bounds(data) -> tuple[float, float]:
     """Seconds, over all test codes, of (a) the version 2 square minors alone (no log, no statistics, no
     model: a floor under any prediction that reads every minor) and (b) the generator's own first step
@@ -165,14 +158,14 @@ def _bounds(data) -> tuple[float, float]:
     minors_s = first_s = 0.0
     for (n, k), (_, _, Pte, _) in data.items():
         P32 = Pte.astype(np.float32)
-        minors_s += _best_of_3(lambda: [square_minors(P32[c:c + CHUNK]) for c in range(0, len(P32), CHUNK)])
+        minors_s += best_of(lambda: [square_minors(P32[c:c + CHUNK]) for c in range(0, len(P32), CHUNK)])[0]
         t = tables(n, k)
 
         def first_step():
             for c in range(0, len(Pte), 32):
                 P = torch.as_tensor(Pte[c:c + 32])
                 maximal_minors(torch.cat([torch.eye(k, dtype=P.dtype).expand(len(P), k, k), P], 2), t)
-        first_s += _best_of_3(first_step)
+        first_s += best_of(first_step)[0]
     return minors_s, first_s
 
 
@@ -189,11 +182,7 @@ def run() -> str:
         Ptr = Source().draw(np.random.default_rng([SEED_TRAIN, n, k]), TRAIN_CODES, k, n - k)
         Pte = Source().draw(np.random.default_rng([SEED_TEST, n, k]), TEST_CODES, k, n - k)
         Htr = label_codes(Ptr, ms, 32)
-        best = np.inf
-        for _ in range(3):  # best of 3, as the predictors: the cores are shared
-            t0 = time.perf_counter()
-            Hte = label_codes(Pte, ms, 32)
-            best = min(best, time.perf_counter() - t0)
+        best, Hte = best_of(lambda: label_codes(Pte, ms, 32))  # best of 3, as the predictors
         gen_s += best
         gen_labels += Hte.size
         data[(n, k)] = (Ptr, np.log2(Htr), Pte, np.log2(Hte))

@@ -4,11 +4,12 @@ Every connection gets ``synchronous=NORMAL``, a busy timeout and foreign keys.
 The journal mode (WAL on local disks) is a property of the database file: it
 is set once, with the migrations, under the same file lock, because
 ``PRAGMA journal_mode=WAL`` from several fresh connections at once can fail
-with "database is locked" without waiting in the busy handler. pysqlite's own transaction handling is switched off
-so we emit ``BEGIN`` ourselves: readers ``BEGIN`` (deferred), writers ``BEGIN
-IMMEDIATE``, which takes the write lock up front and so waits in the busy
-handler instead of failing with "database is locked" when a read transaction
-tries to upgrade.
+with "database is locked" without waiting in the busy handler.
+
+pysqlite's own transaction handling is switched off so we emit ``BEGIN``
+ourselves: readers ``BEGIN`` (deferred), writers ``BEGIN IMMEDIATE``, which
+takes the write lock up front and so waits in the busy handler instead of
+failing with "database is locked" when a read transaction tries to upgrade.
 """
 
 from __future__ import annotations
@@ -111,35 +112,35 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
+    return file_state(engine)[1]
+
+
+def file_state(engine: Engine) -> tuple[str, str | None]:
+    """The database file's journal mode (upper case) and schema revision (None before the first), in one connection."""
     with engine.connect() as conn:
+        journal = str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()).upper()
         has = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type='table' AND name='alembic_version'").first()
-        if not has:
-            return None
-        row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first()
-        return row[0] if row else None
-
-
-def journal_mode(engine: Engine) -> str:
-    with engine.connect() as conn:
-        return str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()).upper()
+        row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first() if has else None
+        return journal, row[0] if row else None
 
 
 def migrate(engine: Engine, lock_path: Path, journal: str = "WAL") -> None:
     """Bring the database to ``journal`` mode and the schema to the newest revision, under a file lock.
 
-    The common case (already done) costs two queries and no Alembic import.
+    The common case (already done) costs one connection's queries and no Alembic import.
     """
     head = head_revision()
-    if journal_mode(engine) == journal and current_revision(engine) == head:
+    if file_state(engine) == (journal, head):
         return
     with FileLock(lock_path):
-        if journal_mode(engine) != journal:
+        mode, revision = file_state(engine)  # another process may have done it while we waited
+        if mode != journal:
             raw = engine.raw_connection()  # outside any transaction, which the journal mode needs
             try:
                 raw.cursor().execute(f"PRAGMA journal_mode={journal}")
             finally:
                 raw.close()
-        if current_revision(engine) == head:  # another process migrated while we waited
+        if revision == head:
             return
         from alembic import command
         from alembic.config import Config

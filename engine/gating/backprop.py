@@ -68,20 +68,20 @@ class Step:
     """
 
     def __init__(self, model: GatingMLP, params: FlatParams):
-        self.layers = [*model.hidden, model.out]
+        layers = [*model.hidden, model.out]
         # views of the flat buffer, fetched once: Module attribute lookups cost as much as a small kernel
-        self.weights = [layer.weight for layer in self.layers]
+        self.weights = [layer.weight for layer in layers]
         self.weights_t = [w.T for w in self.weights]
-        self.biases = [layer.bias for layer in self.layers]
+        self.biases = [layer.bias for layer in layers]
         self.grads = params.grads  # weight, bias per layer, in parameters() order
         self.acts: list[torch.Tensor] = []
-        self.alpha = [1.0] * len(self.layers)  # the scale of each layer's input
+        self.alpha = [1.0] * len(self.weights)  # the scale of each layer's input
 
     def forward(self, x: torch.Tensor, masks: KeepMasks | None) -> torch.Tensor:
         """Router logits (B, E) in train mode; ``masks`` from :func:`engine.gating.model.keep_masks`."""
         self.acts = [x]
-        self.alpha = [1.0] + [masks.scale if masks is not None else 1.0] * (len(self.layers) - 1)
-        h, last = x, len(self.layers) - 1
+        self.alpha = [1.0] + [masks.scale if masks is not None else 1.0] * (len(self.weights) - 1)
+        h, last = x, len(self.weights) - 1
         for i in range(last + 1):
             h = torch.addmm(self.biases[i], h, self.weights_t[i], alpha=self.alpha[i])
             if i < last:
@@ -93,7 +93,7 @@ class Step:
 
     def backward(self, grad_out: torch.Tensor) -> None:
         g = grad_out
-        for i in range(len(self.layers) - 1, -1, -1):
+        for i in range(len(self.weights) - 1, -1, -1):
             inp, alpha = self.acts[i], self.alpha[i]
             weight_grad = self.grads[2 * i]
             torch.addmm(weight_grad, g.T, inp, beta=0, alpha=alpha, out=weight_grad)
