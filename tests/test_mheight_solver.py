@@ -191,3 +191,10 @@ def test_height_cli_bad_input_is_one_line_and_exit_2():
     assert out.stderr.strip().count("\n") == 0 and "m=7 is out of range" in out.stderr
     out = _height_cli("not json")
     assert out.returncode == 2 and "not valid JSON" in out.stderr
+    # codes given as options, the way the jobs take settings: one line that says where they go,
+    # not argparse's usage block, and --m is not taken as an abbreviation of --method
+    out = _height_cli("", "--n", "5", "--k", "2", "--m", "2")
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "unrecognized arguments: --n" in out.stderr and "codes are JSON" in out.stderr
+    out = _height_cli("", "--meth", "lp")
+    assert out.returncode == 2 and "unrecognized arguments: --meth" in out.stderr

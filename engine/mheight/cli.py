@@ -49,8 +49,16 @@ def to_job_argv(verb: str, rest: list[str]) -> list[str]:
     return [f"mheight-{verb}", *out]
 
 
+class _HeightParser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, as the jobs' parsers (argparse prints usage first)
+        if {"--n", "--k", "--m", "--P"} & set(message.split()):
+            message += "; codes are JSON (a file or stdin) with keys n, k, m and P, not options"
+        raise JobError(f"{message}; see `{self.prog} --help`")
+
+
 def height_tool(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="engine mheight height", description=(
+    # allow_abbrev=False: a guessed ``--m 2`` would otherwise be read as ``--method 2``
+    p = _HeightParser(prog="engine mheight height", allow_abbrev=False, description=(
         "Exact m-height of each code. Input: a JSON object or list of objects with n, k, m "
         "(an integer or a list) and P (k x (n-k), nested or flat). Output: one object per (code, m) "
         "with 'height' (a number, or \"inf\")."))
