@@ -8,14 +8,16 @@ Metric and MetricSummary rows through the store).
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
+from sqlmodel import select
 from textual.widgets import DataTable, Input, Static
 
 from app.store.models import Run
 from app.tui.app import MoeTuiApp
-from app.tui.screens.compare import CompareScreen, group_by_config, mean_std
+from app.tui.screens.compare import CompareScreen, fit, group_by_config, mean_std
 from app.tui.screens.dialogs import Confirm, Prompt
 from app.tui.screens.help import HelpScreen
 from app.tui.screens.run import RunScreen
@@ -357,3 +359,22 @@ async def test_every_screen_reads_in_80x24(ws, copy_run):
         text = screen_text(app)
         for needed in ("loss", "accuracy (val)", "epoch", "Smooth", "Log scale"):
             assert needed in text, needed
+
+
+async def test_compare_cuts_long_values_so_every_run_fits_at_80_columns(ws):
+    seed_runs(ws, runs=2, epochs=3)
+    dirs = [[f"{ws.root}/runs/261125-084305-{i:04d}" for i in range(3)], [f"{ws.root}/elsewhere/experts"]]
+    with ws.store.write() as s:  # long lists of paths, as a gating run's expert_dirs
+        for run, value in zip(s.exec(select(Run).order_by(Run.id)).all(), dirs):
+            run.config = json.dumps({**json.loads(run.config), "expert_dirs": value})
+            s.add(run)
+    app = MoeTuiApp(ws, poll_s=60)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await app.push_screen(CompareScreen(sorted(app.runs)))
+        await settle(app, pilot, 0.5)
+        shown = screen_text(app)
+        assert all(app.runs[pk].run_id[-4:] in shown for pk in app.runs), shown  # both run columns on screen
+        row = next(line for line in shown.splitlines() if "expert_dirs" in line)
+        assert "…" in row and len(row.rstrip()) <= 80
+    assert fit("x" * 10) == "x" * 10 and fit("a" * 20 + "b" * 20, 9) == "aaaa…bbbb"

@@ -30,6 +30,17 @@ def fmt_value(value) -> str:
     return str(value)
 
 
+CELL = 28  # widest cell, in characters: a list of paths would otherwise push every run but one off an 80-column screen
+
+
+def fit(text: str, width: int = CELL) -> str:
+    """``text`` cut to ``width`` in the middle, where a path or a metric key differs least."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (width - 1 - head):]}"
+
+
 def config_rows(runs: list[RunRow], only_differences: bool) -> list[tuple[str, list[str]]]:
     keys = sorted({k for r in runs for k in r.config})
     out = []
@@ -111,7 +122,8 @@ class CompareScreen(Screen):
         yield Static("", id="compare-info")
         with TabbedContent(initial="table"):
             with TabPane("1 Table", id="table"):
-                yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
+                # the setting column stays put while the runs scroll sideways
+                yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True, fixed_columns=1)
             with TabPane("2 Curves", id="curves"):
                 yield Curves("", id="compare-plot")
             with TabPane("3 Groups", id="groups"):
@@ -136,13 +148,10 @@ class CompareScreen(Screen):
         table.add_column("setting", key="setting")
         for r in runs:
             table.add_column(r.name[:18] + f" {r.run_id[-4:]}", key=str(r.pk))
-        table.add_row("run", *[r.run_id for r in runs])
-        table.add_row("status", *[r.status for r in runs])
-        rows = config_rows(runs, self.only_differences)
-        for k, values in rows:
-            table.add_row(k, *values)
-        for k, values in metric_summary_rows(runs):
-            table.add_row(k, *values)
+        rows = [("run", [r.run_id for r in runs]), ("status", [r.status for r in runs]),
+                *config_rows(runs, self.only_differences), *metric_summary_rows(runs)]
+        for k, values in rows:  # cells cut to CELL; the full config is on each run's screen
+            table.add_row(fit(k), *map(fit, values))
         scope = "differing settings only (a: all)" if self.only_differences else "all settings (a: differences only)"
         self.query_one("#compare-info", Static).update(f"{len(runs)} runs · config: {scope}")
 
