@@ -244,14 +244,17 @@ def show(run: Annotated[str, typer.Argument(help="run id (or a unique prefix, or
     if state and state.warning:
         print(f"warning   {state.warning}")
     print("config")
-    for k, v in sorted(json.loads(r.config or "{}").items()):
-        print(f"  {k:<16} {v}")
+    config = json.loads(r.config or "{}")
+    width = max(map(len, config), default=0)  # columns line up whatever the longest name
+    for k, v in sorted(config.items()):
+        print(f"  {k:<{width}}  {v}")
     if summ:
-        print(f"metrics   {'final':>12} {'best':>12}  best epoch")
+        width = max(16, *map(len, summ))
+        print(f"{'metrics':<{width + 2}} {'final':>12} {'best':>12}  best epoch")
         for k in sorted(summ):
             m = summ[k]
             be = "" if m.best_epoch is None else str(m.best_epoch)
-            print(f"  {k:<24} {m.last:>12.5g} {m.best:>12.5g}  {be}")
+            print(f"  {k:<{width}} {m.last:>12.5g} {m.best:>12.5g}  {be}".rstrip())
     tail = rd.tail_log(2000).splitlines()[-5:]
     if tail:
         print("log (last lines of stdout.log)")

@@ -25,6 +25,16 @@ def test_ls_show_export_on_a_real_run(ws_path, copy_run):
     assert "val/balanced_acc" in out.stdout
     show = moe(ws_path, "show", rd.name[:15])
     assert show.returncode == 0 and "status    succeeded" in show.stdout and "val/balanced_acc" in show.stdout
+    lines = show.stdout.splitlines()
+    top = lines.index("config")
+    head = next(i for i, l in enumerate(lines) if l.startswith("metrics "))
+    stop = next((i for i, l in enumerate(lines) if l.startswith("log ")), len(lines))
+    # every value starts in one column, however long the name before it
+    config = [l for l in lines[top + 1:head] if len(l.split()) >= 2]
+    assert len({l.index(l.split()[1], 2 + len(l.split()[0])) for l in config}) == 1, config
+    final_end = lines[head].index("final") + len("final")
+    metrics = lines[head + 1:stop]
+    assert metrics and {l.index(l.split()[1], 2 + len(l.split()[0])) + len(l.split()[1]) for l in metrics} == {final_end}
     csv_out = moe(ws_path, "export", "--out", "-")
     rows = list(csv.DictReader(io.StringIO(csv_out.stdout)))
     assert [r["run_id"] for r in rows] == [rd.name]
