@@ -207,7 +207,7 @@ def ls_(
         rows.append((r.run_id, r.status, r.kind, r.name, epoch, metric, fmt_duration(duration_s(r)), note))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        print(("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1]).rstrip())
     return 0
 
 
