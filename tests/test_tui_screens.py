@@ -378,3 +378,38 @@ async def test_compare_cuts_long_values_so_every_run_fits_at_80_columns(ws):
         row = next(line for line in shown.splitlines() if "expert_dirs" in line)
         assert "…" in row and len(row.rstrip()) <= 80
     assert fit("x" * 10) == "x" * 10 and fit("a" * 20 + "b" * 20, 9) == "aaaa…bbbb"
+
+
+async def test_run_screen_config_and_log_follow_a_training_run_at_80x24(ws):
+    """While a run trains, the Config tab's best.* and final.* move with it (they were
+    filled once, when the screen opened), and the Log tab wraps an epoch line so its
+    last metrics show at 80 columns (they were cut at the right edge)."""
+    rd = RunDir.create(ws.runs)
+    rec = RunRecorder(rd, kind="train-expert", config={"loss": "ce"}, argv=["train-expert"], total_epochs=3)
+    many = {f"val/metric_{i:02d}": 0.5 for i in range(12)}  # an epoch line of some 250 characters
+    seen = {}
+    # RunRecorder turns an exception into a failed run: the checks come after its block.
+    with rec:
+        rec.log_epoch(1, {"val/balanced_acc": 0.25, **many, "val/zz_last": 0.125})
+        app = MoeTuiApp(ws, poll_s=0.2)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot, 0.6)
+            await pilot.press("enter")
+            await settle(app, pilot, 1.2)
+            await pilot.press("2")
+            await settle(app, pilot)
+            table = app.screen.query_one("#config-table", DataTable)
+
+            def config() -> dict[str, str]:
+                return {str(table.get_cell_at((r, 0))): str(table.get_cell_at((r, 1))) for r in range(table.row_count)}
+
+            seen["epoch 1"] = config()
+            rec.log_epoch(2, {"val/balanced_acc": 0.75})
+            await settle(app, pilot, 1.5)
+            seen["epoch 2"] = config()
+            await pilot.press("3")
+            await settle(app, pilot, 1.5)
+            seen["log"] = screen_text(app)
+    assert seen["epoch 1"]["best.val/balanced_acc"] == "0.25" and seen["epoch 1"]["loss"] == "ce"
+    assert seen["epoch 2"]["best.val/balanced_acc"] == "0.75" and seen["epoch 2"]["final.val/balanced_acc"] == "0.75"
+    assert "val/zz_last" in seen["log"], seen["log"]

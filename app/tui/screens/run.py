@@ -92,6 +92,7 @@ class RunScreen(Screen):
         self.loads: list[tuple[int, list[float]]] = []
         self._artifacts: list[tuple[str, int]] | None = None
         self.lineage: list[tuple[str, Linked]] | None = None
+        self._config_rows: list[tuple[str, str]] | None = None  # what the Config tab shows
         self._poll_lock = threading.Lock()
 
     @property
@@ -119,7 +120,8 @@ class RunScreen(Screen):
             with TabPane("2 Config", id="config"):
                 yield Lazy(DataTable(id="config-table", cursor_type="row", zebra_stripes=True))
             with TabPane("3 Log", id="log"):
-                yield Lazy(RichLog(id="log-view", max_lines=LOG_LINES, wrap=False, markup=False, highlight=False))
+                # Wrapped: an epoch line holds a dozen metrics, most of them past column 80.
+                yield Lazy(RichLog(id="log-view", max_lines=LOG_LINES, wrap=True, markup=False, highlight=False))
             with TabPane("4 Artifacts", id="artifacts"):
                 yield Lazy(Horizontal(
                     DataTable(id="artifact-list", cursor_type="row"),
@@ -252,6 +254,7 @@ class RunScreen(Screen):
     def runs_updated(self, rows: list[RunRow], removed: set[int]) -> None:
         if any(r.pk == self.run_pk for r in rows):
             self._show_info()
+            self._fill_config()  # best.* and final.* move every epoch while the run trains
         if rows and self.query_one(TabbedContent).active == "lineage":
             self.load_lineage()  # a consumer may have been queued, or a parent finished
 
@@ -276,15 +279,25 @@ class RunScreen(Screen):
             self.call_after_refresh(self._fill_config)
             return
         table = tables.first(DataTable)
+        rows = []
+        if row is not None:
+            rows = [(key, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
+                    for key, value in sorted(row.config.items())]
+            for key in sorted(row.best):
+                rows.append((f"best.{key}", f"{row.best[key]:.6g}"))
+                rows.append((f"final.{key}", f"{row.final.get(key, float('nan')):.6g}"))
+        if rows == self._config_rows:
+            return  # unchanged: no redraw, the cursor and scroll stay put
+        self._config_rows = rows
+        cursor, scroll = table.cursor_row, table.scroll_y
+        table.clear(columns=True)
         table.add_column("setting", key="setting")
         table.add_column("value", key="value")
-        if row is None:
-            return
-        for key, value in sorted(row.config.items()):
-            table.add_row(key, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
-        for key in sorted(row.best):
-            table.add_row(f"best.{key}", f"{row.best[key]:.6g}")
-            table.add_row(f"final.{key}", f"{row.final.get(key, float('nan')):.6g}")
+        for key, value in rows:
+            table.add_row(key, value)
+        if rows:
+            table.move_cursor(row=min(cursor, len(rows) - 1), animate=False)
+            table.scroll_y = scroll
 
     # -- lineage -------------------------------------------------------------------
 
