@@ -306,9 +306,9 @@ def coerce_text(cls: type[JobConfig], name: str, raw: Any) -> Any:
     return text
 
 
-def _format_validation_error(cls: type[JobConfig], err: ValidationError) -> str:
+def _format_validation_error(cls: type[JobConfig], err: ValidationError, errors: list | None = None) -> str:
     parts = []
-    for e in err.errors():
+    for e in err.errors() if errors is None else errors:
         loc = e["loc"][0] if e["loc"] else ""
         opt = _option(str(loc)) if loc else "config"
         if e["type"] == "extra_forbidden":
@@ -377,6 +377,39 @@ def resolve(
         return cls.model_validate(values)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(cls, e)) from None
+
+
+def form_defaults(kind: str, preset: str | None = None) -> dict[str, Any]:
+    """Each field's starting value for a form: the preset's, else the recipe default;
+    a required field without either is left out (``resolve`` would refuse the kind)."""
+    cls = job_class(kind)
+    try:
+        cfg = resolve(kind, preset=preset)
+        return {name: getattr(cfg, name) for name in cls.model_fields}
+    except ConfigError:
+        pass
+    values = {name: info.get_default(call_default_factory=True)
+              for name, info in cls.model_fields.items() if not info.is_required()}
+    if preset:
+        values.update({k: coerce_text(cls, k, v) for k, v in cls.presets[preset].items()})
+    return values
+
+
+def field_error(kind: str, name: str, raw: Any, *, preset: str | None = None) -> str | None:
+    """What is wrong with ``name`` set to ``raw`` over the preset, in one line, or None.
+
+    Only that field's errors (and whole-config checks) count: another required
+    field not filled in yet belongs under that field, not this one.
+    """
+    cls = job_class(kind)
+    values: dict[str, Any] = dict(cls.presets.get(preset, {})) if preset else {}
+    values[name] = coerce_text(cls, name, raw)
+    try:
+        cls.model_validate(values)
+    except ValidationError as e:
+        mine = [err for err in e.errors() if not err["loc"] or err["loc"][0] == name]
+        return _format_validation_error(cls, e, mine) if mine else None
+    return None
 
 
 class _Parser(argparse.ArgumentParser):

@@ -12,7 +12,7 @@ from app.store.models import Run
 from app.tui.app import MoeTuiApp
 from app.tui.screens.launch import LaunchScreen, option_args
 from engine.config import JOBS, parse_argv
-from tests.tui_support import settle
+from tests.tui_support import screen_text, settle
 
 
 async def open_form(app, pilot) -> LaunchScreen:
@@ -127,3 +127,33 @@ async def test_submit_through_the_form_and_watch_it_finish(ws):
     argv, config = json.loads(run.argv), json.loads(run.config)
     assert argv[:3] == ["train-expert", "--preset", "quick"] and "--epochs=3" in argv
     assert (config["epochs"], config["image_size"], config["lr_milestones"]) == (3, 8, [2])
+
+
+async def test_every_field_name_and_the_choices_read_whole_at_80x24(ws):
+    """Names of 16 characters and more ran into their values (`crt_lr_milestone3`), and
+    the help line was cut after two lines, before a long description's list of choices."""
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        form = await open_form(app, pilot)
+        for kind in sorted(JOBS):
+            form.query_one("#kind", Select).value = kind
+            await settle(app, pilot)
+            for row in form.query(".field-row"):
+                label = row.query_one(".field-name")
+                name = str(label.render())
+                assert label.region.width > len(name), f"{kind}: {name!r} runs into its value"
+        # A kind with a required field and no default (it crashed the TUI when chosen):
+        # the field waits empty, and Submit says what is missing.
+        form.query_one("#kind", Select).value = "mheight-train"
+        await settle(app, pilot)
+        assert form.query_one("#field-data", Input).value == ""
+        await pilot.press("ctrl+s")
+        await settle(app, pilot)
+        assert isinstance(app.screen, LaunchScreen)
+        assert "cannot submit: --data is required" in str(form.query_one("#form-error", Static).render())
+        form.query_one("#kind", Select).value = "train-expert"
+        await settle(app, pilot)
+        form.query_one("#field-loss", Input).focus()
+        await settle(app, pilot)
+        shot = screen_text(app)
+        assert "[ce | logit_adjust | balanced_softmax | decoupling | moe_head]" in shot.replace("\n ", " "), shot

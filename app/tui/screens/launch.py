@@ -22,7 +22,7 @@ from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
 from app.errors import UserError
 from app.queue.submit import BACKENDS, capture_repro, check_gpus, resolve_parents, submit
-from engine.config import JOBS, ConfigError, literal_choices, resolve
+from engine.config import JOBS, ConfigError, field_error, form_defaults, literal_choices, resolve
 
 SWEEP_SEP = "|"
 MAX_SWEEP = 64  # runs one submit may queue: a typo like 0|1|...|999 should not flood the queue
@@ -119,8 +119,11 @@ class LaunchScreen(Screen):
 
     async def set_preset(self, preset: str | None) -> None:
         self.preset = preset
-        cfg = resolve(self.kind, preset=preset)
-        self.defaults = {name: show_value(getattr(cfg, name)) for name in type(cfg).model_fields}
+        # Not resolve(): a kind with required fields (mheight-train's --data) has no valid
+        # config until they are filled in, and opening its form crashed the TUI.
+        values = form_defaults(self.kind, preset)
+        self.defaults = {name: show_value(values[name]) if name in values else ""
+                         for name in JOBS[self.kind].model_fields}
         await self.build_fields()
 
     async def build_fields(self) -> None:
@@ -131,9 +134,10 @@ class LaunchScreen(Screen):
         for name, info in cls.model_fields.items():
             choices = literal_choices(info.annotation)
             hint = info.description or ""
-            if choices:
-                hint += f" [{' | '.join(map(str, choices))}]"
-            field_input = Input(self.defaults[name], id=f"field-{name}", classes="field-input", compact=True, tooltip=hint)
+            if choices:  # first, so a long description below cannot push them out of the help lines
+                hint = f"[{' | '.join(map(str, choices))}] {hint}".rstrip()
+            field_input = Input(self.defaults[name], id=f"field-{name}", classes="field-input", compact=True, tooltip=hint,
+                                placeholder="required" if info.is_required() else "")
             field_input.hint = hint
             rows.append(Vertical(
                 Horizontal(Label(name, classes="field-name"), field_input, classes="field-row"),
@@ -163,10 +167,9 @@ class LaunchScreen(Screen):
 
     def check_field(self, name: str, text: str) -> str | None:
         for value in sweep_values(text):
-            try:
-                resolve(self.kind, preset=self.preset, fields={name: value})
-            except ConfigError as e:
-                return str(e)
+            error = field_error(self.kind, name, value, preset=self.preset)
+            if error:
+                return error
         return None
 
     def on_input_changed(self, event: Input.Changed) -> None:
