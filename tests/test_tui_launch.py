@@ -157,3 +157,14 @@ async def test_every_field_name_and_the_choices_read_whole_at_80x24(ws):
         await settle(app, pilot)
         shot = screen_text(app)
         assert "[ce | logit_adjust | balanced_softmax | decoupling | moe_head]" in shot.replace("\n ", " "), shot
+
+
+async def test_long_preset_names_show_in_the_preset_select(ws):
+    """`preset cifar100_lt_if100` wrapped inside the one-line select: only `preset` showed."""
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        form = await open_form(app, pilot)
+        form.query_one("#kind", Select).value = "train-gating"
+        await settle(app, pilot)
+        top = screen_text(app).splitlines()[1]
+        assert "preset cifar100_lt_if100" in top and "train-gating" in top and "local" in top, top

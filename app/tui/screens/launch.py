@@ -87,7 +87,7 @@ class LaunchScreen(Screen):
                         tooltip="higher starts first among queued runs")
         with Horizontal(id="launch-queue"):
             yield Label("after", classes="field-name")
-            yield Input(placeholder="runs it waits for: ids or names, comma-separated", id="after", compact=True,
+            yield Input(placeholder="ids or names of runs it waits for, a,b", id="after", compact=True,
                         tooltip="the run starts only once each of these succeeded (moe-tui submit --after)")
             yield Label(" gpus ", id="gpus-label")
             yield Input(placeholder="auto", id="gpus", type="integer", compact=True,
