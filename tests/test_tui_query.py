@@ -69,12 +69,21 @@ def test_queries_select_the_right_runs(query, expected):
     ("tag:", "'tag:' at column 1 needs a tag name"),
     ("status=running && kind=x", "unexpected '&&' at column 16; join conditions with 'and' or 'or'"),
     ("status=running and !", "unexpected character '!' at column 20"),
+    # A misspelt status or kind matched nothing, silently, like an empty workspace.
+    ("status=runing", "unknown status 'runing' at column 8; one of: queued, pending, running"),
+    ("kind != train_expert", "unknown kind 'train_expert' at column 9; one of: evaluate-gating"),
+    ("status in (failed, lots)", "unknown status 'lots' at column 20"),
 ])
 def test_bad_queries_say_what_and_where(query, message):
     with pytest.raises(QueryError) as err:
         compile_query(query)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_status_and_kind_may_still_be_searched_in_part():
+    assert matching("status~run") == [1, 4] and matching("kind~train") == [1, 2, 3]
+    assert matching("status=RUNNING") == [1, 4]
 
 
 def test_tags_are_normalised():

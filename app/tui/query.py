@@ -23,7 +23,9 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from app.store.models import ACTIVE, BLOCKED, FINISHED
 from app.tui.data import RunRow
+from engine.config import JOBS
 
 Predicate = Callable[[RunRow], bool]
 
@@ -123,6 +125,22 @@ def _compare(value, op: str, literal: str) -> bool:
     return {"<": text < lit, "<=": text <= lit, ">": text > lit, ">=": text >= lit}[op]
 
 
+def _known_values(field: str) -> tuple[str, ...] | None:
+    if field == "status":
+        return (*ACTIVE, *FINISHED, BLOCKED)
+    if field == "kind":
+        return tuple(sorted(JOBS))
+    return None
+
+
+def _check_known(field: str, literal: str, tok: Token) -> None:
+    """A misspelt status or kind (status=runing) would match nothing and look like an
+    empty workspace, as `moe-tui ls --status` refuses it: say so instead."""
+    known = _known_values(field.lower())
+    if known is not None and literal.lower() not in known:
+        raise QueryError(f"unknown {field.lower()} '{literal}' at column {tok.pos + 1}; one of: {', '.join(known)}")
+
+
 class _Parser:
     def __init__(self, text: str):
         self.text = text
@@ -197,17 +215,22 @@ class _Parser:
             if value.kind not in ("word", "str"):
                 raise QueryError(f"'{tok.text} {nxt.text}' needs a value {self.where(value)}")
             name, op, literal = tok.text, nxt.text, value.text
+            if op in ("=", "!="):
+                _check_known(name, literal, value)
             return lambda row: _compare(field_value(row, name), op, literal)
         if self.is_word("in"):
             self.take()
-            values = self.parse_list(tok.text)
+            items = self.parse_list(tok.text)
             name = tok.text
+            for item in items:
+                _check_known(name, item.text, item)
+            values = [item.text for item in items]
             return lambda row: any(_compare(field_value(row, name), "=", v) for v in values)
         # A bare word: a search in id, name and kind.
         needle = tok.text.lower()
         return lambda row: needle in row.run_id.lower() or needle in row.name.lower() or needle in row.kind.lower()
 
-    def parse_list(self, field: str) -> list[str]:
+    def parse_list(self, field: str) -> list[Token]:
         open_ = self.take()
         if open_.kind != "lparen":
             raise QueryError(f"'{field} in' needs a list in parentheses {self.where(open_)}, e.g. {field} in (a, b)")
@@ -218,7 +241,7 @@ class _Parser:
                 raise QueryError(f"'{field} in ()' at column {open_.pos + 1} is empty; list at least one value")
             if tok.kind not in ("word", "str"):
                 raise QueryError(f"expected a value in the list of '{field} in' {self.where(tok)}")
-            values.append(tok.text)
+            values.append(tok)
             sep = self.take()
             if sep.kind == "rparen":
                 return values
