@@ -124,7 +124,7 @@ async def test_mark_compare_groups_and_export_match_the_cli(ws, copy_run):
         plot = screen.query_one("#compare-plot", Curves)
         assert len(plot.points) == 2 and all(len(p) == 3 for p in plot.points.values())
         groups = screen.query_one("#group-table", DataTable)
-        assert groups.row_count == 1 and str(groups.get_cell_at((0, 1))) == "2"
+        assert groups.row_count == 1 and str(groups.get_cell_at((0, 0))) == "2"
         assert "±" in str(groups.get_cell_at((0, 2)))  # two runs: mean ± std
         await pilot.press("escape")
         await settle(app, pilot)
@@ -413,3 +413,31 @@ async def test_run_screen_config_and_log_follow_a_training_run_at_80x24(ws):
     assert seen["epoch 1"]["best.val/balanced_acc"] == "0.25" and seen["epoch 1"]["loss"] == "ce"
     assert seen["epoch 2"]["best.val/balanced_acc"] == "0.75" and seen["epoch 2"]["final.val/balanced_acc"] == "0.75"
     assert "val/zz_last" in seen["log"], seen["log"]
+
+
+async def test_compare_groups_of_several_kinds_read_at_80x24(ws):
+    """Groups of runs of different kinds: each label names its own settings (not every other
+    kind's as '=—') and each its own key metric, and the figures come before the label, so a
+    long one cannot push them off (they were past column 80)."""
+    from app.ingest import Ingester
+
+    for kind, config, key, value in (
+        ("train-expert", {"loss": "ce", "arch": "resnet32", "lr": 0.1, "epochs": 20, "batch_size": 32}, "val/balanced_acc", 0.875),
+        ("mheight-train", {"model": "fc", "blocks": 4, "channels": 64, "lr": 0.001, "batch_size": 64}, "val/log2_mse", 1.5),
+    ):
+        rd = RunDir.create(ws.runs)
+        with RunRecorder(rd, kind=kind, config=config, argv=[kind], total_epochs=1, primary_metric=key) as rec:
+            rec.log_epoch(1, {key: value})
+    Ingester(ws).run_pass()
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("space", "space", "c")
+        await settle(app, pilot)
+        await pilot.press("3")
+        await settle(app, pilot)
+        shot = screen_text(app)
+    lines = shot.splitlines()
+    assert any("val/balanced_acc" in line and "0.8750" in line and "train-expert: " in line for line in lines), shot
+    assert any("val/log2_mse" in line and "1.5000" in line and "mheight-train: " in line for line in lines), shot
+    assert "=—" not in shot, shot

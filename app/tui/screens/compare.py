@@ -159,16 +159,25 @@ class CompareScreen(Screen):
         runs = self.runs
         table = self.query_one("#group-table", DataTable)
         table.clear(columns=True)
-        key = self.metric_keys[0] if self.metric_keys else None
+        fallback = self.metric_keys[0] if self.metric_keys else None
         groups = group_by_config(runs)
         sweeps = any(g.sweep for g in groups)  # the sweep column only when some run came from one
-        table.add_columns(*(["sweep"] if sweeps else []), "group (config except seed)", "runs",
-                          f"best {key or ''}", f"final {key or ''}")
+        # The figures first and the label last: a label of several settings is wider than
+        # 80 columns, and in front it pushed the figures this tab is for off the screen.
+        table.add_columns(*(["sweep"] if sweeps else []), "runs", "key metric", "best", "final",
+                          "config (not seed)")
+        kinds = len({r.kind for r in runs}) > 1
         for g in groups:
-            label = ", ".join(f"{k}={fmt_value(v)}" for k, v in g.config.items()) or g.runs[0].kind
+            first = g.runs[0]
+            # Each group's own kind's key metric: an m-height group has no val/balanced_acc.
+            key = first.metric_key if first.metric_key and any(first.metric_key in r.best for r in g.runs) else fallback
+            # Only the group's own settings: with several kinds, every other kind's settings showed as "=—".
+            label = ", ".join(f"{k}={fmt_value(v)}" for k, v in g.config.items() if k in first.config)
+            label = f"{first.kind}: {label}" if kinds and label else (label or first.kind)
             best = [r.best[key] for r in g.runs if key and key in r.best]
             final = [r.final[key] for r in g.runs if key and key in r.final]
-            table.add_row(*([g.sweep or "—"] if sweeps else []), label, str(len(g.runs)), mean_std(best), mean_std(final))
+            table.add_row(*([g.sweep or "—"] if sweeps else []), str(len(g.runs)), key or "—", mean_std(best),
+                          mean_std(final), label)
 
     @work(thread=True, exclusive=True, group="compare-series", exit_on_error=False)
     def load_series(self) -> None:
