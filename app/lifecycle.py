@@ -97,6 +97,9 @@ def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int 
     launcher = ProcessIdentity.from_record(launch, "launcher_") if launch else None
     liveness = [p.alive() for p in (job, launcher) if p is not None]
     # None: the process is on another host; only its backend can say it is gone.
+    # Slurm's final state is that word: it ends a job only once its processes are gone.
+    if slurm_state:
+        liveness = [False if a is None else a for a in liveness]
     if any(a is True or a is None for a in liveness):
         return Settled("running" if (status or launch) else "queued")
 
