@@ -6,12 +6,14 @@ TUI with no daemon, ``moe-tui reindex`` after the database was lost).
 
 Order of evidence:
 1. the job's own final status.json (succeeded / failed / cancelled);
-2. a live job or launcher process: running;
-3. the launcher's exit_code file: the job died without a final status
+2. a launch record the daemon marked failed (it could not start the job:
+   sbatch refused it, no executable): failed, with that cause;
+3. a live job or launcher process: running;
+4. the launcher's exit_code file: the job died without a final status
    (SIGKILL, out of memory), and the code says how;
-4. a job that said "running" and is gone: failed, cause unknown but stated;
-5. a launch record with no process and no exit code: lost;
-6. only a submission: queued.
+5. a job that said "running" and is gone: failed, cause unknown but stated;
+6. a launch record with no process and no exit code: lost;
+7. only a submission: queued.
 
 A Slurm job that has not started reads ``pending`` (``slurm.json``'s live
 state, which the daemon keeps up to date), then ``running``.
@@ -92,6 +94,9 @@ def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int 
         return Settled("running")
     if status and status.get("state") in TERMINAL_STATES:
         return Settled(status["state"], status.get("error"), status.get("exit_code"), status.get("ended_at"))
+    if not status and (launch or {}).get("state") == "failed":
+        # The daemon could not start it (sbatch refused it, no such executable): its verdict, kept with the run.
+        return Settled("failed", launch.get("error"), None, launch.get("failed_at"))
 
     job = ProcessIdentity.from_record(status) if status else None
     launcher = ProcessIdentity.from_record(launch, "launcher_") if launch else None

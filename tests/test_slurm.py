@@ -101,17 +101,48 @@ def test_cancel_and_time_limit(slurm_ws, ws):
     assert r.error.endswith("Slurm stopped it at its time limit; raise --slurm time=... or [slurm] time in moe-tui.toml")
 
 
-def test_sbatch_rejection_is_the_runs_error(slurm_ws, ws):
-    a = queued_id(moe(slurm_ws, "submit", "--slurm", "partition=nosuchpart", "--", *TINY, **SLURM))
+def default_partition() -> str:
+    out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True)
+    return next(p.rstrip("*") for p in out.stdout.split() if p.endswith("*"))
+
+
+def test_sbatch_rejection_is_the_runs_error_and_survives_a_reindex(slurm_ws, ws):
+    """sbatch's reason first (ls shows 60 characters) and what to do; kept in the run directory, so a
+    rebuilt database does not queue and submit the run again; a retry keeps the run's --slurm settings
+    and changes the one named."""
+    a = queued_id(moe(slurm_ws, "submit", "--slurm", "partition=nosuchpart", "--slurm", "time=0:05:00", "--", *TINY, **SLURM))
     assert moe(slurm_ws, "wait", a, "--timeout", "60").returncode == 1
     r = run_row(ws, a)
     assert r.status == "failed"
-    assert r.error.startswith("sbatch rejected ") and "invalid partition" in r.error.lower(), r.error
+    assert r.error.startswith("sbatch rejected the job: invalid partition specified: nosuchpart; "), r.error
+    assert f"`moe-tui retry {a} --slurm KEY=VALUE`" in r.error and "sbatch: error" not in r.error, r.error
+    assert "\n" not in r.error
+
+    out = moe(slurm_ws, "reindex")
+    assert out.returncode == 0, out.stderr
+    assert moe(slurm_ws, "wait", a, "--timeout", "20").returncode == 1
+    show = moe(slurm_ws, "show", a).stdout  # the database is a new file now
+    assert "status    failed" in show and "error     sbatch rejected the job: invalid partition" in show, show
+    assert not (slurm_ws / "runs" / a / "slurm.json").exists(), "submitted again"
+    ws.store.close()  # reindex replaced the database file
+    ws.__dict__.pop("store")
+
+    part = default_partition()
+    out = moe(slurm_ws, "retry", a, "--slurm", f"partition={part}")
+    assert out.returncode == 0, out.stderr
+    b = out.stdout.split()[1]
+    assert json.loads((slurm_ws / "runs" / b / "submit.json").read_text())["slurm"] == {"partition": part, "time": "0:05:00"}
+    assert moe(slurm_ws, "wait", b, "--timeout", "120").returncode == 0
+    script = (slurm_ws / "runs" / b / "job.sbatch").read_text()
+    assert f"#SBATCH --partition={part}" in script and "#SBATCH --time=0:05:00" in script
+
+    empty = moe(slurm_ws, "submit", "--slurm", "time=", "--", *TINY, **SLURM)
+    assert empty.returncode == 2 and "--slurm time= has no value" in empty.stderr, empty.stderr
     bad = moe(slurm_ws, "submit", "--slurm", "extra=--comment=a b", "--", *TINY, **SLURM)
     assert bad.returncode == 0  # accepted: the value is checked when the script is written
-    b = bad.stdout.split()[1]
-    assert moe(slurm_ws, "wait", b, "--timeout", "60").returncode == 1
-    assert "without spaces" in run_row(ws, b).error
+    c = bad.stdout.split()[1]
+    assert moe(slurm_ws, "wait", c, "--timeout", "60").returncode == 1
+    assert "without spaces" in run_row(ws, c).error
 
 
 async def test_a_job_waiting_in_slurms_queue_reads_pending_with_slurms_reason(slurm_ws, ws):

@@ -88,6 +88,14 @@ def sbatch_script(run_id: str, rd: RunDir, ws: Workspace, argv: list[str], gpus:
     return "\n".join(lines)
 
 
+def rejection(run_id: str, out: subprocess.CompletedProcess, script) -> str:
+    """sbatch's refusal as one line: its reasons first (``ls`` shows the first 60 characters), then what to do."""
+    lines = [ln.strip() for ln in (out.stderr or out.stdout).splitlines() if ln.strip()]
+    reasons = "; ".join(dict.fromkeys(re.sub(r"^sbatch: error:\s*", "", ln) for ln in lines))
+    return (f"sbatch rejected the job: {reasons or f'exit code {out.returncode}'}; fix the Slurm setting "
+            f"(`moe-tui retry {run_id} --slurm KEY=VALUE`, or [slurm] in moe-tui.toml); script: {script}")
+
+
 class SlurmBackend:
     def __init__(self, ws: Workspace, settings: SlurmSettings | None = None):
         self.ws = ws
@@ -108,8 +116,7 @@ class SlurmBackend:
         cmd.append(str(script))
         out = _run(cmd)
         if out.returncode != 0:
-            msg = " ".join((out.stderr or out.stdout).split()) or f"exit code {out.returncode}"
-            raise UserError(f"sbatch rejected {script}: {msg}")
+            raise UserError(rejection(run.run_id, out, script))
         job_id = out.stdout.strip().split(";")[0]
         now = time.time()
         atomic_write_json(rd.launch_json, {"v": SCHEMA_VERSION, "backend": "slurm", "job_id": job_id,
