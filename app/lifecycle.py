@@ -88,6 +88,11 @@ def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int 
         where = f" at epoch {epoch}" if epoch else ""
         return Settled("failed", f"Slurm job {slurm.get('job_id')} ended {slurm_state}{limit}{where}: {SLURM_CAUSES[slurm_state]}",
                        (status or {}).get("exit_code", exit_code), (status or {}).get("ended_at") or slurm.get("ended_at"))
+    if slurm_state == "CANCELLED" and cancel is None and (status or {}).get("state") in (None, "cancelled"):
+        # scancel from outside moe-tui: cancelled, not failed, and said so (the job only saw a SIGTERM).
+        when = f" at epoch {epoch}" if status and epoch else "" if status else " before it started"
+        return Settled("cancelled", f"Slurm job {slurm.get('job_id')} was cancelled outside moe-tui (scancel){when}",
+                       (status or {}).get("exit_code", exit_code), (status or {}).get("ended_at") or slurm.get("ended_at"))
     if status and status.get("state") == "cancelled" and slurm is not None and not slurm_state:
         # Slurm's SIGTERM (time limit, preemption) looks like a cancel to the job;
         # the run stays running until the daemon has heard from Slurm why.
@@ -115,7 +120,8 @@ def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int 
 
     if cancel is not None:
         how = f" ({describe_exit(exit_code)})" if exit_code not in (None, 0) else ""
-        started = "" if (status or launch) else " before it started"
+        # A Slurm job with no status of its own was taken out of Slurm's queue, never started.
+        started = "" if status else " while it waited in Slurm's queue" if slurm else "" if launch else " before it started"
         return Settled("cancelled", f"cancelled on request{started}{how}", exit_code,
                        (status or {}).get("updated_at") or cancel.get("requested_at"))
     if slurm_state and slurm_state != "COMPLETED" and not status:

@@ -145,6 +145,30 @@ def test_sbatch_rejection_is_the_runs_error_and_survives_a_reindex(slurm_ws, ws)
     assert "without spaces" in run_row(ws, c).error
 
 
+def test_jobs_taken_out_of_slurms_queue(slurm_ws, ws):
+    """Held in Slurm's queue: one scancel'ed from outside moe-tui reads cancelled (not failed), and its
+    afterok child is blocked naming it; one cancelled by moe-tui says it never left Slurm's queue."""
+    held = ["--slurm", "extra=--begin=now+3600"]
+    a = queued_id(moe(slurm_ws, "submit", "--name", "outside", *held, "--", *TINY, **SLURM))
+    child = queued_id(moe(slurm_ws, "submit", "--name", "child", "--after", a, "--", *TINY, **SLURM))
+    b = queued_id(moe(slurm_ws, "submit", "--name", "inside", *held, "--", *TINY, **SLURM))
+    launches = [slurm_ws / "runs" / r / "launch.json" for r in (a, child, b)]
+    wait_for(lambda: all(p.exists() for p in launches), timeout=30, what="three sbatch submissions")
+    job = json.loads(launches[0].read_text())["job_id"]
+    assert subprocess.run(["scancel", job], capture_output=True).returncode == 0
+    assert moe(slurm_ws, "cancel", b).returncode == 0
+    assert moe(slurm_ws, "wait", a, b, "--timeout", "60").returncode == 1
+    ra, rb = run_row(ws, a), run_row(ws, b)
+    assert ra.status == "cancelled", ra.error
+    assert ra.error == f"Slurm job {job} was cancelled outside moe-tui (scancel) before it started"
+    assert (rb.status, rb.error) == ("cancelled", "cancelled on request while it waited in Slurm's queue")
+    wait_for(lambda: moe(slurm_ws, "ls").returncode == 0 and run_row(ws, child).status == "blocked",
+             timeout=30, what="the child to be blocked")
+    err = run_row(ws, child).error
+    assert err.startswith(f"dependency {a} (outside) cancelled (Slurm: DependencyNeverSatisfied); "), err
+    assert err.endswith(f"`moe-tui retry {a}` re-queues this run"), err
+
+
 async def test_a_job_waiting_in_slurms_queue_reads_pending_with_slurms_reason(slurm_ws, ws):
     """Held back by Slurm (--begin in an hour), a run reads pending, with Slurm's reason, in ls, show,
     export, the TUI and its Queue screen; released, it runs and succeeds."""

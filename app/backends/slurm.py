@@ -187,7 +187,8 @@ class SlurmBackend:
                 if self._record(rd, run.slurm_job_id, info):
                     changed.append(run.run_id)
             elif info["state"] == "PENDING" and info["reason"] == "DependencyNeverSatisfied":
-                self._unhook(run)
+                if not self._parent_unsettled(run):  # else next poll, once the parent's end is ingested and can be named
+                    self._unhook(run)
             elif self._record_live(rd, run.slurm_job_id, info):
                 changed.append(run.run_id)
         return changed
@@ -213,6 +214,13 @@ class SlurmBackend:
         atomic_write_json(rd.path / SLURM_FILE, rec)
         return True
 
+    def _parent_unsettled(self, run: Run) -> bool:
+        """A parent Slurm has ended that the database still shows pending or running (ingested after this poll)."""
+        from app.queue.deps import parents_of
+
+        with self.ws.store.read() as s:
+            return any(p.status in LAUNCHED for p in parents_of(s, [run.id])[run.id])
+
     def _unhook(self, run: Run) -> None:
         """A parent failed under afterok: take the job back so the run is blocked, not failed.
 
@@ -228,8 +236,21 @@ class SlurmBackend:
         with self.ws.store.write() as s:
             r = s.get(Run, run.id)
             r.status, r.slurm_job_id, r.started_at, r.rev = "blocked", None, None, next_rev(s)
-            r.error = "a dependency did not succeed (Slurm: DependencyNeverSatisfied); retrying it re-queues this run"
+            r.error = self._unmet_cause(s, run.id)
         log.info("run %s: dependency never satisfied; job %s cancelled, run blocked", run.run_id, run.slurm_job_id)
+
+    @staticmethod
+    def _unmet_cause(s, pk: int) -> str:
+        """Which parent did not succeed, and how to go on: the same words as a run the daemon blocks itself."""
+        from app.queue.deps import parents_of
+
+        bad = [p for p in parents_of(s, [pk])[pk] if p.status != "succeeded"]
+        if not bad:
+            return "a dependency did not succeed (Slurm: DependencyNeverSatisfied); retrying it re-queues this run"
+        p = bad[0]
+        how = p.status if p.status in (*ENDED, "lost", "blocked") else "did not succeed"  # the database may lag Slurm
+        return (f"dependency {p.run_id} ({p.name}) {how} (Slurm: DependencyNeverSatisfied); "
+                f"`moe-tui retry {p.run_id}` re-queues this run")
 
 
 def slurm_available() -> str | None:
