@@ -213,3 +213,31 @@ async def test_a_job_waiting_in_slurms_queue_reads_pending_with_slurms_reason(sl
     r = run_row(ws, a)
     assert r.status == "succeeded" and r.slots is None and len(epoch_events(slurm_ws / "runs" / a)) == 3
     assert "PENDING" not in moe(slurm_ws, "ls").stdout
+
+
+def test_a_job_slurm_forgot_while_the_daemon_was_down_settles(slurm_ws, ws):
+    """The daemon is down while its job is scancel'ed (the job writes "cancelled" and waits for Slurm's
+    verdict); by the time a daemon is back, Slurm has forgotten the job (MinJobAge, no accounting). The
+    run must settle from its own files, not read running forever."""
+    long = [*TINY, "--epochs", "2000", "--lr-milestones", "1500"]
+    a = queued_id(moe(slurm_ws, "submit", "--slurm", "extra=--begin=now+3600", "--", *long, **SLURM))
+    rd = slurm_ws / "runs" / a
+    wait_for((rd / "slurm.json").exists, timeout=30, what="the sbatch submission")
+    assert moe(slurm_ws, "daemon", "stop").returncode == 0
+    job = json.loads((rd / "launch.json").read_text())["job_id"]
+    assert subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True).returncode == 0
+    wait_for(lambda: len(epoch_events(rd)) >= 1, timeout=60, what="the job's first epoch")
+    assert subprocess.run(["scancel", job], capture_output=True).returncode == 0
+    wait_for(lambda: json.loads((rd / "status.json").read_text())["state"] == "cancelled", timeout=30, what="its status")
+    # Forgotten: Slurm keeps an ended job for MinJobAge (600 s here); a job id it never had stands in for it.
+    forgotten = "67000000"
+    for name in ("launch.json", "slurm.json"):
+        rec = json.loads((rd / name).read_text())
+        (rd / name).write_text(json.dumps({**rec, "job_id": forgotten}))
+    sq = subprocess.run(["squeue", "-h", "-t", "all", "-j", forgotten], capture_output=True, text=True)
+    assert sq.returncode != 0 and "invalid job id" in sq.stderr.lower(), (sq.stdout, sq.stderr)
+
+    assert moe(slurm_ws, "wait", a, "--timeout", "30").returncode == 1
+    r = run_row(ws, a)
+    assert (r.status, r.error) == ("cancelled", "cancelled by SIGTERM"), (r.status, r.error)
+    assert json.loads((rd / "slurm.json").read_text())["final_state"] == "UNKNOWN"

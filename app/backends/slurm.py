@@ -131,12 +131,24 @@ class SlurmBackend:
             log.warning("scancel %s: %s", job_id, out.stderr.strip())
 
     # -- state -----------------------------------------------------------------
-    def query(self, job_ids: list[str]) -> dict[str, dict]:
-        """job id -> {state, reason, time_limit} from squeue (finished jobs too), else sacct."""
+    def query(self, job_ids: list[str]) -> dict[str, dict] | None:
+        """job id -> {state, reason, time_limit} from squeue (finished jobs too), else sacct.
+
+        None when squeue did not answer (controller down or slow): then a job
+        missing from the answer says nothing. squeue fails the same way for a
+        single job id it has forgotten ("Invalid job id"), which is an answer.
+        """
         found: dict[str, dict] = {}
         if not job_ids:
             return found
-        out = _run(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r|%l"])
+        try:
+            out = _run(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r|%l"])
+        except subprocess.TimeoutExpired:
+            log.warning("squeue did not answer within %ds; asking again next poll", CMD_TIMEOUT_S)
+            return None
+        if out.returncode != 0 and "invalid job id" not in out.stderr.lower():
+            log.warning("squeue failed: %s; asking again next poll", " ".join(out.stderr.split()))
+            return None
         for line in out.stdout.splitlines():
             parts = line.strip().split("|")
             if len(parts) == 4 and parts[0] in job_ids:
@@ -144,7 +156,7 @@ class SlurmBackend:
         missing = [j for j in job_ids if j not in found]
         if missing and shutil.which("sacct"):
             out = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(missing), "-o", "JobIDRaw,State,Reason,Timelimit"])
-            if out.returncode == 0:
+            if out.returncode == 0:  # fails where accounting is off: squeue's answer stands
                 for line in out.stdout.splitlines():
                     parts = line.strip().split("|")
                     if len(parts) == 4 and parts[0] in missing:
@@ -175,14 +187,18 @@ class SlurmBackend:
         runs = [r for r in runs if r.status in LAUNCHED
                 or not (read_json(self.ws.run_dir(r.run_id).path / SLURM_FILE) or {}).get("final_state")]
         states = self.query([r.slurm_job_id for r in runs])
+        if states is None:
+            return []
         changed = []
         for run in runs:
             info = states.get(run.slurm_job_id)
             rd = self.ws.run_dir(run.run_id)
             if info is None:
-                if run.status not in LAUNCHED:  # Slurm forgot it: stop asking
-                    self._record(rd, run.slurm_job_id, {"state": "UNKNOWN", "reason": "", "time_limit": ""})
-                continue  # a running one settles from its own files
+                # Slurm forgot it: it ended more than MinJobAge ago (the daemon was down meanwhile) and
+                # accounting has no record. Ended, cause unknown: its own files say the rest; stop asking.
+                if self._record(rd, run.slurm_job_id, {"state": "UNKNOWN", "reason": "", "time_limit": ""}):
+                    changed.append(run.run_id)
+                continue
             if info["state"] in FINAL_STATES:
                 if self._record(rd, run.slurm_job_id, info):
                     changed.append(run.run_id)
