@@ -143,15 +143,16 @@ def cancel(
 def retry(
     run: Annotated[str, typer.Argument(help="a finished run (id, unique prefix, or name)")],
     resume: Annotated[bool, typer.Option("--resume", help="continue from the old run's checkpoints/last.pth")] = False,
+    slurm: Annotated[Optional[list[str]], typer.Option("--slurm", help="KEY=VALUE: change one of the run's [slurm] settings (time=4:00:00); repeatable")] = None,
     workspace: WorkspaceOpt = None,
 ) -> int:
-    """Queue a new run with the same config; runs blocked on the old one wait for the new one."""
+    """Queue a new run with the same config and Slurm settings; runs blocked on the old one wait for the new one."""
     from app.queue.control import retry as do_retry
     from app.queue.daemon import ensure_daemon
 
     ws = _workspace(workspace)
     _refresh(ws)
-    new = do_retry(ws, run, resume_from_last=resume)
+    new = do_retry(ws, run, resume_from_last=resume, slurm=list(slurm or []))
     ensure_daemon(ws)
     print(f"queued {new.run_id}  {new.name}  (retry of {new.retry_of})")
     return 0

@@ -6,12 +6,14 @@ TUI with no daemon, ``moe-tui reindex`` after the database was lost).
 
 Order of evidence:
 1. the job's own final status.json (succeeded / failed / cancelled);
-2. a live job or launcher process: running;
-3. the launcher's exit_code file: the job died without a final status
+2. a launch record the daemon marked failed (it could not start the job:
+   sbatch refused it, no executable): failed, with that cause;
+3. a live job or launcher process: running;
+4. the launcher's exit_code file: the job died without a final status
    (SIGKILL, out of memory), and the code says how;
-4. a job that said "running" and is gone: failed, cause unknown but stated;
-5. a launch record with no process and no exit code: lost;
-6. only a submission: queued.
+5. a job that said "running" and is gone: failed, cause unknown but stated;
+6. a launch record with no process and no exit code: lost;
+7. only a submission: queued.
 
 A Slurm job that has not started reads ``pending`` (``slurm.json``'s live
 state, which the daemon keeps up to date), then ``running``.
@@ -86,17 +88,28 @@ def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int 
         where = f" at epoch {epoch}" if epoch else ""
         return Settled("failed", f"Slurm job {slurm.get('job_id')} ended {slurm_state}{limit}{where}: {SLURM_CAUSES[slurm_state]}",
                        (status or {}).get("exit_code", exit_code), (status or {}).get("ended_at") or slurm.get("ended_at"))
+    if slurm_state == "CANCELLED" and cancel is None and (status or {}).get("state") in (None, "cancelled"):
+        # scancel from outside moe-tui: cancelled, not failed, and said so (the job only saw a SIGTERM).
+        when = f" at epoch {epoch}" if status and epoch else "" if status else " before it started"
+        return Settled("cancelled", f"Slurm job {slurm.get('job_id')} was cancelled outside moe-tui (scancel){when}",
+                       (status or {}).get("exit_code", exit_code), (status or {}).get("ended_at") or slurm.get("ended_at"))
     if status and status.get("state") == "cancelled" and slurm is not None and not slurm_state:
         # Slurm's SIGTERM (time limit, preemption) looks like a cancel to the job;
         # the run stays running until the daemon has heard from Slurm why.
         return Settled("running")
     if status and status.get("state") in TERMINAL_STATES:
         return Settled(status["state"], status.get("error"), status.get("exit_code"), status.get("ended_at"))
+    if not status and (launch or {}).get("state") == "failed":
+        # The daemon could not start it (sbatch refused it, no such executable): its verdict, kept with the run.
+        return Settled("failed", launch.get("error"), None, launch.get("failed_at"))
 
     job = ProcessIdentity.from_record(status) if status else None
     launcher = ProcessIdentity.from_record(launch, "launcher_") if launch else None
     liveness = [p.alive() for p in (job, launcher) if p is not None]
     # None: the process is on another host; only its backend can say it is gone.
+    # Slurm's final state is that word: it ends a job only once its processes are gone.
+    if slurm_state:
+        liveness = [False if a is None else a for a in liveness]
     if any(a is True or a is None for a in liveness):
         return Settled("running" if (status or launch) else "queued")
 
@@ -107,7 +120,8 @@ def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int 
 
     if cancel is not None:
         how = f" ({describe_exit(exit_code)})" if exit_code not in (None, 0) else ""
-        started = "" if (status or launch) else " before it started"
+        # A Slurm job with no status of its own was taken out of Slurm's queue, never started.
+        started = "" if status else " while it waited in Slurm's queue" if slurm else "" if launch else " before it started"
         return Settled("cancelled", f"cancelled on request{started}{how}", exit_code,
                        (status or {}).get("updated_at") or cancel.get("requested_at"))
     if slurm_state and slurm_state != "COMPLETED" and not status:

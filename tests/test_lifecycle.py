@@ -81,3 +81,18 @@ def test_starting_and_queued(tmp_path):
 def test_other_hosts_are_left_to_their_backend(tmp_path):
     ident = ProcessIdentity(1, 1, "compute-node-7", "x")
     assert settle(RunDir(tmp_path), running_status(ident), None, None).status == "running"
+
+
+def test_a_job_on_another_node_ends_when_slurm_says_so(tmp_path):
+    """Killed on its compute node without a final status: Slurm's final state says it is gone
+    (pid and start time cannot be checked from the login node), so the exit code settles it."""
+    ident = ProcessIdentity(1, 1, "compute-node-7", "x")
+    launch = {"backend": "slurm", "job_id": "42", "launched_at": 1.0}
+    slurm = {"job_id": "42", "state": "RUNNING"}
+    assert settle(RunDir(tmp_path), running_status(ident), launch, None, slurm=slurm).status == "running"
+    slurm = {"job_id": "42", "state": "FAILED", "final_state": "FAILED"}
+    s = settle(RunDir(tmp_path), running_status(ident), launch, -9, slurm=slurm)
+    assert (s.status, s.exit_code) == ("failed", -9), s
+    assert s.error.startswith("killed by SIGKILL") and "after epoch 3/10 before writing a final status" in s.error, s.error
+    s = settle(RunDir(tmp_path), running_status(ident), launch, None, slurm=slurm)  # the launcher died too
+    assert s.status == "failed" and "without a final status" in s.error, s

@@ -101,17 +101,72 @@ def test_cancel_and_time_limit(slurm_ws, ws):
     assert r.error.endswith("Slurm stopped it at its time limit; raise --slurm time=... or [slurm] time in moe-tui.toml")
 
 
-def test_sbatch_rejection_is_the_runs_error(slurm_ws, ws):
-    a = queued_id(moe(slurm_ws, "submit", "--slurm", "partition=nosuchpart", "--", *TINY, **SLURM))
+def default_partition() -> str:
+    out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True)
+    return next(p.rstrip("*") for p in out.stdout.split() if p.endswith("*"))
+
+
+def test_sbatch_rejection_is_the_runs_error_and_survives_a_reindex(slurm_ws, ws):
+    """sbatch's reason first (ls shows 60 characters) and what to do; kept in the run directory, so a
+    rebuilt database does not queue and submit the run again; a retry keeps the run's --slurm settings
+    and changes the one named."""
+    a = queued_id(moe(slurm_ws, "submit", "--slurm", "partition=nosuchpart", "--slurm", "time=0:05:00", "--", *TINY, **SLURM))
     assert moe(slurm_ws, "wait", a, "--timeout", "60").returncode == 1
     r = run_row(ws, a)
     assert r.status == "failed"
-    assert r.error.startswith("sbatch rejected ") and "invalid partition" in r.error.lower(), r.error
+    assert r.error.startswith("sbatch rejected the job: invalid partition specified: nosuchpart; "), r.error
+    assert f"`moe-tui retry {a} --slurm KEY=VALUE`" in r.error and "sbatch: error" not in r.error, r.error
+    assert "\n" not in r.error
+
+    out = moe(slurm_ws, "reindex")
+    assert out.returncode == 0, out.stderr
+    assert moe(slurm_ws, "wait", a, "--timeout", "20").returncode == 1
+    show = moe(slurm_ws, "show", a).stdout  # the database is a new file now
+    assert "status    failed" in show and "error     sbatch rejected the job: invalid partition" in show, show
+    assert not (slurm_ws / "runs" / a / "slurm.json").exists(), "submitted again"
+    ws.store.close()  # reindex replaced the database file
+    ws.__dict__.pop("store")
+
+    part = default_partition()
+    out = moe(slurm_ws, "retry", a, "--slurm", f"partition={part}")
+    assert out.returncode == 0, out.stderr
+    b = out.stdout.split()[1]
+    assert json.loads((slurm_ws / "runs" / b / "submit.json").read_text())["slurm"] == {"partition": part, "time": "0:05:00"}
+    assert moe(slurm_ws, "wait", b, "--timeout", "120").returncode == 0
+    script = (slurm_ws / "runs" / b / "job.sbatch").read_text()
+    assert f"#SBATCH --partition={part}" in script and "#SBATCH --time=0:05:00" in script
+
+    empty = moe(slurm_ws, "submit", "--slurm", "time=", "--", *TINY, **SLURM)
+    assert empty.returncode == 2 and "--slurm time= has no value" in empty.stderr, empty.stderr
     bad = moe(slurm_ws, "submit", "--slurm", "extra=--comment=a b", "--", *TINY, **SLURM)
     assert bad.returncode == 0  # accepted: the value is checked when the script is written
-    b = bad.stdout.split()[1]
-    assert moe(slurm_ws, "wait", b, "--timeout", "60").returncode == 1
-    assert "without spaces" in run_row(ws, b).error
+    c = bad.stdout.split()[1]
+    assert moe(slurm_ws, "wait", c, "--timeout", "60").returncode == 1
+    assert "without spaces" in run_row(ws, c).error
+
+
+def test_jobs_taken_out_of_slurms_queue(slurm_ws, ws):
+    """Held in Slurm's queue: one scancel'ed from outside moe-tui reads cancelled (not failed), and its
+    afterok child is blocked naming it; one cancelled by moe-tui says it never left Slurm's queue."""
+    held = ["--slurm", "extra=--begin=now+3600"]
+    a = queued_id(moe(slurm_ws, "submit", "--name", "outside", *held, "--", *TINY, **SLURM))
+    child = queued_id(moe(slurm_ws, "submit", "--name", "child", "--after", a, "--", *TINY, **SLURM))
+    b = queued_id(moe(slurm_ws, "submit", "--name", "inside", *held, "--", *TINY, **SLURM))
+    launches = [slurm_ws / "runs" / r / "launch.json" for r in (a, child, b)]
+    wait_for(lambda: all(p.exists() for p in launches), timeout=30, what="three sbatch submissions")
+    job = json.loads(launches[0].read_text())["job_id"]
+    assert subprocess.run(["scancel", job], capture_output=True).returncode == 0
+    assert moe(slurm_ws, "cancel", b).returncode == 0
+    assert moe(slurm_ws, "wait", a, b, "--timeout", "60").returncode == 1
+    ra, rb = run_row(ws, a), run_row(ws, b)
+    assert ra.status == "cancelled", ra.error
+    assert ra.error == f"Slurm job {job} was cancelled outside moe-tui (scancel) before it started"
+    assert (rb.status, rb.error) == ("cancelled", "cancelled on request while it waited in Slurm's queue")
+    wait_for(lambda: moe(slurm_ws, "ls").returncode == 0 and run_row(ws, child).status == "blocked",
+             timeout=30, what="the child to be blocked")
+    err = run_row(ws, child).error
+    assert err.startswith(f"dependency {a} (outside) cancelled (Slurm: DependencyNeverSatisfied); "), err
+    assert err.endswith(f"`moe-tui retry {a}` re-queues this run"), err
 
 
 async def test_a_job_waiting_in_slurms_queue_reads_pending_with_slurms_reason(slurm_ws, ws):
@@ -158,3 +213,31 @@ async def test_a_job_waiting_in_slurms_queue_reads_pending_with_slurms_reason(sl
     r = run_row(ws, a)
     assert r.status == "succeeded" and r.slots is None and len(epoch_events(slurm_ws / "runs" / a)) == 3
     assert "PENDING" not in moe(slurm_ws, "ls").stdout
+
+
+def test_a_job_slurm_forgot_while_the_daemon_was_down_settles(slurm_ws, ws):
+    """The daemon is down while its job is scancel'ed (the job writes "cancelled" and waits for Slurm's
+    verdict); by the time a daemon is back, Slurm has forgotten the job (MinJobAge, no accounting). The
+    run must settle from its own files, not read running forever."""
+    long = [*TINY, "--epochs", "2000", "--lr-milestones", "1500"]
+    a = queued_id(moe(slurm_ws, "submit", "--slurm", "extra=--begin=now+3600", "--", *long, **SLURM))
+    rd = slurm_ws / "runs" / a
+    wait_for((rd / "slurm.json").exists, timeout=30, what="the sbatch submission")
+    assert moe(slurm_ws, "daemon", "stop").returncode == 0
+    job = json.loads((rd / "launch.json").read_text())["job_id"]
+    assert subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True).returncode == 0
+    wait_for(lambda: len(epoch_events(rd)) >= 1, timeout=60, what="the job's first epoch")
+    assert subprocess.run(["scancel", job], capture_output=True).returncode == 0
+    wait_for(lambda: json.loads((rd / "status.json").read_text())["state"] == "cancelled", timeout=30, what="its status")
+    # Forgotten: Slurm keeps an ended job for MinJobAge (600 s here); a job id it never had stands in for it.
+    forgotten = "67000000"
+    for name in ("launch.json", "slurm.json"):
+        rec = json.loads((rd / name).read_text())
+        (rd / name).write_text(json.dumps({**rec, "job_id": forgotten}))
+    sq = subprocess.run(["squeue", "-h", "-t", "all", "-j", forgotten], capture_output=True, text=True)
+    assert sq.returncode != 0 and "invalid job id" in sq.stderr.lower(), (sq.stdout, sq.stderr)
+
+    assert moe(slurm_ws, "wait", a, "--timeout", "30").returncode == 1
+    r = run_row(ws, a)
+    assert (r.status, r.error) == ("cancelled", "cancelled by SIGTERM"), (r.status, r.error)
+    assert json.loads((rd / "slurm.json").read_text())["final_state"] == "UNKNOWN"

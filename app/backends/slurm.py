@@ -88,6 +88,14 @@ def sbatch_script(run_id: str, rd: RunDir, ws: Workspace, argv: list[str], gpus:
     return "\n".join(lines)
 
 
+def rejection(run_id: str, out: subprocess.CompletedProcess, script) -> str:
+    """sbatch's refusal as one line: its reasons first (``ls`` shows the first 60 characters), then what to do."""
+    lines = [ln.strip() for ln in (out.stderr or out.stdout).splitlines() if ln.strip()]
+    reasons = "; ".join(dict.fromkeys(re.sub(r"^sbatch: error:\s*", "", ln) for ln in lines))
+    return (f"sbatch rejected the job: {reasons or f'exit code {out.returncode}'}; fix the Slurm setting "
+            f"(`moe-tui retry {run_id} --slurm KEY=VALUE`, or [slurm] in moe-tui.toml); script: {script}")
+
+
 class SlurmBackend:
     def __init__(self, ws: Workspace, settings: SlurmSettings | None = None):
         self.ws = ws
@@ -108,8 +116,7 @@ class SlurmBackend:
         cmd.append(str(script))
         out = _run(cmd)
         if out.returncode != 0:
-            msg = " ".join((out.stderr or out.stdout).split()) or f"exit code {out.returncode}"
-            raise UserError(f"sbatch rejected {script}: {msg}")
+            raise UserError(rejection(run.run_id, out, script))
         job_id = out.stdout.strip().split(";")[0]
         now = time.time()
         atomic_write_json(rd.launch_json, {"v": SCHEMA_VERSION, "backend": "slurm", "job_id": job_id,
@@ -124,12 +131,24 @@ class SlurmBackend:
             log.warning("scancel %s: %s", job_id, out.stderr.strip())
 
     # -- state -----------------------------------------------------------------
-    def query(self, job_ids: list[str]) -> dict[str, dict]:
-        """job id -> {state, reason, time_limit} from squeue (finished jobs too), else sacct."""
+    def query(self, job_ids: list[str]) -> dict[str, dict] | None:
+        """job id -> {state, reason, time_limit} from squeue (finished jobs too), else sacct.
+
+        None when squeue did not answer (controller down or slow): then a job
+        missing from the answer says nothing. squeue fails the same way for a
+        single job id it has forgotten ("Invalid job id"), which is an answer.
+        """
         found: dict[str, dict] = {}
         if not job_ids:
             return found
-        out = _run(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r|%l"])
+        try:
+            out = _run(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r|%l"])
+        except subprocess.TimeoutExpired:
+            log.warning("squeue did not answer within %ds; asking again next poll", CMD_TIMEOUT_S)
+            return None
+        if out.returncode != 0 and "invalid job id" not in out.stderr.lower():
+            log.warning("squeue failed: %s; asking again next poll", " ".join(out.stderr.split()))
+            return None
         for line in out.stdout.splitlines():
             parts = line.strip().split("|")
             if len(parts) == 4 and parts[0] in job_ids:
@@ -137,7 +156,7 @@ class SlurmBackend:
         missing = [j for j in job_ids if j not in found]
         if missing and shutil.which("sacct"):
             out = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(missing), "-o", "JobIDRaw,State,Reason,Timelimit"])
-            if out.returncode == 0:
+            if out.returncode == 0:  # fails where accounting is off: squeue's answer stands
                 for line in out.stdout.splitlines():
                     parts = line.strip().split("|")
                     if len(parts) == 4 and parts[0] in missing:
@@ -168,19 +187,24 @@ class SlurmBackend:
         runs = [r for r in runs if r.status in LAUNCHED
                 or not (read_json(self.ws.run_dir(r.run_id).path / SLURM_FILE) or {}).get("final_state")]
         states = self.query([r.slurm_job_id for r in runs])
+        if states is None:
+            return []
         changed = []
         for run in runs:
             info = states.get(run.slurm_job_id)
             rd = self.ws.run_dir(run.run_id)
             if info is None:
-                if run.status not in LAUNCHED:  # Slurm forgot it: stop asking
-                    self._record(rd, run.slurm_job_id, {"state": "UNKNOWN", "reason": "", "time_limit": ""})
-                continue  # a running one settles from its own files
+                # Slurm forgot it: it ended more than MinJobAge ago (the daemon was down meanwhile) and
+                # accounting has no record. Ended, cause unknown: its own files say the rest; stop asking.
+                if self._record(rd, run.slurm_job_id, {"state": "UNKNOWN", "reason": "", "time_limit": ""}):
+                    changed.append(run.run_id)
+                continue
             if info["state"] in FINAL_STATES:
                 if self._record(rd, run.slurm_job_id, info):
                     changed.append(run.run_id)
             elif info["state"] == "PENDING" and info["reason"] == "DependencyNeverSatisfied":
-                self._unhook(run)
+                if not self._parent_unsettled(run):  # else next poll, once the parent's end is ingested and can be named
+                    self._unhook(run)
             elif self._record_live(rd, run.slurm_job_id, info):
                 changed.append(run.run_id)
         return changed
@@ -206,6 +230,13 @@ class SlurmBackend:
         atomic_write_json(rd.path / SLURM_FILE, rec)
         return True
 
+    def _parent_unsettled(self, run: Run) -> bool:
+        """A parent Slurm has ended that the database still shows pending or running (ingested after this poll)."""
+        from app.queue.deps import parents_of
+
+        with self.ws.store.read() as s:
+            return any(p.status in LAUNCHED for p in parents_of(s, [run.id])[run.id])
+
     def _unhook(self, run: Run) -> None:
         """A parent failed under afterok: take the job back so the run is blocked, not failed.
 
@@ -221,8 +252,21 @@ class SlurmBackend:
         with self.ws.store.write() as s:
             r = s.get(Run, run.id)
             r.status, r.slurm_job_id, r.started_at, r.rev = "blocked", None, None, next_rev(s)
-            r.error = "a dependency did not succeed (Slurm: DependencyNeverSatisfied); retrying it re-queues this run"
+            r.error = self._unmet_cause(s, run.id)
         log.info("run %s: dependency never satisfied; job %s cancelled, run blocked", run.run_id, run.slurm_job_id)
+
+    @staticmethod
+    def _unmet_cause(s, pk: int) -> str:
+        """Which parent did not succeed, and how to go on: the same words as a run the daemon blocks itself."""
+        from app.queue.deps import parents_of
+
+        bad = [p for p in parents_of(s, [pk])[pk] if p.status != "succeeded"]
+        if not bad:
+            return "a dependency did not succeed (Slurm: DependencyNeverSatisfied); retrying it re-queues this run"
+        p = bad[0]
+        how = p.status if p.status in (*ENDED, "lost", "blocked") else "did not succeed"  # the database may lag Slurm
+        return (f"dependency {p.run_id} ({p.name}) {how} (Slurm: DependencyNeverSatisfied); "
+                f"`moe-tui retry {p.run_id}` re-queues this run")
 
 
 def slurm_available() -> str | None:

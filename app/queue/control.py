@@ -72,12 +72,14 @@ def cancel(ws: Workspace, ref: str) -> Run:
     return run
 
 
-def retry(ws: Workspace, ref: str, resume_from_last: bool = False) -> Run:
+def retry(ws: Workspace, ref: str, resume_from_last: bool = False, slurm: list[str] | tuple[str, ...] = ()) -> Run:
     """A new run from the same arguments; blocked or queued dependents now wait for it.
 
     With ``resume_from_last`` the new run continues from the old run's
     ``checkpoints/last.pth`` (jobs whose config has a ``resume`` setting; the
     engine checks that the settings still describe the same model and data).
+    A Slurm run keeps its own ``--slurm`` settings (partition, time, account...);
+    ``slurm`` items change them, e.g. ``time=4:00:00`` after a TIMEOUT.
     """
     with ws.store.read() as s:
         old = find_run(s, ref)
@@ -93,8 +95,10 @@ def retry(ws: Workspace, ref: str, resume_from_last: bool = False) -> Run:
         if not last.exists():
             raise UserError(f"{last} does not exist (the run saved no checkpoint); retry without --resume")
         argv = [*argv, "--resume", str(last)]
+    old_slurm = (read_json(ws.run_dir(old.run_id).submit_json) or {}).get("slurm") or {}
     new = submit(ws, argv, name=old.name, backend=old.backend, priority=old.priority, gpus=old.gpus,
-                 after=parent_ids, group_id=old.group_id, pipeline_id=old.pipeline_id, retry_of=old.run_id)
+                 after=parent_ids, group_id=old.group_id, pipeline_id=old.pipeline_id, retry_of=old.run_id,
+                 slurm=slurm, slurm_base=old_slurm)
     _repoint_dependents(ws, old, new)
     return new
 

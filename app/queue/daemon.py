@@ -265,9 +265,18 @@ class Daemon:
                  f" (afterok:{':'.join(parent_jobs)})" if parent_jobs else "")
 
     def _fail(self, pk: int, error: str) -> None:
+        """The run could not be started: say so in its directory first, then in the database.
+
+        The launch record keeps the verdict with the run, so a rebuilt
+        database (``moe-tui reindex``) reads it failed instead of queueing it,
+        and submitting it, again.
+        """
+        now = time.time()
         with self.ws.store.write() as s:
             run = s.get(Run, pk)
-            run.status, run.error, run.ended_at, run.rev = "failed", error, time.time(), next_rev(s)
+            atomic_write_json(self.ws.run_dir(run.run_id).launch_json,
+                              {"backend": run.backend, "state": "failed", "error": error, "failed_at": now})
+            run.status, run.error, run.ended_at, run.rev = "failed", error, now, next_rev(s)
 
     # -- cancels ---------------------------------------------------------------
     def act_on_cancels(self) -> None:

@@ -127,17 +127,19 @@ def submit(
     repro: Repro | None = None,
     names: dict[str, str] | None = None,
     slurm: list[str] | tuple[str, ...] = (),
+    slurm_base: dict | None = None,
 ) -> Run:
     """Queue ``engine <argv>`` after the runs in ``after``; the job's own parser validates it now.
 
     ``names`` maps pipeline step names to run ids for ``--after``/``{run:NAME}``.
+    ``slurm_base``: per-run [slurm] settings (a retried run's), which ``slurm`` items change.
     """
     backend = backend or load_settings(ws.root).queue.default_backend
     if backend not in BACKENDS:
         raise UserError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
     gpus = default_gpus(backend) if gpus is None else gpus
     check_gpus(gpus, backend)
-    slurm_overrides = parse_slurm_overrides(slurm, backend)
+    slurm_overrides = parse_slurm_overrides(slurm, backend, slurm_base)
     spec = validate(argv)
     repro = repro or capture_repro()
 
@@ -214,24 +216,29 @@ def submit(
     return run
 
 
-def parse_slurm_overrides(items, backend: str) -> dict:
-    """``["time=0:05:00", "partition=gpu"]`` -> validated per-run [slurm] settings."""
+def parse_slurm_overrides(items, backend: str, base: dict | None = None) -> dict:
+    """``["time=0:05:00", "partition=gpu"]`` -> validated per-run [slurm] settings.
+
+    ``base``: the settings of the run being retried, which ``items`` change.
+    """
     if backend == "slurm" and shutil.which("sbatch") is None:
         raise UserError("--backend slurm needs Slurm's sbatch on PATH; install the Slurm client or use --backend local")
     if not items:
-        return {}
+        return dict(base or {})
     if backend != "slurm":
         raise UserError("--slurm settings only apply to --backend slurm")
     from pydantic import ValidationError
 
     from app.queue.settings import SlurmSettings
 
-    values: dict = {}
+    values: dict = dict(base or {})
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in SlurmSettings.model_fields:
             raise UserError(f"--slurm expects KEY=VALUE with KEY one of {', '.join(SlurmSettings.model_fields)}; got {item!r}")
+        if not value.strip():
+            raise UserError(f"--slurm {key}= has no value; give one ({key}=...) or leave it out for moe-tui.toml's")
         values[key] = value.split(",") if key == "extra" else value
     try:
         SlurmSettings.model_validate(values)
