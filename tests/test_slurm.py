@@ -6,6 +6,7 @@ Skipped, with the reason shown, where no Slurm controller answers.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -241,3 +242,35 @@ def test_a_job_slurm_forgot_while_the_daemon_was_down_settles(slurm_ws, ws):
     r = run_row(ws, a)
     assert (r.status, r.error) == ("cancelled", "cancelled by SIGTERM"), (r.status, r.error)
     assert json.loads((rd / "slurm.json").read_text())["final_state"] == "UNKNOWN"
+
+
+def test_sbatch_that_answers_late_or_never(slurm_ws, ws, tmp_path):
+    """A slow controller: sbatch that queues the job but answers after the timeout has its job found by
+    name and followed to the end; sbatch that never answers fails the run in one line saying what to do,
+    and leaves no job behind."""
+    import shutil
+
+    real = shutil.which("sbatch")
+    late, down = tmp_path / "late", tmp_path / "down"
+    for d, body in ((late, f'out=$("{real}" "$@"); rc=$?; sleep 4; echo "$out"; exit $rc'), (down, "sleep 60")):
+        d.mkdir()
+        (d / "sbatch").write_text(f"#!/bin/bash\n{body}\n")
+        (d / "sbatch").chmod(0o755)
+    with (slurm_ws / "moe-tui.toml").open("a") as f:
+        f.write("command_timeout_s = 1.5\n")
+    path = os.environ["PATH"]
+
+    a = queued_id(moe(slurm_ws, "submit", "--", *TINY, PATH=f"{late}:{path}", **SLURM))  # starts the daemon with this PATH
+    assert moe(slurm_ws, "wait", a, "--timeout", "150").returncode == 0
+    job = json.loads((slurm_ws / "runs" / a / "launch.json").read_text())["job_id"]
+    assert job.isdigit() and run_row(ws, a).slurm_job_id == job
+
+    assert moe(slurm_ws, "daemon", "stop").returncode == 0
+    b = queued_id(moe(slurm_ws, "submit", "--", *TINY, PATH=f"{down}:{path}", **SLURM))
+    assert moe(slurm_ws, "wait", b, "--timeout", "60").returncode == 1
+    r = run_row(ws, b)
+    assert r.status == "failed" and "\n" not in r.error
+    assert r.error.startswith(f"sbatch did not answer within 1.5 s and squeue lists no job moe-{b}"), r.error
+    assert f"moe-tui retry {b}" in r.error
+    names = subprocess.run(["squeue", "-h", "-n", f"moe-{b}", "-o", "%i"], capture_output=True, text=True).stdout
+    assert names.strip() == ""

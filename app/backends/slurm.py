@@ -40,16 +40,16 @@ SCRIPT = "job.sbatch"
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
                 "DEADLINE", "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT"}
 _SAFE_VALUE = re.compile(r"^[^\s\x00-\x1f]+$")
-CMD_TIMEOUT_S = 30
 RECHECK_FINISHED_S = 600  # ask Slurm about runs that ended this recently without a Slurm verdict
 ENDED = ("succeeded", "cancelled", "failed")
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess:
+def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a Slurm client command; subprocess.TimeoutExpired when it does not answer in ``timeout`` s."""
     exe = shutil.which(argv[0])
     if exe is None:
         raise UserError(f"{argv[0]} not found on PATH: the Slurm backend needs Slurm's client commands on this machine")
-    return subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=CMD_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    return subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def _directive(flag: str, value: object) -> str:
@@ -114,10 +114,21 @@ class SlurmBackend:
         if parent_jobs:
             cmd.append("--dependency=afterok:" + ":".join(parent_jobs))
         cmd.append(str(script))
-        out = _run(cmd)
-        if out.returncode != 0:
-            raise UserError(rejection(run.run_id, out, script))
-        job_id = out.stdout.strip().split(";")[0]
+        try:
+            out = _run(cmd, cfg.command_timeout_s)
+        except subprocess.TimeoutExpired:
+            # sbatch may have queued the job and only its answer be late: the job name tells
+            job_id = self.job_named(f"moe-{run.run_id}")
+            if job_id is None:
+                raise UserError(
+                    f"sbatch did not answer within {cfg.command_timeout_s:g} s and squeue lists no job "
+                    f"moe-{run.run_id}: the Slurm controller is down or overloaded; `moe-tui retry {run.run_id}` "
+                    f"once `sinfo` answers (raise [slurm] command_timeout_s in moe-tui.toml for a slow one)") from None
+            log.warning("run %s: sbatch answered late; found its job %s by name", run.run_id, job_id)
+        else:
+            if out.returncode != 0:
+                raise UserError(rejection(run.run_id, out, script))
+            job_id = out.stdout.strip().split(";")[0]
         now = time.time()
         atomic_write_json(rd.launch_json, {"v": SCHEMA_VERSION, "backend": "slurm", "job_id": job_id,
                                            "launched_at": now, "command": cmd, "script": str(script)})
@@ -125,10 +136,26 @@ class SlurmBackend:
                                                  "final_state": None, "time_limit": cfg.time})
         return job_id
 
-    def cancel(self, job_id: str) -> None:
-        out = _run(["scancel", job_id])
+    def job_named(self, name: str) -> str | None:
+        """The id of this user's job called ``name`` in Slurm's queue; None if there is none or squeue does not answer."""
+        try:
+            out = _run(["squeue", "-h", "--me", "-n", name, "-o", "%i"], self.settings.command_timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+        ids = out.stdout.split() if out.returncode == 0 else []
+        return ids[-1] if ids else None
+
+    def cancel(self, job_id: str) -> bool:
+        """scancel the job; False when scancel failed or did not answer (the caller asks again later)."""
+        try:
+            out = _run(["scancel", job_id], self.settings.command_timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("scancel %s did not answer within %gs; trying again", job_id, self.settings.command_timeout_s)
+            return False
         if out.returncode != 0:
             log.warning("scancel %s: %s", job_id, out.stderr.strip())
+            return False
+        return True
 
     # -- state -----------------------------------------------------------------
     def query(self, job_ids: list[str]) -> dict[str, dict] | None:
@@ -142,9 +169,10 @@ class SlurmBackend:
         if not job_ids:
             return found
         try:
-            out = _run(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r|%l"])
+            out = _run(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r|%l"],
+                       self.settings.command_timeout_s)
         except subprocess.TimeoutExpired:
-            log.warning("squeue did not answer within %ds; asking again next poll", CMD_TIMEOUT_S)
+            log.warning("squeue did not answer within %gs; asking again next poll", self.settings.command_timeout_s)
             return None
         if out.returncode != 0 and "invalid job id" not in out.stderr.lower():
             log.warning("squeue failed: %s; asking again next poll", " ".join(out.stderr.split()))
@@ -155,7 +183,11 @@ class SlurmBackend:
                 found[parts[0]] = {"state": parts[1], "reason": parts[2], "time_limit": parts[3]}
         missing = [j for j in job_ids if j not in found]
         if missing and shutil.which("sacct"):
-            out = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(missing), "-o", "JobIDRaw,State,Reason,Timelimit"])
+            try:
+                out = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(missing), "-o", "JobIDRaw,State,Reason,Timelimit"],
+                           self.settings.command_timeout_s)
+            except subprocess.TimeoutExpired:
+                return found  # squeue's answer stands; sacct is asked again next poll
             if out.returncode == 0:  # fails where accounting is off: squeue's answer stands
                 for line in out.stdout.splitlines():
                     parts = line.strip().split("|")
@@ -243,7 +275,8 @@ class SlurmBackend:
         It never started, so its launch files go; retrying the parent queues
         it again and it is submitted afresh.
         """
-        self.cancel(run.slurm_job_id)
+        if not self.cancel(run.slurm_job_id):
+            return  # still in Slurm's queue: the next poll sees it and asks again
         rd = self.ws.run_dir(run.run_id)
         if rd.status.exists():
             return  # it did start after all: its own status will say how it ended

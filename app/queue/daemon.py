@@ -288,9 +288,8 @@ class Daemon:
         for run in runs:
             rd = self.ws.run_dir(run.run_id)
             if run.backend == "slurm":
-                if run.run_id not in self._sigterm_at and run.slurm_job_id:
-                    self.slurm.cancel(run.slurm_job_id)
-                    self._sigterm_at[run.run_id] = now
+                if run.run_id not in self._sigterm_at and run.slurm_job_id and self.slurm.cancel(run.slurm_job_id):
+                    self._sigterm_at[run.run_id] = now  # else scancel failed or timed out: the next pass asks again
                 continue
             launch = read_json(rd.launch_json) or {}
             ident = ProcessIdentity.from_record(launch, "launcher_")

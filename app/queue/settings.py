@@ -61,6 +61,8 @@ class SlurmSettings(BaseModel):
     gres_gpu: str = Field("gpu", description="gres name of GPUs: a run asking for g GPUs gets --gres=<this>:g")
     extra: list[str] = Field([], description="further sbatch flags, each passed as one argument (e.g. --account=x)")
     poll_s: float = Field(2.0, gt=0, description="seconds between squeue polls of the daemon")
+    command_timeout_s: float = Field(30.0, gt=0, description="seconds to wait for sbatch, squeue, scancel or sacct "
+                                                             "to answer (a busy controller can be slow)")
 
 
 class Settings(BaseModel):
