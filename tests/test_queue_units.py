@@ -83,6 +83,13 @@ def test_settings_file_and_environment(tmp_path, monkeypatch):
     (tmp_path / "moe-tui.toml").write_text("[queue\n")
     with pytest.raises(UserError, match="not valid TOML"):
         load_settings(tmp_path)
+    # a Slurm time limit sbatch would refuse only after the queue wait is refused when read, in plain words
+    for good in ("90", "4:00:00", "2-12", "2-12:30:00", "UNLIMITED"):
+        (tmp_path / "moe-tui.toml").write_text(f'[slurm]\ntime = "{good}"\n')
+        assert load_settings(tmp_path).slurm.time == good
+    (tmp_path / "moe-tui.toml").write_text('[slurm]\ntime = "5m"\n')
+    with pytest.raises(UserError, match=r"slurm.time: '5m' is not a Slurm time limit; give minutes \(90\)"):
+        load_settings(tmp_path)
 
 
 def test_a_cancel_request_names_the_cause(tmp_path):

@@ -139,6 +139,8 @@ def test_sbatch_rejection_is_the_runs_error_and_survives_a_reindex(slurm_ws, ws)
 
     empty = moe(slurm_ws, "submit", "--slurm", "time=", "--", *TINY, **SLURM)
     assert empty.returncode == 2 and "--slurm time= has no value" in empty.stderr, empty.stderr
+    typo = moe(slurm_ws, "submit", "--slurm", "time=abc", "--", *TINY, **SLURM)
+    assert typo.returncode == 2 and "--slurm time: 'abc' is not a Slurm time limit" in typo.stderr, typo.stderr
     bad = moe(slurm_ws, "submit", "--slurm", "extra=--comment=a b", "--", *TINY, **SLURM)
     assert bad.returncode == 0  # accepted: the value is checked when the script is written
     c = bad.stdout.split()[1]

@@ -26,11 +26,12 @@ a restart.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.errors import UserError
 
@@ -51,6 +52,11 @@ class QueueSettings(BaseModel):
                                                     "MOE_TUI_RUN_ID/_STATUS/_DIR/_NAME in its environment (like pueue's callback)")
 
 
+# sbatch --time's formats (man sbatch): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, or no limit; checked at submit,
+# so a typo is one line then, not a failed run after the queue wait
+SLURM_TIME = re.compile(r"\d+(:\d+){0,2}|\d+-\d+(:\d+){0,2}|unlimited|infinite", re.IGNORECASE)
+
+
 class SlurmSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -63,6 +69,13 @@ class SlurmSettings(BaseModel):
     poll_s: float = Field(2.0, gt=0, description="seconds between squeue polls of the daemon")
     command_timeout_s: float = Field(30.0, gt=0, description="seconds to wait for sbatch, squeue, scancel or sacct "
                                                              "to answer (a busy controller can be slow)")
+
+    @field_validator("time")
+    @classmethod
+    def _slurm_time(cls, value: str) -> str:
+        if not SLURM_TIME.fullmatch(value.strip()):
+            raise ValueError(f"{value!r} is not a Slurm time limit; give minutes (90), H:MM:SS (4:00:00) or D-HH (2-12)")
+        return value.strip()
 
 
 class Settings(BaseModel):
@@ -103,4 +116,9 @@ def load_settings(root: Path) -> Settings:
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"])
-        raise UserError(f"{path}: {where}: {err['msg']} (input {err.get('input')!r})") from None
+        raise UserError(f"{path}: {where}: {error_text(err)} (input {err.get('input')!r})") from None
+
+
+def error_text(err: dict) -> str:
+    """A pydantic error's message; a validator's own words without pydantic's "Value error, " in front."""
+    return str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else err["msg"]

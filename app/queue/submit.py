@@ -229,7 +229,7 @@ def parse_slurm_overrides(items, backend: str, base: dict | None = None) -> dict
         raise UserError("--slurm settings only apply to --backend slurm")
     from pydantic import ValidationError
 
-    from app.queue.settings import SlurmSettings
+    from app.queue.settings import SlurmSettings, error_text
 
     values: dict = dict(base or {})
     for item in items:
@@ -244,7 +244,7 @@ def parse_slurm_overrides(items, backend: str, base: dict | None = None) -> dict
         SlurmSettings.model_validate(values)
     except ValidationError as e:
         err = e.errors()[0]
-        raise UserError(f"--slurm {err['loc'][0]}: {err['msg']}") from None
+        raise UserError(f"--slurm {err['loc'][0]}: {error_text(err)}") from None
     return values
 
 
