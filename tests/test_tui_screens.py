@@ -99,6 +99,31 @@ async def test_header_click_sorts(ws):
         assert column(table, "name") == sorted(names, reverse=True)
 
 
+async def test_key_metric_sort_puts_the_best_first_for_every_goal(ws):
+    """Lower Log2-MSE is better: sorted by key metric, m-height's best runs come first, not last,
+    and runs of kinds with different key metrics are grouped, each best first."""
+    from app.ingest import Ingester
+
+    for kind, key, value in (("mheight-train", "val/log2_mse", 2.5), ("train-expert", "val/balanced_acc", 0.4),
+                             ("mheight-train", "val/log2_mse", 0.5), ("train-expert", "val/balanced_acc", 0.8),
+                             ("mheight-train", "val/log2_mse", 1.5), ("train-expert", None, None)):
+        rd = RunDir.create(ws.runs)
+        with RunRecorder(rd, kind=kind, config={}, argv=[kind], total_epochs=1, primary_metric=key) as rec:
+            if key:
+                rec.log_epoch(1, {key: value})
+    Ingester(ws).run_pass()
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        table = app.screen.query_one(DataTable)
+        app.screen.sort_by("metric")
+        await settle(app, pilot)
+        assert column(table, "metric") == ["0.8000", "0.4000", "0.5000", "1.5000", "2.5000", ""]
+        await pilot.press("S")  # worst first; the run without a value stays last
+        await settle(app, pilot)
+        assert column(table, "metric") == ["0.4000", "0.8000", "2.5000", "1.5000", "0.5000", ""]
+
+
 async def test_mark_compare_groups_and_export_match_the_cli(ws, copy_run):
     for i in range(3):
         copy_run(ws.root, f"241124-00000{i}-abc{i}")

@@ -64,8 +64,6 @@ def sort_key(column: str, reverse: bool, now: float):
             return STATUS_ORDER.get(row.status, 99)
         if column == "progress":
             return _missing_last(row.epoch / row.total_epochs if row.total_epochs else None, reverse)
-        if column == "metric":
-            return _missing_last(row.metric_best, reverse)
         if column == "time":
             return _missing_last(row.duration(now), reverse)
         if column == "config":
@@ -77,6 +75,24 @@ def sort_key(column: str, reverse: bool, now: float):
         if column == "slot":
             return row.where
         return getattr(row, column)
+
+    return key
+
+
+def metric_order(best_first: bool):
+    """Ascending sort key for the Key metric column.
+
+    Runs are grouped by their key metric, since a balanced accuracy and a Log2-MSE cannot be
+    ranked against each other, and each group is ordered by the metric's own goal (lower
+    Log2-MSE is better), so best first means best first for every kind. Runs without a value
+    come last either way.
+    """
+
+    def key(row: RunRow):
+        if row.metric_best is None:
+            return 1, "", 0.0
+        goodness = row.metric_best if row.metric_goal == "max" else -row.metric_best
+        return 0, row.metric_key or "", -goodness if best_first else goodness
 
     return key
 
@@ -170,10 +186,12 @@ class RunsScreen(QueueActions, Screen):
     def ordered(self) -> list[RunRow]:
         """The runs that pass the filter, in the chosen order."""
         rows = [r for r in self.app.runs.values() if self.predicate(r)]
-        key = sort_key(self.sort_column, self.sort_reverse, time.time())
         if self.sort_column != "run_id":
             rows.sort(key=lambda r: r.run_id, reverse=True)  # ties: newest first
-        rows.sort(key=key, reverse=self.sort_reverse)
+        if self.sort_column == "metric":  # reversed (▼) means best first, whichever way best lies
+            rows.sort(key=metric_order(best_first=self.sort_reverse))
+        else:
+            rows.sort(key=sort_key(self.sort_column, self.sort_reverse, time.time()), reverse=self.sort_reverse)
         return rows
 
     def rebuild(self) -> None:
