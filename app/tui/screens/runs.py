@@ -122,7 +122,15 @@ class RunsTable(DataTable):
     DataTable measures every cell of every new row to size its columns; with
     fixed widths that work is thrown away, and at a thousand runs it was most
     of the start-up time. Only the virtual size is needed.
+
+    Home and End go to the first and last run: DataTable scrolls sideways on them
+    under a row cursor, and a mark or tag then landed on a run nobody meant.
     """
+
+    BINDINGS = [
+        Binding("home", "scroll_top", "First run", show=False),
+        Binding("end", "scroll_bottom", "Last run", show=False),
+    ]
 
     def _update_dimensions(self, new_rows) -> None:
         width = sum(c.get_render_width(self) for c in self.columns.values()) + self._row_label_column_width
@@ -153,6 +161,9 @@ class RunsScreen(QueueActions, Screen):
         Binding("d", "delete", "Delete", id="delete", show=False),
         Binding("u", "unmark_all", "Unmark all", id="unmark-all", show=False),
         Binding("escape", "clear_filter", "Clear filter", id="clear-filter", show=False),
+        # The table answers these keys itself when focused; here they reach help and the palette.
+        Binding("home", "first_run", "First run", id="first-run", show=False),
+        Binding("end", "last_run", "Last run", id="last-run", show=False),
     ]
 
     def __init__(self):
@@ -366,6 +377,12 @@ class RunsScreen(QueueActions, Screen):
             self.sort_by(column)
 
     # -- marks -----------------------------------------------------------------
+
+    def action_first_run(self) -> None:
+        self.query_one(DataTable).action_scroll_top()
+
+    def action_last_run(self) -> None:
+        self.query_one(DataTable).action_scroll_bottom()
 
     def action_toggle_mark(self) -> None:
         row = self._selected()
