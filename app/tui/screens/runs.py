@@ -33,6 +33,14 @@ STATUS_STYLE = {
 STATUS_ORDER = {s: i for i, s in enumerate(("running", "pending", "queued", "blocked", "failed", "lost", "cancelled", "succeeded"))}
 MARK = "●"
 NAME_WIDTH = 18  # longer names are cut in the table (the detail line shows them whole)
+KIND_WIDTH = 13  # mheight-train and verify-logits whole; the longest kinds are cut with "…"
+
+
+def cut(text: str, width: int) -> str:
+    """``text`` in ``width`` columns, ending in "…" when it had to be cut, so a cut value
+    never reads as a whole one (mheight-fine was read as a kind of its own)."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
 
 # key, label, width. What matters most comes first, for an 80-column terminal.
 # Fixed widths: measuring every cell of thousands of rows is what made the table slow.
@@ -40,7 +48,7 @@ COLUMNS = [
     ("mark", " ", 1),
     ("status", "Status", 9),
     ("name", "Name", NAME_WIDTH),
-    ("kind", "Kind", 12),
+    ("kind", "Kind", KIND_WIDTH),
     ("progress", "Epoch", 7),
     ("metric", "Key metric", 10),
     ("config", "Config", 18),
@@ -99,12 +107,11 @@ def metric_order(best_first: bool):
 
 def cells(row: RunRow, now: float, marked: bool) -> list:
     metric = f"{row.metric_best:.4f}" if row.metric_best is not None else ""
-    name = row.name if len(row.name) <= NAME_WIDTH else row.name[: NAME_WIDTH - 1] + "…"
     return [
         Text(MARK if marked else " ", style="bold magenta"),
         Text(row.status, style=STATUS_STYLE.get(row.status, "")),
-        name,
-        row.kind,
+        cut(row.name, NAME_WIDTH),
+        cut(row.kind, KIND_WIDTH),
         row.progress,
         Text(metric, justify="right"),
         row.key_config,
