@@ -367,6 +367,31 @@ async def test_launch_form_dependencies_gpus_and_sweep_group(paused_ws):
     assert record["repro"]["command"].startswith("moe-tui submit --backend local --priority 0 --gpus 0 --after=parent")
 
 
+async def test_after_a_launch_the_cursor_is_on_the_new_run(paused_ws):
+    """The cursor stayed on the run it was on before the launch, so a tag or a cancel right
+    after it acted on that run, not on the one just queued."""
+    ws = paused_ws
+    old = [submit(ws, TINY, name=f"old-{i}") for i in range(3)]
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await cursor_to(app, pilot, old[0].run_id)  # the oldest: the last row
+        await pilot.press("l")
+        await settle(app, pilot)
+        form = app.screen
+        assert isinstance(form, LaunchScreen)
+        form.query_one("#run-name", Input).value = "just-launched"
+        form.query_one("#gpus", Input).value = "0"
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await settle(app, pilot, 0.8)
+        screen = app.screen
+        assert not isinstance(screen, LaunchScreen)
+        assert screen.selected_run() is not None and screen.selected_run().name == "just-launched"
+        assert screen.query_one("#runs", DataTable).cursor_row == 0  # newest first
+        assert "just-launched" in str(screen.query_one("#run-detail", Static).render())
+
+
 def test_compare_groups_runs_of_a_sweep_together():
     from dataclasses import replace
 

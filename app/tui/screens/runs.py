@@ -181,6 +181,7 @@ class RunsScreen(QueueActions, Screen):
         self.sort_column = "run_id"
         self.sort_reverse = True  # newest first
         self.shown: list[int] = []
+        self.follow_run_id: str | None = None  # a run just launched: the cursor goes to it once it is read
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -225,6 +226,7 @@ class RunsScreen(QueueActions, Screen):
         self._update_labels(table)
         if current is not None and current in table.rows:
             table.move_cursor(row=table.get_row_index(current), animate=False)
+        self._follow_launched()
         self._show_detail()
 
     def runs_updated(self, rows: list[RunRow], removed: set[int]) -> None:
@@ -435,7 +437,29 @@ class RunsScreen(QueueActions, Screen):
     def action_launch(self) -> None:
         from app.tui.screens.launch import LaunchScreen
 
-        self.app.push_screen(LaunchScreen())
+        self.app.push_screen(LaunchScreen(), self.launched)
+
+    def launched(self, run_ids: list[str] | None) -> None:
+        """The cursor goes to the run just queued (the first of a sweep), so the next key
+        (tags, priority, cancel) acts on it rather than on the run it was on before."""
+        if run_ids:
+            self.follow_run_id = run_ids[0]
+            self._follow_launched()
+            self._show_detail()
+
+    def _follow_launched(self) -> None:
+        run_id = self.follow_run_id
+        if run_id is None:
+            return
+        row = next((r for r in self.app.runs.values() if r.run_id == run_id), None)
+        if row is None:
+            return  # not read yet: the poll that brings it rebuilds the table and comes back here
+        self.follow_run_id = None
+        table = self.query_one(DataTable)
+        if str(row.pk) in table.rows:
+            table.move_cursor(row=table.get_row_index(str(row.pk)), animate=False)
+        else:
+            self.notify(f"{run_id} is queued but the filter hides it; esc clears the filter", severity="warning")
 
     # -- export ----------------------------------------------------------------
 
