@@ -51,6 +51,8 @@ def matching(query: str) -> list[int]:
     ("epoch < 2", [3]),
     ("loss='logit_adjust'", [2]),
     ("best.val/missing > 0", []),
+    ("name > gate", [4]),  # text fields still compare as text
+    ("name < gate", [1, 2, 3]),
 ])
 def test_queries_select_the_right_runs(query, expected):
     assert matching(query) == expected
@@ -58,7 +60,17 @@ def test_queries_select_the_right_runs(query, expected):
 
 @pytest.mark.parametrize("query, message", [
     ("status=", "'status =' needs a value at the end"),
-    ("status=running and", "expected a condition such as status=running, got the end of the filter at the end"),
+    # A filter that stops short or leaves a quote open says so, not "got the end ... at the end".
+    ("status=running and", "the filter ends early: 'and' at column 16 needs a condition after it"),
+    ("not", "the filter ends early: 'not' at column 1 needs a condition after it"),
+    ("loss in (ce,", "the list of 'loss in' at column 9 is not closed; end it with ')'"),
+    ('name="resnet 32', 'the quote " at column 6 is not closed; end the value with "'),
+    ("name='resnet", "the quote ' at column 6 is not closed"),
+    # A numeric field compared with a word compared text and matched nothing, silently.
+    ("epoch >= ten", "'ten' at column 10 is not a number; epoch holds numbers"),
+    ("best.val/balanced_acc > high", "'high' at column 25 is not a number"),
+    ("lr < fast", "'fast' at column 6 is not a number; lr holds numbers"),
+    ("seed in (0, one)", "'one' at column 13 is not a number"),
     ("loss in ce", "'loss in' needs a list in parentheses at column 9"),
     ("loss in ()", "'loss in ()' at column 9 is empty"),
     ("loss in (ce logit_adjust)", "expected ',' or ')' at column 13"),

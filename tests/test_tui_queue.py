@@ -174,7 +174,7 @@ async def test_queue_screen_start_order_priority_and_pause(paused_ws):
         # Highest priority first, then oldest; the dependent run names what it waits for.
         assert column(table, "run_id") == [high.run_id, low.run_id, waits.run_id]
         assert column(table, "pos") == ["1", "2", "3"]
-        assert column(table, "waits")[2] == f"{low.run_id} (queued)"
+        assert column(table, "waits")[2] == low.run_id
         info = str(screen.query_one("#queue-info", Static).render())
         assert "PAUSED" in info and "slots 0 GPU x 1 + 1 CPU" in info
         slots = screen.query_one("#slots", DataTable)
@@ -279,6 +279,46 @@ async def test_lineage_tab_shows_parents_and_consumers(paused_ws):
         assert "5 Lineage" in screen_text(app)
 
 
+async def test_cut_names_and_kinds_end_in_an_ellipsis_at_80_columns(paused_ws):
+    """Kinds were cut at 12 characters with nothing to show it (mheight-fine, recompute-lo), names
+    at 12 in Lineage and 14 on Queue, and Waits for lost the last character of the id."""
+    ws = paused_ws
+    expert = submit(ws, TINY, name="expert-with-a-long-name")
+    logits = submit(ws, ["recompute-logits", "--experts", f"{{run:{expert.run_id}}}"], name="logits-of-the-expert")
+    mh = submit(ws, ["mheight-train", "--preset", "quick", "--data", f"{{run:{expert.run_id}}}"], name="mh")
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot, 0.5)
+        runs = app.screen.query_one("#runs", DataTable)
+        kinds = dict(zip(column(runs, "run_id"), column(runs, "kind")))
+        assert kinds == {expert.run_id: "train-expert", logits.run_id: "recompute-lo…", mh.run_id: "mheight-train"}
+        assert "recompute-lo… " in screen_text(app)
+
+        await cursor_to(app, pilot, expert.run_id)
+        await pilot.press("enter")
+        await settle(app, pilot, 0.5)
+        await pilot.press("5")
+        await settle(app, pilot, 0.8)
+        lineage = app.screen.query_one("#lineage-table", DataTable)
+        row = column(lineage, "run_id").index(logits.run_id)
+        assert (column(lineage, "name")[row], column(lineage, "kind")[row]) == ("logits-of-…", "recompute-l…")
+        lineage.move_cursor(row=row, animate=False)
+        await pilot.pause()
+        detail = str(app.screen.query_one("#lineage-detail", Static).render())
+        assert "logits-of-the-expert" in detail and "recompute-logits" in detail  # the line below: whole
+        shot = screen_text(app)
+        assert "logits-of-…  recompute-l…" in shot, shot
+
+        await pilot.press("escape", "g")
+        await settle(app, pilot, 0.5)
+        queued = app.screen.query_one("#queued", DataTable)
+        by_id = {r: (n, w) for r, n, w in zip(column(queued, "run_id"), column(queued, "name"), column(queued, "waits"))}
+        assert by_id[expert.run_id] == ("expert-with-…", "")
+        assert by_id[logits.run_id] == ("logits-of-th…", expert.run_id)  # the parent's id whole
+        shot = screen_text(app)
+        assert f"{logits.run_id}  {expert.run_id}" in shot, shot
+
+
 async def test_launch_form_dependencies_gpus_and_sweep_group(paused_ws):
     ws = paused_ws
     parent = submit(ws, TINY, name="parent")
@@ -325,6 +365,31 @@ async def test_launch_form_dependencies_gpus_and_sweep_group(paused_ws):
     record = json.loads((ws.runs / runs[0].run_id / "submit.json").read_text())
     assert record["after"] == [parent.run_id] and record["gpus"] == 0 and record["group_id"] == runs[0].group_id
     assert record["repro"]["command"].startswith("moe-tui submit --backend local --priority 0 --gpus 0 --after=parent")
+
+
+async def test_after_a_launch_the_cursor_is_on_the_new_run(paused_ws):
+    """The cursor stayed on the run it was on before the launch, so a tag or a cancel right
+    after it acted on that run, not on the one just queued."""
+    ws = paused_ws
+    old = [submit(ws, TINY, name=f"old-{i}") for i in range(3)]
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await cursor_to(app, pilot, old[0].run_id)  # the oldest: the last row
+        await pilot.press("l")
+        await settle(app, pilot)
+        form = app.screen
+        assert isinstance(form, LaunchScreen)
+        form.query_one("#run-name", Input).value = "just-launched"
+        form.query_one("#gpus", Input).value = "0"
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await settle(app, pilot, 0.8)
+        screen = app.screen
+        assert not isinstance(screen, LaunchScreen)
+        assert screen.selected_run() is not None and screen.selected_run().name == "just-launched"
+        assert screen.query_one("#runs", DataTable).cursor_row == 0  # newest first
+        assert "just-launched" in str(screen.query_one("#run-detail", Static).render())
 
 
 def test_compare_groups_runs_of_a_sweep_together():

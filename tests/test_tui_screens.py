@@ -99,6 +99,57 @@ async def test_header_click_sorts(ws):
         assert column(table, "name") == sorted(names, reverse=True)
 
 
+async def test_key_metric_sort_puts_the_best_first_for_every_goal(ws):
+    """Lower Log2-MSE is better: sorted by key metric, m-height's best runs come first, not last,
+    and runs of kinds with different key metrics are grouped, each best first."""
+    from app.ingest import Ingester
+
+    for kind, key, value in (("mheight-train", "val/log2_mse", 2.5), ("train-expert", "val/balanced_acc", 0.4),
+                             ("mheight-train", "val/log2_mse", 0.5), ("train-expert", "val/balanced_acc", 0.8),
+                             ("mheight-train", "val/log2_mse", 1.5), ("train-expert", None, None)):
+        rd = RunDir.create(ws.runs)
+        with RunRecorder(rd, kind=kind, config={}, argv=[kind], total_epochs=1, primary_metric=key) as rec:
+            if key:
+                rec.log_epoch(1, {key: value})
+    Ingester(ws).run_pass()
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        table = app.screen.query_one(DataTable)
+        app.screen.sort_by("metric")
+        await settle(app, pilot)
+        assert column(table, "metric") == ["0.8000", "0.4000", "0.5000", "1.5000", "2.5000", ""]
+        await pilot.press("S")  # worst first; the run without a value stays last
+        await settle(app, pilot)
+        assert column(table, "metric") == ["0.4000", "0.8000", "2.5000", "1.5000", "0.5000", ""]
+
+
+async def test_home_and_end_go_to_the_first_and_last_run(ws):
+    """Home/End scrolled the table sideways, so the next mark landed on the run under the cursor."""
+    from app.tui.commands import screen_bindings
+
+    seed_runs(ws, runs=30, epochs=3)
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        table = app.screen.query_one(DataTable)
+        ids = column(table, "run_id")
+        await pilot.press("end")
+        await settle(app, pilot)
+        assert table.cursor_row == 29 and table.scroll_x == 0
+        await pilot.press("space")
+        await settle(app, pilot)
+        assert {app.runs[pk].run_id for pk in app.marked} == {ids[-1]}
+        await pilot.press("home")
+        await settle(app, pilot)
+        assert table.cursor_row == 0 and table.scroll_x == 0 and table.scroll_y == 0
+        described = {b.description for b, _ in screen_bindings(app, app.screen)}
+        assert {"First run", "Last run"} <= described  # listed in help and the palette
+        app.screen.action_last_run()  # as the palette runs it
+        await settle(app, pilot)
+        assert table.cursor_row == 29
+
+
 async def test_mark_compare_groups_and_export_match_the_cli(ws, copy_run):
     for i in range(3):
         copy_run(ws.root, f"241124-00000{i}-abc{i}")

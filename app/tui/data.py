@@ -61,6 +61,9 @@ class RunRow:
     slurm_job_id: str | None = None
     group_id: str | None = None  # runs of one sweep share it
     retry_of: str | None = None
+    # "max" or "min": how the engine ranked metric_key for this run (MetricSummary.goal, from the
+    # job's declared metric_goals or the key's name), so sorting puts its best runs first either way.
+    metric_goal: str = "max"
 
     @property
     def where(self) -> str:
@@ -179,13 +182,15 @@ class TuiData:
                 Run.retry_of, Run.rev)
         best: dict[int, dict[str, float]] = {}
         final: dict[int, dict[str, float]] = {}
+        goals: dict[int, dict[str, str]] = {}
         with self.ws.store.read() as s:
             runs = s.exec(select(*cols).where(Run.rev > rev).order_by(Run.rev)).all()
             pks = [r[0] for r in runs]
             for i in range(0, len(pks), 500):  # stay under SQLite's bound-parameter limit
-                q = select(MetricSummary.run, MetricSummary.key, MetricSummary.best, MetricSummary.last).where(
-                    col(MetricSummary.run).in_(pks[i : i + 500]))
-                for pk, key, b, last in s.exec(q):
+                q = select(MetricSummary.run, MetricSummary.key, MetricSummary.best, MetricSummary.last,
+                           MetricSummary.goal).where(col(MetricSummary.run).in_(pks[i : i + 500]))
+                for pk, key, b, last, goal in s.exec(q):
+                    goals.setdefault(pk, {})[key] = goal
                     if b is not None:
                         best.setdefault(pk, {})[key] = b
                     if last is not None:
@@ -200,6 +205,7 @@ class TuiData:
                 started_at=started, ended_at=ended, error=error, command=command, config=json.loads(config or "{}"),
                 best=b, final=final.get(pk, {}), tags=parse_tags(tags), notes=notes, priority=priority, gpus=gpus,
                 slots=slots, slurm_job_id=slurm_job_id, group_id=group_id, retry_of=retry_of,
+                metric_goal=goals.get(pk, {}).get(primary or "", "max"),
             ))
         return rows, max([rev] + [r[-1] for r in runs])
 

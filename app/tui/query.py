@@ -13,6 +13,8 @@ config field name (``loss``, ``arch``, ``seed``...). Operators: ``= != < <=
 > >= ~ in``. ``and`` binds tighter than ``or``; ``not`` and parentheses work
 as usual. Comparing with a number compares numerically; a field a run does
 not have never matches (so ``best.x > 0`` skips runs that never logged x).
+Fields that hold numbers (epoch, best./final., numeric config fields) refuse a
+value that is not one, rather than compare it as text and match nothing.
 
 Errors are :class:`QueryError` with one line saying what is wrong and where.
 """
@@ -20,8 +22,9 @@ Errors are :class:`QueryError` with one line saying what is wrong and where.
 from __future__ import annotations
 
 import re
+import types
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Union, get_args, get_origin
 
 from app.store.models import ACTIVE, BLOCKED, FINISHED
 from app.tui.data import RunRow
@@ -62,6 +65,8 @@ def tokenize(text: str) -> list[Token]:
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
             at = len(text) - len(text[pos:].lstrip())
+            if text[at] in "\"'":  # only an unclosed quote fails to match here
+                raise QueryError(f"the quote {text[at]} at column {at + 1} is not closed; end the value with {text[at]}")
             raise QueryError(f"unexpected character {text[at]!r} at column {at + 1}")
         kind = m.lastgroup
         value = m.group(kind)
@@ -81,6 +86,46 @@ def _number(text: str) -> float | None:
         return float(text)
     except ValueError:
         return None
+
+
+def _is_number_type(annotation) -> bool:
+    """int, float, or either of them or None (``int | None``); not bool."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return len(args) == 1 and _is_number_type(args[0])
+    return annotation in (int, float)
+
+
+def _numeric_config_fields() -> frozenset[str]:
+    """Config fields that hold a number in every job that has them (lr, seed, epochs...)."""
+    numeric: dict[str, bool] = {}
+    for model in JOBS.values():
+        for name, info in model.model_fields.items():
+            numeric[name] = numeric.get(name, True) and _is_number_type(info.annotation)
+    return frozenset(name for name, yes in numeric.items() if yes)
+
+
+NUMERIC_CONFIG = _numeric_config_fields()
+
+
+def _is_numeric_field(name: str) -> bool:
+    lname = name.lower()
+    if lname == "epoch" or lname.startswith(("best.", "final.")):
+        return True
+    if lname in RUN_FIELDS:
+        return False
+    return (name[7:] if lname.startswith("config.") else name) in NUMERIC_CONFIG
+
+
+def _check_number(field: str, op: str, literal: str, tok: Token) -> None:
+    """``epoch >= ten`` compared the epoch as text with 'ten' and matched nothing, silently.
+    ``none``/``null`` stay allowed with = and != : they test whether a run has the field."""
+    if not _is_numeric_field(field) or _number(literal) is not None:
+        return
+    if op in ("=", "!=") and literal.lower() in ("none", "null"):
+        return
+    raise QueryError(f"'{literal}' at column {tok.pos + 1} is not a number; {field} holds numbers, "
+                     f"so compare it with one")
 
 
 def field_value(row: RunRow, name: str):
@@ -198,9 +243,14 @@ class _Parser:
             if close.kind != "rparen":
                 raise QueryError(f"missing ')' {self.where(close)} to close the '(' at column {tok.pos + 1}")
             return inner
+        if tok.kind == "end":
+            before = self.tokens[self.i - 2] if self.i >= 2 else None
+            if before is None:
+                raise QueryError("the filter is empty; write a condition such as status=running")
+            raise QueryError(f"the filter ends early: '{before.text}' at column {before.pos + 1} needs a condition "
+                             f"after it, e.g. status=running")
         if tok.kind not in ("word", "str"):
-            what = "the end of the filter" if tok.kind == "end" else repr(tok.text)
-            raise QueryError(f"expected a condition such as status=running, got {what} {self.where(tok)}")
+            raise QueryError(f"expected a condition such as status=running, got {tok.text!r} {self.where(tok)}")
         if tok.kind == "word" and tok.text.lower() in ("and", "or"):
             raise QueryError(f"'{tok.text}' {self.where(tok)} needs a condition before it")
         if tok.kind == "word" and tok.text.lower().startswith("tag:"):
@@ -217,6 +267,8 @@ class _Parser:
             name, op, literal = tok.text, nxt.text, value.text
             if op in ("=", "!="):
                 _check_known(name, literal, value)
+            if op != "~":
+                _check_number(name, op, literal, value)
             return lambda row: _compare(field_value(row, name), op, literal)
         if self.is_word("in"):
             self.take()
@@ -224,6 +276,7 @@ class _Parser:
             name = tok.text
             for item in items:
                 _check_known(name, item.text, item)
+                _check_number(name, "=", item.text, item)
             values = [item.text for item in items]
             return lambda row: any(_compare(field_value(row, name), "=", v) for v in values)
         # A bare word: a search in id, name and kind.
@@ -237,6 +290,8 @@ class _Parser:
         values = []
         while True:
             tok = self.take()
+            if tok.kind == "end":
+                break
             if tok.kind == "rparen" and not values:
                 raise QueryError(f"'{field} in ()' at column {open_.pos + 1} is empty; list at least one value")
             if tok.kind not in ("word", "str"):
@@ -245,8 +300,11 @@ class _Parser:
             sep = self.take()
             if sep.kind == "rparen":
                 return values
+            if sep.kind == "end":
+                break
             if sep.kind != "comma":
                 raise QueryError(f"expected ',' or ')' {self.where(sep)} in the list of '{field} in'")
+        raise QueryError(f"the list of '{field} in' at column {open_.pos + 1} is not closed; end it with ')'")
 
 
 def compile_query(text: str) -> Predicate:

@@ -56,7 +56,7 @@ def option_args(name: str, value: str, annotation) -> list[str]:
     return [f"{flag}={value}"]
 
 
-class LaunchScreen(Screen):
+class LaunchScreen(Screen[list[str]]):
     CSS_PATH = "launch.tcss"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Cancel", id="launch-cancel"),
@@ -304,4 +304,4 @@ class LaunchScreen(Screen):
     def _submitted(self, queued: list[str]) -> None:
         self.app.notify(f"queued {len(queued)} run{'s' if len(queued) > 1 else ''}: {', '.join(queued)}", title="launch")
         self.app.poll_runs()
-        self.app.pop_screen()
+        self.dismiss(queued)  # Runs puts its cursor on the new run

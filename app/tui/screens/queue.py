@@ -12,21 +12,31 @@ from textual.widgets import DataTable, Footer, Header, Static
 from app.errors import UserError
 from app.tui.actions import QueueActions
 from app.tui.data import QueueState, QueuedRun, RunRow
-from app.tui.screens.runs import STATUS_STYLE
+from app.tui.screens.runs import STATUS_STYLE, cut
 
 POLL_S = 1.0  # the queue is read again this often (and after every action)
 # key, label, width: 80 columns in all, cell padding included; the detail line shows the whole of the highlighted run.
-QUEUED = (("pos", "#", 2), ("status", "Status", 8), ("prio", "Prio", 4), ("gpus", "GPU", 3),
-          ("name", "Name", 14), ("run_id", "ID", 18), ("waits", "Waits for", 17))
+# "#" holds 3 digits (hundreds of runs wait in a sweep); a run id is 18 characters, in ID and in Waits for.
+QUEUED = (("pos", "#", 3), ("status", "Status", 7), ("prio", "Prio", 4), ("gpus", "GPU", 3),
+          ("name", "Name", 13), ("run_id", "ID", 18), ("waits", "Waits for", 18))
 QUEUED_COLUMNS = [k for k, _, _ in QUEUED]
+SLOT_COLUMNS = (("slot", "Slot", 18), ("used", "Used", 4), ("runs", "Runs on it", 52))
+
+
+def waits_cell(q: QueuedRun) -> str:
+    """The one parent's id whole, or how many; the detail line names each with its status."""
+    if len(q.waits_for) == 1:
+        return q.waits_for[0].partition(" ")[0]  # "run_id (status)"
+    if q.waits_for:
+        return f"{len(q.waits_for)} runs"
+    return "slurm" if q.backend == "slurm" else ""
 
 
 def queued_cells(q: QueuedRun) -> list:
     return [
         str(q.position) if q.position is not None else "",
         Text(q.status, style=STATUS_STYLE.get(q.status, "")),
-        str(q.priority), str(q.gpus), q.name[:14], q.run_id,
-        ", ".join(q.waits_for) or ("slurm" if q.backend == "slurm" else ""),
+        str(q.priority), str(q.gpus), cut(q.name, 13), q.run_id, waits_cell(q),
     ]
 
 
@@ -59,9 +69,8 @@ class QueueScreen(QueueActions, Screen):
     def on_mount(self) -> None:
         self.sub_title = "Queue"
         slots = self.query_one("#slots", DataTable)
-        slots.add_column("Slot", key="slot", width=14)
-        slots.add_column("Used", key="used", width=4)
-        slots.add_column("Runs on it", key="runs", width=52)
+        for key, label, width in SLOT_COLUMNS:
+            slots.add_column(label, key=key, width=width)
         queued = self.query_one("#queued", DataTable)
         for key, label, width in QUEUED:
             queued.add_column(label, key=key, width=width)
@@ -95,11 +104,12 @@ class QueueScreen(QueueActions, Screen):
             slots = self.query_one("#slots", DataTable)
             slots.clear()
             for use in state.slots:
-                names = ", ".join(f"{run_id} {name}" for _, run_id, name in use.runs) or Text("free", style="dim")
-                slots.add_row(use.slot, f"{len(use.runs)}/{use.capacity}", names)
+                names = ", ".join(f"{run_id} {name}" for _, run_id, name in use.runs)
+                slots.add_row(cut(use.slot, 18), f"{len(use.runs)}/{use.capacity}",
+                              cut(names, 52) if names else Text("free", style="dim"))
             for pk, run_id, name, where in state.elsewhere:
                 slot, _, slurm_state = where.partition(" ")  # "slurm:123", "PENDING (Priority)"
-                slots.add_row(slot[:14], "", f"{run_id} {name}" + (f" · {slurm_state}" if slurm_state else ""))
+                slots.add_row(cut(slot, 18), "", cut(f"{run_id} {name}" + (f" · {slurm_state}" if slurm_state else ""), 52))
 
         table = self.query_one("#queued", DataTable)
         current = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value if table.row_count else None

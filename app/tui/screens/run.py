@@ -19,13 +19,18 @@ from textual.widgets import DataTable, Footer, Header, RichLog, Static, TabbedCo
 from app.errors import UserError
 from app.queries import fmt_duration
 from app.tui.data import Linked, MetricPoint, RunRow
-from app.tui.screens.runs import STATUS_STYLE
+from app.tui.screens.runs import STATUS_STYLE, cut
 from app.tui.widgets.curves import Bars, Curves
 
 POLL_S = 1.0  # new metric rows, events and log lines are read at most this often
 REDRAW_S = 0.5  # plots redraw at most twice a second
 LOG_LINES = 2000  # lines the log tab keeps
 LOAD_EPOCHS = 1000  # expert-load vectors kept (a bounded buffer)
+# Lineage columns: 80 in all with the cell padding. Name and kind are cut with "…"; the line
+# below the table shows the highlighted run whole.
+LINEAGE_NAME, LINEAGE_KIND = 11, 12
+LINEAGE_COLUMNS = (("dir", "", 6), ("how", "How", 12), ("status", "Status", 9), ("run_id", "ID", 18),
+                   ("name", "Name", LINEAGE_NAME), ("kind", "Kind", LINEAGE_KIND))
 
 LOSS = {"train/loss": "train loss", "val/loss": "val loss", "val/nll": "val NLL"}
 ACCURACY = {
@@ -129,6 +134,7 @@ class RunScreen(Screen):
                 ))
             with TabPane("5 Lineage", id="lineage"):
                 yield DataTable(id="lineage-table", cursor_type="row", zebra_stripes=True)  # small: no need to defer it
+                yield Static("", id="lineage-detail")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -324,16 +330,28 @@ class RunScreen(Screen):
         self.lineage = rows
         current = table.cursor_row
         table.clear(columns=True)
-        for key, label, width in (("dir", "", 6), ("how", "How", 12), ("status", "Status", 9), ("run_id", "ID", 18),
-                                  ("name", "Name", 12), ("kind", "Kind", 11)):  # 80 columns with the cell padding
+        for key, label, width in LINEAGE_COLUMNS:
             table.add_column(label, key=key, width=width)
         if not rows:
             table.add_row("", "", "", "no run fed this one, none consumes it", "", "")
+            self._show_lineage_detail()
             return
         for direction, r in rows:
             table.add_row(direction, r.how, Text(r.status, style=STATUS_STYLE.get(r.status, "")), r.run_id,
-                          r.name[:12], r.kind, key=str(r.pk))
+                          cut(r.name, LINEAGE_NAME), cut(r.kind, LINEAGE_KIND), key=str(r.pk))
         table.move_cursor(row=min(current, table.row_count - 1), animate=False)
+        self._show_lineage_detail()
+
+    def _show_lineage_detail(self) -> None:
+        """The highlighted linked run whole: its name and kind are cut in the table."""
+        table = self.query_one("#lineage-table", DataTable)
+        detail = self.query_one("#lineage-detail", Static)
+        rows = self.lineage or []
+        if not rows or not 0 <= table.cursor_row < len(rows):
+            detail.update("")
+            return
+        direction, r = rows[table.cursor_row]
+        detail.update(f"{direction} ({r.how}): [b]{r.run_id}[/b]  {r.name}  {r.kind}  {r.status}")
 
     def open_linked(self, key: str | None) -> None:
         if key and key.isdigit() and int(key) in self.app.runs:
@@ -364,6 +382,8 @@ class RunScreen(Screen):
             self.query_one("#artifact-view", RichLog).write("no artifacts yet")
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "lineage-table":
+            self._show_lineage_detail()
         if event.data_table.id == "artifact-list" and event.row_key is not None and event.row_key.value:
             self.preview_artifact(event.row_key.value)
 

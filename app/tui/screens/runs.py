@@ -33,6 +33,14 @@ STATUS_STYLE = {
 STATUS_ORDER = {s: i for i, s in enumerate(("running", "pending", "queued", "blocked", "failed", "lost", "cancelled", "succeeded"))}
 MARK = "●"
 NAME_WIDTH = 18  # longer names are cut in the table (the detail line shows them whole)
+KIND_WIDTH = 13  # mheight-train and verify-logits whole; the longest kinds are cut with "…"
+
+
+def cut(text: str, width: int) -> str:
+    """``text`` in ``width`` columns, ending in "…" when it had to be cut, so a cut value
+    never reads as a whole one (mheight-fine was read as a kind of its own)."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
 
 # key, label, width. What matters most comes first, for an 80-column terminal.
 # Fixed widths: measuring every cell of thousands of rows is what made the table slow.
@@ -40,7 +48,7 @@ COLUMNS = [
     ("mark", " ", 1),
     ("status", "Status", 9),
     ("name", "Name", NAME_WIDTH),
-    ("kind", "Kind", 12),
+    ("kind", "Kind", KIND_WIDTH),
     ("progress", "Epoch", 7),
     ("metric", "Key metric", 10),
     ("config", "Config", 18),
@@ -64,8 +72,6 @@ def sort_key(column: str, reverse: bool, now: float):
             return STATUS_ORDER.get(row.status, 99)
         if column == "progress":
             return _missing_last(row.epoch / row.total_epochs if row.total_epochs else None, reverse)
-        if column == "metric":
-            return _missing_last(row.metric_best, reverse)
         if column == "time":
             return _missing_last(row.duration(now), reverse)
         if column == "config":
@@ -81,14 +87,31 @@ def sort_key(column: str, reverse: bool, now: float):
     return key
 
 
+def metric_order(best_first: bool):
+    """Ascending sort key for the Key metric column.
+
+    Runs are grouped by their key metric, since a balanced accuracy and a Log2-MSE cannot be
+    ranked against each other, and each group is ordered by the metric's own goal (lower
+    Log2-MSE is better), so best first means best first for every kind. Runs without a value
+    come last either way.
+    """
+
+    def key(row: RunRow):
+        if row.metric_best is None:
+            return 1, "", 0.0
+        goodness = row.metric_best if row.metric_goal == "max" else -row.metric_best
+        return 0, row.metric_key or "", -goodness if best_first else goodness
+
+    return key
+
+
 def cells(row: RunRow, now: float, marked: bool) -> list:
     metric = f"{row.metric_best:.4f}" if row.metric_best is not None else ""
-    name = row.name if len(row.name) <= NAME_WIDTH else row.name[: NAME_WIDTH - 1] + "…"
     return [
         Text(MARK if marked else " ", style="bold magenta"),
         Text(row.status, style=STATUS_STYLE.get(row.status, "")),
-        name,
-        row.kind,
+        cut(row.name, NAME_WIDTH),
+        cut(row.kind, KIND_WIDTH),
         row.progress,
         Text(metric, justify="right"),
         row.key_config,
@@ -106,7 +129,15 @@ class RunsTable(DataTable):
     DataTable measures every cell of every new row to size its columns; with
     fixed widths that work is thrown away, and at a thousand runs it was most
     of the start-up time. Only the virtual size is needed.
+
+    Home and End go to the first and last run: DataTable scrolls sideways on them
+    under a row cursor, and a mark or tag then landed on a run nobody meant.
     """
+
+    BINDINGS = [
+        Binding("home", "scroll_top", "First run", show=False),
+        Binding("end", "scroll_bottom", "Last run", show=False),
+    ]
 
     def _update_dimensions(self, new_rows) -> None:
         width = sum(c.get_render_width(self) for c in self.columns.values()) + self._row_label_column_width
@@ -137,6 +168,9 @@ class RunsScreen(QueueActions, Screen):
         Binding("d", "delete", "Delete", id="delete", show=False),
         Binding("u", "unmark_all", "Unmark all", id="unmark-all", show=False),
         Binding("escape", "clear_filter", "Clear filter", id="clear-filter", show=False),
+        # The table answers these keys itself when focused; here they reach help and the palette.
+        Binding("home", "first_run", "First run", id="first-run", show=False),
+        Binding("end", "last_run", "Last run", id="last-run", show=False),
     ]
 
     def __init__(self):
@@ -147,6 +181,7 @@ class RunsScreen(QueueActions, Screen):
         self.sort_column = "run_id"
         self.sort_reverse = True  # newest first
         self.shown: list[int] = []
+        self.follow_run_id: str | None = None  # a run just launched: the cursor goes to it once it is read
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -170,10 +205,12 @@ class RunsScreen(QueueActions, Screen):
     def ordered(self) -> list[RunRow]:
         """The runs that pass the filter, in the chosen order."""
         rows = [r for r in self.app.runs.values() if self.predicate(r)]
-        key = sort_key(self.sort_column, self.sort_reverse, time.time())
         if self.sort_column != "run_id":
             rows.sort(key=lambda r: r.run_id, reverse=True)  # ties: newest first
-        rows.sort(key=key, reverse=self.sort_reverse)
+        if self.sort_column == "metric":  # reversed (▼) means best first, whichever way best lies
+            rows.sort(key=metric_order(best_first=self.sort_reverse))
+        else:
+            rows.sort(key=sort_key(self.sort_column, self.sort_reverse, time.time()), reverse=self.sort_reverse)
         return rows
 
     def rebuild(self) -> None:
@@ -189,6 +226,7 @@ class RunsScreen(QueueActions, Screen):
         self._update_labels(table)
         if current is not None and current in table.rows:
             table.move_cursor(row=table.get_row_index(current), animate=False)
+        self._follow_launched()
         self._show_detail()
 
     def runs_updated(self, rows: list[RunRow], removed: set[int]) -> None:
@@ -349,6 +387,12 @@ class RunsScreen(QueueActions, Screen):
 
     # -- marks -----------------------------------------------------------------
 
+    def action_first_run(self) -> None:
+        self.query_one(DataTable).action_scroll_top()
+
+    def action_last_run(self) -> None:
+        self.query_one(DataTable).action_scroll_bottom()
+
     def action_toggle_mark(self) -> None:
         row = self._selected()
         if row is None:
@@ -393,7 +437,29 @@ class RunsScreen(QueueActions, Screen):
     def action_launch(self) -> None:
         from app.tui.screens.launch import LaunchScreen
 
-        self.app.push_screen(LaunchScreen())
+        self.app.push_screen(LaunchScreen(), self.launched)
+
+    def launched(self, run_ids: list[str] | None) -> None:
+        """The cursor goes to the run just queued (the first of a sweep), so the next key
+        (tags, priority, cancel) acts on it rather than on the run it was on before."""
+        if run_ids:
+            self.follow_run_id = run_ids[0]
+            self._follow_launched()
+            self._show_detail()
+
+    def _follow_launched(self) -> None:
+        run_id = self.follow_run_id
+        if run_id is None:
+            return
+        row = next((r for r in self.app.runs.values() if r.run_id == run_id), None)
+        if row is None:
+            return  # not read yet: the poll that brings it rebuilds the table and comes back here
+        self.follow_run_id = None
+        table = self.query_one(DataTable)
+        if str(row.pk) in table.rows:
+            table.move_cursor(row=table.get_row_index(str(row.pk)), animate=False)
+        else:
+            self.notify(f"{run_id} is queued but the filter hides it; esc clears the filter", severity="warning")
 
     # -- export ----------------------------------------------------------------
 
