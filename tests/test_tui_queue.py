@@ -248,6 +248,16 @@ async def test_queue_screen_shows_the_run_on_its_slot(ws, monkeypatch):
     discover_gpus.cache_clear()
 
 
+async def open_lineage(app, pilot, run_id: str) -> DataTable:
+    """Open the run's screen from the runs table and its Lineage tab."""
+    await cursor_to(app, pilot, run_id)
+    await pilot.press("enter")
+    await settle(app, pilot, 0.5)
+    await pilot.press("5")
+    await settle(app, pilot, 0.8)
+    return app.screen.query_one("#lineage-table", DataTable)
+
+
 async def test_lineage_tab_shows_parents_and_consumers(paused_ws):
     ws = paused_ws
     expert = submit(ws, TINY, name="expert")
@@ -256,12 +266,7 @@ async def test_lineage_tab_shows_parents_and_consumers(paused_ws):
     app = MoeTuiApp(ws, poll_s=0.2)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(app, pilot, 0.5)
-        await cursor_to(app, pilot, expert.run_id)
-        await pilot.press("enter")
-        await settle(app, pilot, 0.5)
-        await pilot.press("5")
-        await settle(app, pilot, 0.8)
-        lineage = app.screen.query_one("#lineage-table", DataTable)
+        lineage = await open_lineage(app, pilot, expert.run_id)
         rows = list(zip(column(lineage, "dir"), column(lineage, "how"), column(lineage, "run_id")))
         # The placeholder made a dependency too (submit resolves {run:} into an edge).
         assert sorted(rows) == sorted([("feeds", "after", after.run_id),
@@ -294,12 +299,7 @@ async def test_cut_names_and_kinds_end_in_an_ellipsis_at_80_columns(paused_ws):
         assert kinds == {expert.run_id: "train-expert", logits.run_id: "recompute-lo…", mh.run_id: "mheight-train"}
         assert "recompute-lo… " in screen_text(app)
 
-        await cursor_to(app, pilot, expert.run_id)
-        await pilot.press("enter")
-        await settle(app, pilot, 0.5)
-        await pilot.press("5")
-        await settle(app, pilot, 0.8)
-        lineage = app.screen.query_one("#lineage-table", DataTable)
+        lineage = await open_lineage(app, pilot, expert.run_id)
         row = column(lineage, "run_id").index(logits.run_id)
         assert (column(lineage, "name")[row], column(lineage, "kind")[row]) == ("logits-of-…", "recompute-l…")
         lineage.move_cursor(row=row, animate=False)

@@ -17,7 +17,8 @@ from textual.widgets import DataTable, Input, Static
 
 from app.store.models import Run
 from app.tui.app import MoeTuiApp
-from app.tui.screens.compare import CompareScreen, fit, group_by_config, mean_std
+from app.tui.cells import cut_middle
+from app.tui.screens.compare import CompareScreen, group_by_config, mean_std
 from app.tui.screens.dialogs import Confirm, Prompt
 from app.tui.screens.help import HelpScreen
 from app.tui.screens.run import RunScreen
@@ -428,7 +429,7 @@ async def test_compare_cuts_long_values_so_every_run_fits_at_80_columns(ws):
         assert all(app.runs[pk].run_id[-4:] in shown for pk in app.runs), shown  # both run columns on screen
         row = next(line for line in shown.splitlines() if "expert_dirs" in line)
         assert "…" in row and len(row.rstrip()) <= 80
-    assert fit("x" * 10) == "x" * 10 and fit("a" * 20 + "b" * 20, 9) == "aaaa…bbbb"
+    assert cut_middle("x" * 10, 28) == "x" * 10 and cut_middle("a" * 20 + "b" * 20, 9) == "aaaa…bbbb"
 
 
 async def test_run_screen_config_and_log_follow_a_training_run_at_80x24(ws):

@@ -13,6 +13,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
+from app.tui.cells import cut_middle
 from app.tui.data import RunRow
 from app.tui.widgets.curves import Curves
 
@@ -31,14 +32,6 @@ def fmt_value(value) -> str:
 
 
 CELL = 28  # widest cell, in characters: a list of paths would otherwise push every run but one off an 80-column screen
-
-
-def fit(text: str, width: int = CELL) -> str:
-    """``text`` cut to ``width`` in the middle, where a path or a metric key differs least."""
-    if len(text) <= width:
-        return text
-    head = (width - 1) // 2
-    return f"{text[:head]}…{text[len(text) - (width - 1 - head):]}"
 
 
 def config_rows(runs: list[RunRow], only_differences: bool) -> list[tuple[str, list[str]]]:
@@ -151,7 +144,7 @@ class CompareScreen(Screen):
         rows = [("run", [r.run_id for r in runs]), ("status", [r.status for r in runs]),
                 *config_rows(runs, self.only_differences), *metric_summary_rows(runs)]
         for k, values in rows:  # cells cut to CELL; the full config is on each run's screen
-            table.add_row(fit(k), *map(fit, values))
+            table.add_row(cut_middle(k, CELL), *(cut_middle(v, CELL) for v in values))
         scope = "differing settings only (a: all)" if self.only_differences else "all settings (a: differences only)"
         self.query_one("#compare-info", Static).update(f"{len(runs)} runs · config: {scope}")
 

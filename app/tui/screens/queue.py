@@ -12,7 +12,8 @@ from textual.widgets import DataTable, Footer, Header, Static
 from app.errors import UserError
 from app.tui.actions import QueueActions
 from app.tui.data import QueueState, QueuedRun, RunRow
-from app.tui.screens.runs import STATUS_STYLE, cut
+from app.tui.cells import cut
+from app.tui.screens.runs import STATUS_STYLE
 
 POLL_S = 1.0  # the queue is read again this often (and after every action)
 # key, label, width: 80 columns in all, cell padding included; the detail line shows the whole of the highlighted run.

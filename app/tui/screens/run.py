@@ -19,7 +19,8 @@ from textual.widgets import DataTable, Footer, Header, RichLog, Static, TabbedCo
 from app.errors import UserError
 from app.queries import fmt_duration
 from app.tui.data import Linked, MetricPoint, RunRow
-from app.tui.screens.runs import STATUS_STYLE, cut
+from app.tui.cells import cut
+from app.tui.screens.runs import STATUS_STYLE
 from app.tui.widgets.curves import Bars, Curves
 
 POLL_S = 1.0  # new metric rows, events and log lines are read at most this often

@@ -17,6 +17,7 @@ from app.errors import UserError
 from app.queries import fmt_duration
 from app.store.models import ACTIVE
 from app.tui.actions import QueueActions
+from app.tui.cells import cut
 from app.tui.data import RunRow, parse_tags
 from app.tui.query import QueryError, compile_query
 
@@ -34,12 +35,6 @@ STATUS_ORDER = {s: i for i, s in enumerate(("running", "pending", "queued", "blo
 MARK = "●"
 NAME_WIDTH = 18  # longer names are cut in the table (the detail line shows them whole)
 KIND_WIDTH = 13  # mheight-train and verify-logits whole; the longest kinds are cut with "…"
-
-
-def cut(text: str, width: int) -> str:
-    """``text`` in ``width`` columns, ending in "…" when it had to be cut, so a cut value
-    never reads as a whole one (mheight-fine was read as a kind of its own)."""
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 # key, label, width. What matters most comes first, for an 80-column terminal.
