@@ -429,6 +429,12 @@ async def test_compare_cuts_long_values_so_every_run_fits_at_80_columns(ws):
         assert all(app.runs[pk].run_id[-4:] in shown for pk in app.runs), shown  # both run columns on screen
         row = next(line for line in shown.splitlines() if "expert_dirs" in line)
         assert "…" in row and len(row.rstrip()) <= 80
+        table = app.screen.query_one("#compare-table", DataTable)
+        table.focus()
+        await pilot.press("end")  # the last row, as on every table (RowTable), not a sideways scroll
+        assert table.cursor_row == table.row_count - 1 and table.scroll_x == 0
+        await pilot.press("home")
+        assert table.cursor_row == 0
     assert cut_middle("x" * 10, 28) == "x" * 10 and cut_middle("a" * 20 + "b" * 20, 9) == "aaaa…bbbb"
 
 

@@ -16,6 +16,7 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 from app.tui.cells import cut_middle
 from app.tui.data import RunRow
 from app.tui.widgets.curves import Curves
+from app.tui.widgets.row_table import RowTable
 
 # Settings that tell repeats apart rather than experiments: grouping ignores them.
 REPEAT_FIELDS = ("seed",)
@@ -116,11 +117,11 @@ class CompareScreen(Screen):
         with TabbedContent(initial="table"):
             with TabPane("1 Table", id="table"):
                 # the setting column stays put while the runs scroll sideways
-                yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True, fixed_columns=1)
+                yield RowTable(id="compare-table", cursor_type="row", zebra_stripes=True, fixed_columns=1)
             with TabPane("2 Curves", id="curves"):
                 yield Curves("", id="compare-plot")
             with TabPane("3 Groups", id="groups"):
-                yield DataTable(id="group-table", cursor_type="row", zebra_stripes=True)
+                yield RowTable(id="group-table", cursor_type="row", zebra_stripes=True)
         yield Footer(compact=True)
 
     def on_mount(self) -> None:

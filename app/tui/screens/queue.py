@@ -11,9 +11,10 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from app.errors import UserError
 from app.tui.actions import QueueActions
-from app.tui.data import QueueState, QueuedRun, RunRow
 from app.tui.cells import cut
+from app.tui.data import QueueState, QueuedRun, RunRow
 from app.tui.screens.runs import STATUS_STYLE
+from app.tui.widgets.row_table import RowTable
 
 POLL_S = 1.0  # the queue is read again this often (and after every action)
 # key, label, width: 80 columns in all, cell padding included; the detail line shows the whole of the highlighted run.
@@ -62,8 +63,8 @@ class QueueScreen(QueueActions, Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("reading the queue…", id="queue-info")
-        yield DataTable(id="slots", cursor_type="row")
-        yield DataTable(id="queued", cursor_type="row", zebra_stripes=True)
+        yield RowTable(id="slots", cursor_type="row")
+        yield RowTable(id="queued", cursor_type="row", zebra_stripes=True)
         yield Static("", id="queue-detail")
         yield Footer(compact=True)
 

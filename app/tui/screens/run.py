@@ -18,10 +18,11 @@ from textual.widgets import DataTable, Footer, Header, RichLog, Static, TabbedCo
 
 from app.errors import UserError
 from app.queries import fmt_duration
-from app.tui.data import Linked, MetricPoint, RunRow
 from app.tui.cells import cut
+from app.tui.data import Linked, MetricPoint, RunRow
 from app.tui.screens.runs import STATUS_STYLE
 from app.tui.widgets.curves import Bars, Curves
+from app.tui.widgets.row_table import RowTable
 
 POLL_S = 1.0  # new metric rows, events and log lines are read at most this often
 REDRAW_S = 0.5  # plots redraw at most twice a second
@@ -124,17 +125,17 @@ class RunScreen(Screen):
                                      label_of=lambda k: k.split("/", 1)[-1], id="mse-plot")
             # The other tabs mount after the first paint: the plots are what a person waits for.
             with TabPane("2 Config", id="config"):
-                yield Lazy(DataTable(id="config-table", cursor_type="row", zebra_stripes=True))
+                yield Lazy(RowTable(id="config-table", cursor_type="row", zebra_stripes=True))
             with TabPane("3 Log", id="log"):
                 # Wrapped: an epoch line holds a dozen metrics, most of them past column 80.
                 yield Lazy(RichLog(id="log-view", max_lines=LOG_LINES, wrap=True, markup=False, highlight=False))
             with TabPane("4 Artifacts", id="artifacts"):
                 yield Lazy(Horizontal(
-                    DataTable(id="artifact-list", cursor_type="row"),
+                    RowTable(id="artifact-list", cursor_type="row"),
                     RichLog(id="artifact-view", wrap=False, markup=False, highlight=False),
                 ))
             with TabPane("5 Lineage", id="lineage"):
-                yield DataTable(id="lineage-table", cursor_type="row", zebra_stripes=True)  # small: no need to defer it
+                yield RowTable(id="lineage-table", cursor_type="row", zebra_stripes=True)  # small: no need to defer it
                 yield Static("", id="lineage-detail")
         yield Footer(compact=True)
 

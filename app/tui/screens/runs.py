@@ -20,6 +20,7 @@ from app.tui.actions import QueueActions
 from app.tui.cells import cut
 from app.tui.data import RunRow, parse_tags
 from app.tui.query import QueryError, compile_query
+from app.tui.widgets.row_table import RowTable
 
 STATUS_STYLE = {
     "queued": "dim",
@@ -118,21 +119,15 @@ def cells(row: RunRow, now: float, marked: bool) -> list:
     ]
 
 
-class RunsTable(DataTable):
+class RunsTable(RowTable):
     """A DataTable whose columns all have fixed widths and whose rows are one line.
 
     DataTable measures every cell of every new row to size its columns; with
     fixed widths that work is thrown away, and at a thousand runs it was most
     of the start-up time. Only the virtual size is needed.
 
-    Home and End go to the first and last run: DataTable scrolls sideways on them
-    under a row cursor, and a mark or tag then landed on a run nobody meant.
+    Home and End go to the first and last run (:class:`RowTable`).
     """
-
-    BINDINGS = [
-        Binding("home", "scroll_top", "First run", show=False),
-        Binding("end", "scroll_bottom", "Last run", show=False),
-    ]
 
     def _update_dimensions(self, new_rows) -> None:
         width = sum(c.get_render_width(self) for c in self.columns.values()) + self._row_label_column_width
