@@ -48,6 +48,10 @@ def matching(query: str) -> list[int]:
     ("name~GATE", [4]),
     ("gate", [4]),
     ("config.loss != ce", [2, 3]),
+    # none tests whether a run has the field: run 3 logged no balanced accuracy
+    ("best.val/balanced_acc != none", [1, 2, 4]),
+    ("best.val/balanced_acc = none", [3]),
+    ("best.val/balanced_acc != 0.3", [2, 4]),  # a missing value is not "not 0.3", as SQL's NULL
     ("epoch < 2", [3]),
     ("loss='logit_adjust'", [2]),
     ("best.val/missing > 0", []),

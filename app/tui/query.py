@@ -156,8 +156,8 @@ def _as_text(value) -> str:
 
 
 def _compare(value, op: str, literal: str) -> bool:
-    if value is None:
-        return op == "!=" and literal.lower() in ("none", "null", "")
+    if value is None:  # a run without the field: only "= none" holds (as SQL's NULL, "!= 3" does not)
+        return op == "=" and literal.lower() in ("none", "null", "")
     if op == "~":
         return literal.lower() in _as_text(value).lower()
     num = _number(literal)
