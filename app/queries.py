@@ -8,7 +8,7 @@ from collections import defaultdict
 from sqlmodel import Session, col, select
 
 from app.errors import UserError
-from app.store.models import ACTIVE, BLOCKED, FINISHED, Metric, MetricSummary, Run
+from app.store.models import STATUSES, Metric, MetricSummary, Run
 from engine.config import JOBS
 
 
@@ -30,9 +30,8 @@ def find_run(s: Session, ref: str) -> Run:
 
 def check_run_filter(status: str | None, kind: str | None) -> None:
     """A misspelt --status or --kind would list nothing and look like an empty workspace: refuse it."""
-    statuses = (*ACTIVE, *FINISHED, BLOCKED)
-    if status is not None and status not in statuses:
-        raise UserError(f"unknown --status '{status}'; choose one of: {', '.join(statuses)}")
+    if status is not None and status not in STATUSES:
+        raise UserError(f"unknown --status '{status}'; choose one of: {', '.join(STATUSES)}")
     if kind is not None and kind not in JOBS:
         raise UserError(f"unknown --kind '{kind}'; choose one of: {', '.join(sorted(JOBS))}")
 

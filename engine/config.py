@@ -412,14 +412,14 @@ def field_error(kind: str, name: str, raw: Any, *, preset: str | None = None) ->
     return None
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse would print usage and exit; we want one line
         raise ConfigError(f"{message}; see `{self.prog} --help`")
 
 
 def build_parser(kind: str) -> argparse.ArgumentParser:
     cls = job_class(kind)
-    p = _Parser(prog=f"engine {kind}", description=cls.help or cls.__doc__, allow_abbrev=False)
+    p = OneLineParser(prog=f"engine {kind}", description=cls.help or cls.__doc__, allow_abbrev=False)
     run = p.add_argument_group("run")
     run.add_argument("--preset", choices=sorted(cls.presets) or None, help="a named set of overrides")
     run.add_argument("--config", dest="config_file", metavar="FILE", help="YAML or JSON file of settings")

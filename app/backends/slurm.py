@@ -30,7 +30,7 @@ import time
 from app.errors import UserError
 from app.lifecycle import SLURM_FILE
 from app.queue.settings import SlurmSettings
-from app.store.models import LAUNCHED, Run, next_rev
+from app.store.models import BLOCKED, FINISHED, LAUNCHED, Run, next_rev
 from app.workspace import Workspace
 from engine.run import SCHEMA_VERSION, RunDir, atomic_write_bytes, atomic_write_json, read_json
 
@@ -291,15 +291,14 @@ class SlurmBackend:
     @staticmethod
     def _unmet_cause(s, pk: int) -> str:
         """Which parent did not succeed, and how to go on: the same words as a run the daemon blocks itself."""
-        from app.queue.deps import parents_of
+        from app.queue.deps import blocked_cause, parents_of
 
         bad = [p for p in parents_of(s, [pk])[pk] if p.status != "succeeded"]
         if not bad:
             return "a dependency did not succeed (Slurm: DependencyNeverSatisfied); retrying it re-queues this run"
         p = bad[0]
-        how = p.status if p.status in (*ENDED, "lost", "blocked") else "did not succeed"  # the database may lag Slurm
-        return (f"dependency {p.run_id} ({p.name}) {how} (Slurm: DependencyNeverSatisfied); "
-                f"`moe-tui retry {p.run_id}` re-queues this run")
+        how = p.status if p.status in (*FINISHED, BLOCKED) else "did not succeed"  # the database may lag Slurm
+        return blocked_cause(p, how, via=" (Slurm: DependencyNeverSatisfied)")
 
 
 def slurm_available() -> str | None:

@@ -97,15 +97,20 @@ def settle_dependencies(s: Session, dry_run: bool = False) -> tuple[list[int], l
             blocked.append(pk)
         elif bad:
             run = s.get(Run, pk)
-            p = bad[0]
             run.status = "blocked"
-            run.error = f"dependency {p.run_id} ({p.name}) {p.status}; `moe-tui retry {p.run_id}` re-queues this run"
+            run.error = blocked_cause(bad[0])
             run.rev = next_rev(s)
             s.add(run)
             blocked.append(pk)
         elif all(p.status == "succeeded" for p in parents[pk]):
             ready.append(pk)
     return ready, blocked
+
+
+def blocked_cause(parent: Run, how: str | None = None, via: str = "") -> str:
+    """Why a run is blocked, naming the parent, and how to go on; ``via``: what reported it (Slurm)."""
+    return (f"dependency {parent.run_id} ({parent.name}) {how or parent.status}{via}; "
+            f"`moe-tui retry {parent.run_id}` re-queues this run")
 
 
 def unmet(s: Session, pk: int) -> bool:

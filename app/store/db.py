@@ -111,10 +111,6 @@ def head_revision() -> str:
     return names[-1].split("_", 1)[0]
 
 
-def current_revision(engine: Engine) -> str | None:
-    return file_state(engine)[1]
-
-
 def file_state(engine: Engine) -> tuple[str, str | None]:
     """The database file's journal mode (upper case) and schema revision (None before the first), in one connection."""
     with engine.connect() as conn:

@@ -16,6 +16,7 @@ LAUNCHED = ("pending", "running")  # handed to a backend and not finished: watch
 ACTIVE = ("queued", *LAUNCHED)
 FINISHED = ("succeeded", "failed", "cancelled", "lost")
 BLOCKED = "blocked"
+STATUSES = (*ACTIVE, *FINISHED, BLOCKED)  # every status a run can have
 
 
 def _run_fk(primary_key: bool = False) -> Column:

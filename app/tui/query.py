@@ -26,7 +26,7 @@ import types
 from dataclasses import dataclass
 from typing import Callable, Union, get_args, get_origin
 
-from app.store.models import ACTIVE, BLOCKED, FINISHED
+from app.store.models import STATUSES
 from app.tui.data import RunRow
 from engine.config import JOBS
 
@@ -172,7 +172,7 @@ def _compare(value, op: str, literal: str) -> bool:
 
 def _known_values(field: str) -> tuple[str, ...] | None:
     if field == "status":
-        return (*ACTIVE, *FINISHED, BLOCKED)
+        return STATUSES
     if field == "kind":
         return tuple(sorted(JOBS))
     return None

@@ -9,11 +9,11 @@ the positional arguments the issue promises (``import DIR``,
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Callable
 
+from engine.config import ConfigError, OneLineParser
 from engine.run import EXIT_BAD_INPUT, JobError
 
 VERBS = {
@@ -49,11 +49,11 @@ def to_job_argv(verb: str, rest: list[str]) -> list[str]:
     return [f"mheight-{verb}", *out]
 
 
-class _HeightParser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, as the jobs' parsers (argparse prints usage first)
+class _HeightParser(OneLineParser):
+    def error(self, message: str):
         if {"--n", "--k", "--m", "--P"} & set(message.split()):
             message += "; codes are JSON (a file or stdin) with keys n, k, m and P, not options"
-        raise JobError(f"{message}; see `{self.prog} --help`")
+        super().error(message)
 
 
 def height_tool(argv: list[str]) -> int:
@@ -111,7 +111,7 @@ def main(argv: list[str], run_job: Callable[[list[str]], int]) -> int:
     if verb == "height":
         try:
             return height_tool(rest)
-        except JobError as e:
+        except (JobError, ConfigError) as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
     return run_job(to_job_argv(verb, rest))
