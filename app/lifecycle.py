@@ -76,10 +76,15 @@ class Settled:
 
 
 def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int | None,
-           cancel: dict | None = None, slurm: dict | None = None, last_epoch: int | None = None) -> Settled:
+           cancel: dict | None = None, slurm: dict | None = None, last_epoch: int | None = None,
+           reread: bool = True) -> Settled:
     """``last_epoch``: the newest epoch found in events.jsonl. The job appends the
     event before it rewrites status.json, so a kill between the two leaves the
-    status one epoch behind; the events are the better witness."""
+    status one epoch behind; the events are the better witness.
+
+    ``reread``: the caller read the files before the processes were checked; a job or
+    launcher found gone may have written its last word (final status, exit code) in
+    between, so they are read once more before it is judged."""
     epoch = max((status or {}).get("epoch") or 0, last_epoch or 0)
     slurm_state = (slurm or {}).get("final_state")
     if slurm_state in SLURM_CAUSES:
@@ -112,6 +117,10 @@ def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int 
         liveness = [False if a is None else a for a in liveness]
     if any(a is True or a is None for a in liveness):
         return Settled("running" if (status or launch) else "queued")
+    if reread and liveness:
+        fresh = read_json(rd.status) or status, exit_code if exit_code is not None else rd.read_exit_code()
+        if fresh != (status, exit_code):
+            return settle(rd, fresh[0], launch, fresh[1], cancel, slurm, last_epoch, reread=False)
 
     if slurm and not slurm_state and (status or launch) and not any(a is False for a in liveness):
         # Slurm has not said it ended: still in its queue (the daemon's last look, in

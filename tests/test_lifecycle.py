@@ -52,6 +52,16 @@ def test_vanished_job_without_exit_code(tmp_path):
     assert s.status == "failed" and "without a final status" in s.error
 
 
+def test_what_a_job_wrote_on_its_way_out_is_read_again(tmp_path):
+    """The ingest read the files, then the launcher wrote the exit code and exited, then the
+    processes were checked: the exit code on disk, not the earlier read, says how it ended."""
+    rd = RunDir(tmp_path)
+    launch = {"launched_at": 1.0, **dead_identity().record("launcher_")}
+    rd.exit_code_file.write_text("-9\n")
+    s = settle(rd, running_status(dead_identity()), launch, None)
+    assert s.status == "failed" and s.exit_code == -9 and s.error.startswith("killed by SIGKILL"), s
+
+
 def test_rebooted_machine(tmp_path):
     ident = dead_identity()
     ident = ProcessIdentity(ident.pid, ident.start_ticks, ident.host, "an-earlier-boot")
