@@ -2,7 +2,8 @@
 
 Speed. Ours is the real `train-gating` job run in-process (loading the npz
 files, features once, 100 epochs with the per-epoch train and val
-evaluation, checkpoints, events, results table). It trains on this thread and
+evaluation, checkpoints, events, results table), with its C step (the
+default on the CPU) and with ``--cpu-step torch``. It trains on this thread and
 prepares the next epoch and reports the last on a worker thread (one torch
 thread each, so two cores):
 besides wall and process CPU seconds, this thread's CPU seconds are the
@@ -53,14 +54,14 @@ def write_logits(root: Path, n: int, c: int, split: str, seed: int) -> None:
         del logits
 
 
-def ours(root: Path, ws: Path, threads: int) -> tuple[float, float, float]:
+def ours(root: Path, ws: Path, threads: int, cpu_step: str = "c") -> tuple[float, float, float]:
     """Wall, process CPU and this (the training) thread's CPU seconds of the whole job."""
     from engine.config import parse_argv
     from engine.jobs import train_gating
     from engine.run import RunDir, RunRecorder
 
     spec = parse_argv(["train-gating", "--logits-dir", str(root), "--test-split", "none", "--threads", str(threads),
-                       "--epochs", str(EPOCHS)])
+                       "--epochs", str(EPOCHS), "--cpu-step", cpu_step])
     rec = RunRecorder(RunDir.create(ws / "runs"), kind=spec.kind, config=spec.config.model_dump(mode="json"),
                       argv=spec.argv, total_epochs=EPOCHS)
     rec._tee_output = lambda: None  # keep the benchmark's output readable
@@ -133,8 +134,9 @@ def best_us(fn, reps: int = 200, per: int = 1) -> float:
     return out
 
 
-def step_breakdown(threads: int) -> dict[str, tuple[float, float]]:
-    """CPU microseconds per batch of 128, (autograd + torch.optim way, ours by hand), best of 5 repeats.
+def step_breakdown(threads: int) -> tuple[dict[str, tuple[float, float]], float]:
+    """CPU microseconds per batch of 128, (autograd + torch.optim way, ours by hand), best of 5 repeats;
+    and the whole step as the C kernels take it.
 
     The same work both ways: the MLP's forward and backward, the loss terms and
     their gradient, clipping and AdamW. The reference loop pays the autograd
@@ -147,6 +149,7 @@ def step_breakdown(threads: int) -> dict[str, tuple[float, float]]:
     from engine.gating.loss_grad import EpochLoss
     from engine.gating.model import GatingMLP, keep_masks
     from engine.gating.losses import gating_loss
+    from engine.gating.native_step import NativeStep
 
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
@@ -192,11 +195,14 @@ def step_breakdown(threads: int) -> dict[str, tuple[float, float]]:
     def our_optimiser():
         opt.step(clip_scale(params.grad, cfg.grad_clip))
 
-    return {
+    parts = {
         "MLP forward + backward": (best_us(ref_mlp), best_us(our_mlp)),
         "loss terms and their gradient": (best_us(ref_loss), best_us(lambda: loss.grad(0, z))),
         "grad clipping + AdamW": (best_us(ref_optimiser), best_us(our_optimiser)),
     }
+    native = NativeStep(step, opt, cfg.grad_clip, max_rows=b)
+    native.begin_epoch(loss, x, masks.keep, masks.scale)
+    return parts, best_us(lambda: native.batches(0, 1))
 
 
 def reference_extras(threads: int) -> dict[str, float]:
@@ -245,7 +251,29 @@ def inat_peak_rss(tmp: Path) -> tuple[float, float, float, float]:
     return usage.ru_maxrss / 2**20, wall, size, usage.ru_utime + usage.ru_stime
 
 
+def c_build_seconds(cache: Path) -> float:
+    """Seconds to build the C step from its source into an empty ``cache``; the user's cached build is
+    then loaded again for the jobs (in-process, they share this process's ``native.load``)."""
+    from engine.gating import native
+
+    before = os.environ.get("MOE_TUI_CACHE")
+    os.environ["MOE_TUI_CACHE"] = str(cache)
+    try:
+        native.load.cache_clear()
+        t0 = time.perf_counter()
+        native.load()
+        return time.perf_counter() - t0
+    finally:
+        if before is None:
+            os.environ.pop("MOE_TUI_CACHE")
+        else:
+            os.environ["MOE_TUI_CACHE"] = before
+        native.load.cache_clear()
+
+
 def run() -> str:
+    from engine.gating import native
+
     # One torch thread per Python thread: on a shared 2-core machine, two OpenMP threads spin
     # against other processes and made both loops several times slower, not faster. Ours
     # still uses both cores: its epoch reports run on a second thread.
@@ -254,15 +282,18 @@ def run() -> str:
         tmp = Path(tmp)
         write_logits(tmp / "logits", N, C, "gating", seed=0)
         write_logits(tmp / "logits", N_VAL, C, "val", seed=3)
+        build_s = c_build_seconds(tmp / "kernel-cache")
+        native.load()  # the user's cached build, built now if missing: the timed job only loads it
         load_before = os.getloadavg()[0]
         ref_epoch, ref_cpu_epoch = reference(tmp / "logits", threads)
         ref2_epoch, ref2_cpu_epoch = reference(tmp / "logits", 2)  # ours uses two cores: so may the reference
-        our_total, our_cpu, our_main = ours(tmp / "logits", tmp / "ws", threads)
+        our_total, our_cpu, our_main = ours(tmp / "logits", tmp / "ws", threads, "c")
+        torch_total, torch_cpu, torch_main = ours(tmp / "logits", tmp / "ws-torch", threads, "torch")
         load_after = os.getloadavg()[0]
         ref_total, ref_cpu = ref_epoch * EPOCHS, ref_cpu_epoch * EPOCHS
         ref2_total, ref2_cpu = ref2_epoch * EPOCHS, ref2_cpu_epoch * EPOCHS
         best_ref = min(ref_total, ref2_total)  # the faster reference, by wall time
-        parts = step_breakdown(threads)
+        parts, c_step = step_breakdown(threads)
         extras = reference_extras(threads)
         rss, wall, size, inat_cpu = inat_peak_rss(tmp)
     rows = "\n".join(f"| {k} | {r:.0f} | {o:.0f} | {r / o:.1f}x |" for k, (r, o) in parts.items())
@@ -284,29 +315,37 @@ unless said.
 | the same reference with 2 torch threads | {ref2_total:.1f} | {ref2_cpu:.1f} | {ref_total / ref2_total:.1f}x | {ref_cpu / ref2_cpu:.1f}x |
 | ours: the whole `train-gating` job (load, features once, 100 epochs with train+val metrics, checkpoints, table), both threads | {our_total:.1f} | {our_cpu:.1f} | {ref_total / our_total:.1f}x | {ref_cpu / our_cpu:.1f}x |
 | ours, the training thread alone (the critical path: the wall time on two idle cores) | - | {our_main:.1f} | - | {ref_cpu / our_main:.1f}x |
+| ours with `--cpu-step torch` (no C compiler): the whole job | {torch_total:.1f} | {torch_cpu:.1f} | {ref_total / torch_total:.1f}x | {ref_cpu / torch_cpu:.1f}x |
+| ours with `--cpu-step torch`, the training thread alone | - | {torch_main:.1f} | - | {ref_cpu / torch_main:.1f}x |
 
 Target: at least 10x the reference and under 3 s on a 2-core CPU: **{verdict}** in wall time
 ({best_ref / our_total:.1f}x the faster reference, {our_total:.1f} s), **{critical}** on the critical path
 ({ref_cpu / our_main:.1f}x the one-thread reference's CPU time, {our_main:.1f} s). A second torch thread changes the
-reference's wall time by {ref_total / ref2_total:.2f}x. Ours trains on one thread; the other prepares each next epoch (order,
+reference's wall time by {ref_total / ref2_total:.2f}x. The C step is {torch_total / our_total:.1f}x the torch step in wall time
+({torch_main / our_main:.1f}x on the training thread). Ours trains on one thread; the other prepares each next epoch (order,
 masks, gathered batches) and reports the last (train and val mixtures over all classes, events,
 checkpoints): {our_cpu - our_main:.1f} CPU-s in all. Wall seconds include waiting for the shared cores.
 
 Where a batch's time goes (CPU microseconds per batch of 128, best of 5, same process):
 
-| part | autograd + torch.optim | ours, by hand | ratio |
+| part | autograd + torch.optim | ours, torch ops by hand | ratio |
 |---|---:|---:|---:|
 {rows}
+| the whole step as one C call (`--cpu-step c`, the default) | | {c_step:.0f} | {ours_step / c_step:.1f}x the torch step |
 
 Ours: the step is written out (engine/gating/backprop.py, loss_grad.py): the loss's gradient
 with respect to the router logits in closed form, six matrix products for the MLP's backward,
 one fused AdamW kernel on a flat parameter buffer with the clipping factor as its grad scale,
 no autograd graph, subnormals flushed to zero, dropout masks for a whole epoch drawn one epoch ahead
-on the worker thread. Measured alone
-(above) the parts add up to {ours_step:.0f} us a step, {ours_step * steps / 1e6:.1f} s for the {steps:,} steps of 100 epochs;
-in the job the training thread spends {our_main / steps * 1e6:.0f} us a step, everything included: the small
-kernels cost more interleaved with the matrix products than repeated alone. The MLP's matrix products
-alone are {mlp_gflop:.0f} GFLOP, which bounds any fp32 loop from below on this CPU.
+on the worker thread. On the CPU the same step runs as C (engine/gating/kernels.c, built with the
+system compiler on first use): the small ops as loops, the eight matrix products through the
+`sgemm_` torch's library exports (the kernels torch.addmm runs), sixteen batches per call so the
+training thread holds no GIL while the worker reports. Measured alone the torch step's parts add up
+to {ours_step:.0f} us a step and the C step is {c_step:.0f} us, {c_step * steps / 1e6:.1f} s for the {steps:,} steps of
+100 epochs; in the job the training thread spends {our_main / steps * 1e6:.0f} us a step, everything included
+({torch_main / steps * 1e6:.0f} us with the torch step). The MLP's matrix products alone are {mlp_gflop:.0f} GFLOP, which
+bounds any fp32 loop from below on this CPU. Building the C step (once per machine and source, cached
+under ~/.cache/moe-tui) took {build_s:.1f} s, not counted above.
 Load average of the shared machine during the measurement: {load_before:.1f} before, {load_after:.1f} after
 (2 cores; other jobs slow both loops alike, so the ratio holds better than the seconds).
 

@@ -94,6 +94,10 @@ class TrainGatingConfig(JobConfig):
                                                        "bounds peak memory at large C (iNaturalist: C=8142)")
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda' or 'cuda:N'")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice")
+    cpu_step: Literal["auto", "c", "torch"] = Field(
+        "auto", description="the training step's small kernels on the CPU: 'c' builds engine/gating/kernels.c with "
+                            "the system C compiler (once per machine; ~2x faster), 'torch' uses torch ops, 'auto' C "
+                            "when a compiler works; the GPU always runs the torch step")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainGatingConfig":

@@ -24,6 +24,8 @@ from engine.gating.data import check_logits_dir, has_split, load_class_counts, l
 from engine.gating.evaluation import (load_by_group, mixture_metrics, mixture_predict, results_table, routing_stats,
                                       table_markdown, uniform_verdict)
 from engine.gating.backprop import AdamW, FlatParams, Step, clip_scale
+from engine.gating.native import NativeUnavailable
+from engine.gating.native_step import NativeStep
 from engine.gating.features import FeatureNorm, PreparedSplit, feature_names, prepare_split
 from engine.gating.loss_grad import TERMS, EpochLoss
 from engine.gating.model import GatingMLP, KeepMasks, keep_masks, route, router_temperature
@@ -66,34 +68,68 @@ class EpochPlan:
     epoch: int
     temperature: float
     order: torch.Tensor  # (n,) the split's samples in the epoch's order
-    x: list[torch.Tensor]  # features of each batch (views)
-    masks: list[KeepMasks | None]  # dropout's keep masks of each batch
+    features: torch.Tensor  # (n, D) in that order
+    keep: KeepMasks | None  # dropout's keep masks (n, width) per hidden layer, in that order
     loss: EpochLoss  # gradients per batch, and the buffers the epoch's loss values come from
+
+    @property
+    def batches(self) -> list[tuple[torch.Tensor, KeepMasks | None]]:
+        """Each batch's features and keep masks (views)."""
+        sizes = [stop - start for start, stop in self.loss.bounds]
+        masks = self.keep.split(sizes) if self.keep is not None else [None] * len(sizes)
+        return list(zip(self.features.split(sizes), masks))
 
 
 def plan_epoch(epoch: int, data: TrainTensors, cfg: TrainGatingConfig, log_prior: torch.Tensor,
                gen: torch.Generator, mask_rng: np.random.Generator) -> EpochPlan:
-    """Everything random or per-sample, drawn and gathered once per epoch; batches are views.
+    """Everything random or per-sample, drawn and gathered once per epoch.
     Draws from ``gen`` (order, then router noise) and ``mask_rng`` in a fixed order per epoch."""
     n, dev = len(data), data.x.device
     temperature = router_temperature(epoch, cfg.epochs, cfg.temperature_start, cfg.temperature_end)
-    bounds = batch_bounds(n, cfg.batch_size)
-    sizes = [stop - start for start, stop in bounds]
     order = torch.randperm(n, generator=gen).to(dev)
     noise = (torch.randn(n, data.logp_target.shape[1], generator=gen).to(dev)
              if cfg.router == "top_k" and cfg.noise_std > 0 else None)
-    masks = keep_masks(mask_rng, n, cfg.hidden, cfg.dropout, dev).split(sizes) if cfg.dropout > 0 else [None] * len(sizes)
+    keep = keep_masks(mask_rng, n, cfg.hidden, cfg.dropout, dev) if cfg.dropout > 0 else None
     loss = EpochLoss(cfg, data.logp_target[order], data.sample_weight[order], data.group[order], len(GROUPS),
-                     bounds, log_prior, temperature, noise)
-    return EpochPlan(epoch, temperature, order, list(data.x[order].split(sizes)), masks, loss)
+                     batch_bounds(n, cfg.batch_size), log_prior, temperature, noise)
+    return EpochPlan(epoch, temperature, order, data.x[order], keep, loss)
 
 
-def train_one_epoch(step: Step, opt: AdamW, plan: EpochPlan, cfg: TrainGatingConfig, rec: RunRecorder) -> None:
+NATIVE_BATCHES_PER_CALL = 16  # C steps between cancel checks: ~4 ms at batch 128 on a 2-core CPU
+
+
+def train_one_epoch(step: Step | NativeStep, opt: AdamW, plan: EpochPlan, cfg: TrainGatingConfig,
+                    rec: RunRecorder) -> None:
     """One pass over the train split: forward, closed-form loss gradient, backward, clipped AdamW."""
-    for b, (xb, mb) in enumerate(zip(plan.x, plan.masks)):
+    if isinstance(step, NativeStep):
+        keep = plan.keep
+        step.begin_epoch(plan.loss, plan.features, keep.keep if keep else None, keep.scale if keep else 1.0)
+        nb = len(plan.loss.bounds)
+        for b0 in range(0, nb, NATIVE_BATCHES_PER_CALL):
+            step.batches(b0, min(b0 + NATIVE_BATCHES_PER_CALL, nb))
+            rec.check_cancelled()
+        step.end_epoch()
+        return
+    for b, (xb, mb) in enumerate(plan.batches):
         step.backward(plan.loss.grad(b, step.forward(xb, mb)))
         opt.step(clip_scale(opt.p.grad, cfg.grad_clip))
         rec.check_cancelled()
+
+
+def pick_step(step: Step, opt: AdamW, cfg: TrainGatingConfig, device: torch.device) -> Step | NativeStep:
+    """The C kernels' step on the CPU when --cpu-step allows and they build, else the torch step; says which."""
+    if device.type != "cpu" or cfg.cpu_step == "torch":
+        print(f"step: torch ops ({'--cpu-step torch' if device.type == 'cpu' else device.type})", flush=True)
+        return step
+    try:
+        native_step = NativeStep(step, opt, cfg.grad_clip, max_rows=cfg.batch_size + 1)
+    except NativeUnavailable as exc:
+        if cfg.cpu_step == "c":
+            raise JobError(f"--cpu-step c: {exc}; or run with --cpu-step torch") from exc
+        print(f"step: torch ops, about 2x slower on the CPU ({exc}; --cpu-step torch hides this note)", flush=True)
+        return step
+    print("step: C kernels (engine/gating/kernels.c; matrix products by torch's BLAS)", flush=True)
+    return native_step
 
 
 def epoch_stats(plan: EpochPlan, cfg: TrainGatingConfig) -> tuple[dict[str, float], torch.Tensor]:
@@ -236,8 +272,8 @@ def train_epochs(model: GatingMLP, data: TrainTensors, cfg: TrainGatingConfig, t
     total = torch.get_num_threads()
     train_threads = max(1, total // 2)
     params = FlatParams(model)
-    step = Step(model, params)
     opt = AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = pick_step(Step(model, params), opt, cfg, params.data.device)
     lr_factor = linear_warmup_cosine(cfg.warmup_epochs, cfg.epochs)
     worker = EpochWorker(cfg, data, log_prior, gen, mask_rng, train, val, val_x, groups, meta, history, rec,
                          threads=max(1, total - train_threads))
