@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from app.tui.data import RunRow, parse_tags
+from app.tui.cells import cut
 from app.tui.query import QueryError, compile_query
+from app.tui.screens.runs import KIND_WIDTH
+from engine.config import JOBS
 
 
 def row(pk: int, status="succeeded", kind="train-expert", name="ce-resnet32-digits", loss="ce", seed=0,
@@ -100,6 +103,36 @@ def test_bad_queries_say_what_and_where(query, message):
 def test_status_and_kind_may_still_be_searched_in_part():
     assert matching("status~run") == [1, 4] and matching("kind~train") == [1, 2, 3]
     assert matching("status=RUNNING") == [1, 4]
+
+
+def test_status_and_kind_take_any_unambiguous_beginning():
+    assert matching("kind=train-exp") == [1, 2, 3] and matching("kind != TRAIN-E") == [4]
+    assert matching("status=run") == [1, 4] and matching("status in (fail, succ)") == [2, 3]
+    # What a cut cell shows, "…" and all; and as a bare word, a search for what is before it.
+    assert matching("kind=train-exp…") == [1, 2, 3] and matching("gate-de…") == [4]
+    assert matching("name~gate-d…") == [4]
+
+
+@pytest.mark.parametrize("query, message", [
+    ("kind=train-", "kind 'train-' at column 6 could be train-expert or train-gating; type more of it"),
+    ("kind=mheight-", "could be mheight-evaluate, mheight-finetune, mheight-generate, mheight-import or mheight-train"),
+    ("kind=…", "unknown kind '…' at column 6"),
+    ('kind=""', "unknown kind '' at column 6"),
+])
+def test_an_ambiguous_or_empty_beginning_is_an_error(query, message):
+    with pytest.raises(QueryError) as err:
+        compile_query(query)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", sorted(JOBS))
+def test_the_kind_column_shows_what_the_filter_takes(kind):
+    """The Kind column cuts the longest kinds ("recompute-lo…"); typed back into the filter, with
+    or without the "…", that text once was an unknown kind."""
+    shown = cut(kind, KIND_WIDTH)
+    for text in (shown, shown.removesuffix("…")):
+        pred = compile_query(f"kind={text}")
+        assert pred(row(1, kind=kind)) and not pred(row(2, kind="gating")), text
 
 
 def test_tags_are_normalised():

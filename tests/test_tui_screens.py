@@ -82,6 +82,37 @@ async def test_filter_sort_and_bad_filter(ws):
         assert "▲" in str(table.columns["config"].label)
 
 
+async def test_typing_a_filter_never_flashes_an_empty_table(ws):
+    """On the way to status=running the text is the bare word "status" (no run's name holds it)
+    and "status=" (an error): the table went empty while typing, and an error from an earlier
+    enter stayed under the box about text no longer there."""
+    seed_runs(ws, runs=10, epochs=3)
+    app = MoeTuiApp(ws, poll_s=60)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        table = app.screen.query_one(DataTable)
+        error = app.screen.query_one("#filter-error", Static)
+        await pilot.press("slash", *"kind=", "enter")
+        await settle(app, pilot)
+        assert error.display
+        await pilot.press("ctrl+u")
+        for key in "status=run":
+            await pilot.press(key)
+            await pilot.pause()
+            assert table.row_count > 0, f"empty table after typing up to {key!r}"
+            assert not error.display  # the error was about "kind="
+        # "status=run" is running already (an unambiguous beginning of a status).
+        assert set(column(table, "status")) == {"running"} and "runs" in app.screen.sub_title
+        await pilot.press(*"ning and stat")
+        await pilot.pause()
+        assert set(column(table, "status")) == {"running"}
+        assert "no match yet" in app.screen.sub_title  # quietly: why the table did not follow
+        await pilot.press("enter")  # a filter that really matches nothing shows so on enter
+        await settle(app, pilot)
+        assert table.row_count == 0 and "no match" not in app.screen.sub_title
+        assert "No run matches the filter" in str(app.screen.query_one("#run-detail", Static).render())
+
+
 async def test_header_click_sorts(ws):
     seed_runs(ws, runs=8, epochs=3)
     app = MoeTuiApp(ws, poll_s=0.2)

@@ -15,6 +15,10 @@ as usual. Comparing with a number compares numerically; a field a run does
 not have never matches (so ``best.x > 0`` skips runs that never logged x).
 Fields that hold numbers (epoch, best./final., numeric config fields) refuse a
 value that is not one, rather than compare it as text and match nothing.
+``status`` and ``kind`` take a value that exists or any unambiguous beginning of
+one (``kind=recompute`` is recompute-logits; ``kind=train-`` is an error naming
+train-expert and train-gating). A trailing "…", as a cut table cell shows a
+value, is ignored there and in searches (``~`` and bare words).
 
 Errors are :class:`QueryError` with one line saying what is wrong and where.
 """
@@ -178,12 +182,33 @@ def _known_values(field: str) -> tuple[str, ...] | None:
     return None
 
 
-def _check_known(field: str, literal: str, tok: Token) -> None:
-    """A misspelt status or kind (status=runing) would match nothing and look like an
-    empty workspace, as `moe-tui ls --status` refuses it: say so instead."""
+def _uncut(text: str) -> str:
+    """A value copied from a table cell cut to its width ends in "…": what is before it is what was seen."""
+    return text[:-1] if text.endswith("…") else text
+
+
+def _resolve_known(field: str, literal: str, tok: Token) -> str:
+    """The status or kind ``literal`` names; other fields' values as they are.
+
+    A misspelt status or kind (status=runing) would match nothing and look like an empty
+    workspace, as `moe-tui ls --status` refuses it: say so instead. Any unambiguous beginning
+    of one is that one, so the Kind column's cut "recompute-lo…" (with or without the "…")
+    filters as recompute-logits, and status=run on the way to status=running already shows it.
+    """
     known = _known_values(field.lower())
-    if known is not None and literal.lower() not in known:
-        raise QueryError(f"unknown {field.lower()} '{literal}' at column {tok.pos + 1}; one of: {', '.join(known)}")
+    if known is None:
+        return literal
+    lit = literal.lower()
+    if lit in known:
+        return lit
+    prefix = _uncut(lit)
+    candidates = [k for k in known if prefix and k.startswith(prefix)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise QueryError(f"{field.lower()} '{literal}' at column {tok.pos + 1} could be "
+                         f"{', '.join(candidates[:-1])} or {candidates[-1]}; type more of it")
+    raise QueryError(f"unknown {field.lower()} '{literal}' at column {tok.pos + 1}; one of: {', '.join(known)}")
 
 
 class _Parser:
@@ -266,21 +291,23 @@ class _Parser:
                 raise QueryError(f"'{tok.text} {nxt.text}' needs a value {self.where(value)}")
             name, op, literal = tok.text, nxt.text, value.text
             if op in ("=", "!="):
-                _check_known(name, literal, value)
-            if op != "~":
+                literal = _resolve_known(name, literal, value)
+            if op == "~":
+                literal = _uncut(literal)
+            else:
                 _check_number(name, op, literal, value)
             return lambda row: _compare(field_value(row, name), op, literal)
         if self.is_word("in"):
             self.take()
             items = self.parse_list(tok.text)
             name = tok.text
+            values = []
             for item in items:
-                _check_known(name, item.text, item)
+                values.append(_resolve_known(name, item.text, item))
                 _check_number(name, "=", item.text, item)
-            values = [item.text for item in items]
             return lambda row: any(_compare(field_value(row, name), "=", v) for v in values)
         # A bare word: a search in id, name and kind.
-        needle = tok.text.lower()
+        needle = _uncut(tok.text).lower()
         return lambda row: needle in row.run_id.lower() or needle in row.name.lower() or needle in row.kind.lower()
 
     def parse_list(self, field: str) -> list[Token]:

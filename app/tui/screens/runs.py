@@ -167,6 +167,7 @@ class RunsScreen(QueueActions, Screen):
         super().__init__()
         self.query_text = ""  # the filter shown (live while typing)
         self.committed_query = ""  # the last filter confirmed with enter
+        self.filter_note = ""  # why the table is not following what is being typed, in the title
         self.predicate = compile_query("")
         self.sort_column = "run_id"
         self.sort_reverse = True  # newest first
@@ -244,6 +245,8 @@ class RunsScreen(QueueActions, Screen):
         parts = [f"{shown} of {total} runs" if shown != total else f"{total} runs"]
         if marked:
             parts.append(f"{marked} marked")
+        if self.filter_note:
+            parts.append(self.filter_note)
         self.sub_title = " · ".join(parts)
         table.refresh()
 
@@ -317,27 +320,45 @@ class RunsScreen(QueueActions, Screen):
                 self._apply(self.committed_query)
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "filter":
-            # Live as you type when the query parses; errors wait for enter.
-            try:
-                compile_query(event.value)
-            except QueryError:
-                return
-            self._apply(event.value)
+        if event.input.id != "filter":
+            return
+        # The table follows the typing only to a result a person can use. Text on its way to a
+        # condition ("status=", or the bare word "status" before "=running") would flash an empty
+        # table; then the table keeps its last result and the title says why, quietly. Enter gives
+        # the full error, or the empty table if that is really what the filter selects.
+        self._show_error("")  # an error from enter was about the text as it was then
+        try:
+            predicate = compile_query(event.value)
+        except QueryError:
+            self._set_note("filter unfinished: enter says why")
+            return
+        if self.app.runs and not any(predicate(r) for r in self.app.runs.values()):
+            self._set_note("no match yet: enter applies it")
+            return
+        self.filter_note = ""
+        self.query_text, self.predicate = event.value, predicate
+        self.rebuild()
 
     def apply_filter(self, text: str) -> bool:
-        error = self.query_one("#filter-error", Static)
+        self.filter_note = ""
         try:
             predicate = compile_query(text)
         except QueryError as e:
-            error.update(f"[b red]filter:[/] {e}")
-            error.display = True
+            self._show_error(f"[b red]filter:[/] {e}")
             return False
-        error.update("")
-        error.display = False
+        self._show_error("")
         self.query_text, self.predicate = text, predicate
         self.rebuild()
         return True
+
+    def _show_error(self, markup: str) -> None:
+        error = self.query_one("#filter-error", Static)
+        error.update(markup)
+        error.display = bool(markup)
+
+    def _set_note(self, note: str) -> None:
+        self.filter_note = note
+        self._update_labels(self.query_one(DataTable))
 
     def _apply(self, text: str) -> None:
         """Show the runs ``text`` selects (a query known to parse), leaving any error shown."""
