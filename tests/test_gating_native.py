@@ -146,6 +146,18 @@ def test_a_compile_error_is_one_line_and_leaves_nothing(monkeypatch, tmp_path):
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+def test_an_unwritable_cache_is_one_line(monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MOE_TUI_CACHE", str(tmp_path / "file" / "cache"))
+    native.load.cache_clear()
+    try:
+        with pytest.raises(native.NativeUnavailable, match="set MOE_TUI_CACHE to a writable folder") as err:
+            native.load()
+    finally:
+        native.load.cache_clear()
+    assert "\n" not in str(err.value)
+
+
 def test_the_build_is_cached_per_source(monkeypatch, tmp_path):
     monkeypatch.setenv("MOE_TUI_CACHE", str(tmp_path))
     native.load.cache_clear()

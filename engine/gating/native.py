@@ -59,8 +59,12 @@ def _cpu_id() -> str:
 
 def _build(target: Path, cc: list[str]) -> None:
     """Compile into a temporary file beside ``target`` and rename it: concurrent jobs never load a half-written library."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.stem, suffix=".so.tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=target.stem, suffix=".so.tmp", dir=target.parent)
+    except OSError as exc:
+        raise NativeUnavailable(f"cannot write to {target.parent} ({exc.strerror}); set MOE_TUI_CACHE to a "
+                                "writable folder") from exc
     os.close(fd)
     errors = []
     try:
