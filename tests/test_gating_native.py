@@ -118,53 +118,6 @@ def test_one_step_gradient_matches_with_clipping_off_and_on():
         assert (float(scale) > 1.0) == (clip < 1.0)
 
 
-@pytest.fixture
-def fresh_load(monkeypatch, tmp_path):
-    """native.load as a new process sees it, building into ``tmp_path / 'cache'``; returns the
-    reason it gave up (one line), or None when it loaded."""
-    monkeypatch.setenv("MOE_TUI_CACHE", str(tmp_path / "cache"))
-
-    def load() -> str | None:
-        native.load.cache_clear()
-        try:
-            native.load()
-        except native.NativeUnavailable as exc:
-            assert "\n" not in str(exc)
-            return str(exc)
-        finally:
-            native.load.cache_clear()
-        return None
-
-    return load
-
-
-def test_a_missing_compiler_is_one_line(fresh_load, monkeypatch, tmp_path):
-    monkeypatch.setenv("CC", "/nonexistent/cc")
-    assert "C compiler '/nonexistent/cc' failed to run" in fresh_load()
-    assert list((tmp_path / "cache").iterdir()) == []  # no half-built library left behind
-
-
-def test_a_compile_error_is_one_line_and_leaves_nothing(fresh_load, monkeypatch, tmp_path):
-    bad = tmp_path / "kernels.c"
-    bad.write_text("this is not C\n")
-    monkeypatch.setattr(native, "SOURCE", bad)
-    assert "could not build kernels.c" in fresh_load()
-    assert list((tmp_path / "cache").iterdir()) == []
-
-
-def test_an_unwritable_cache_is_one_line(fresh_load, monkeypatch, tmp_path):
-    (tmp_path / "file").write_text("")
-    monkeypatch.setenv("MOE_TUI_CACHE", str(tmp_path / "file" / "cache"))
-    assert "set MOE_TUI_CACHE to a writable folder" in fresh_load()
-
-
-def test_the_build_is_cached_per_source(fresh_load, tmp_path):
-    assert fresh_load() is None
-    first = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert fresh_load() is None
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == first and len(first) == 1
-
-
 def _history(ws):
     (rd,) = run_dirs(ws)
     return rd, json.loads((rd / "artifacts" / "training_history.json").read_text())

@@ -39,12 +39,13 @@ def test_square_minors_match_determinants_one_by_one(n, k):
             np.testing.assert_array_equal(got[lo:lo + cnt, b], d)
 
 
+@pytest.mark.parametrize("impl", ["numpy", "c"])
 @pytest.mark.parametrize("n,k", [(9, 4), (10, 5), (10, 6), (6, 5)])
-def test_minor_stats_are_the_statistics_of_the_determinants(n, k):
+def test_minor_stats_are_the_statistics_of_the_determinants(n, k, impl):
     # entries in [-10, 10]: every minor of these sizes is an exact integer in float32 too, so the only
     # difference from the exact statistics is the approximated log2
     P = _codes(n, k, 300, 10, n * 10 + k + 1)
-    got = minor_stats(P)
+    got = minor_stats(P, impl)
     assert got.shape == (300, STATS * min(k, n - k)) and got.dtype == np.float32
     worst = 0.0
     for b in (0, 1, 4, 5, 100, 299):  # the brute force is slow: a few codes, the singular ones included
@@ -61,25 +62,64 @@ def test_minor_stats_are_the_statistics_of_the_determinants(n, k):
 def test_chunks_and_reused_buffers_do_not_mix_codes(monkeypatch):
     monkeypatch.setattr(minors, "CHUNK", 64)
     P = _codes(10, 5, 150, 100, 3)  # 64 + 64 + 22: the last chunk has another shape
-    together = minor_stats(P)
+    together = minor_stats(P, "numpy")
     square_minors(P[:7].astype(np.float32))  # overwrite the shared buffers in between
-    alone = np.concatenate([minor_stats(P[i:i + 1]) for i in range(len(P))])
+    alone = np.concatenate([minor_stats(P[i:i + 1], "numpy") for i in range(len(P))])
     # float32 sums over a batch of one and of 64 round differently (~1e-4 on a std); a mixed-up code is off by units
     np.testing.assert_allclose(together, alone, atol=1e-3)
-    np.testing.assert_array_equal(minor_stats(P[:64]), together[:64])
+    np.testing.assert_array_equal(minor_stats(P[:64], "numpy"), together[:64])
 
 
-def test_threads_computing_features_at_once_get_the_same_results():
+@pytest.mark.parametrize("impl", ["numpy", "c"])
+def test_threads_computing_features_at_once_get_the_same_results(impl):
     """The reused buffers are per thread: two threads on the same shapes do not overwrite each other."""
     from concurrent.futures import ThreadPoolExecutor
 
     codes = [_codes(10, 5, 300, 100, seed) for seed in range(8)]
-    alone = [minor_stats(P).copy() for P in codes]
+    alone = [minor_stats(P, impl).copy() for P in codes]
     with ThreadPoolExecutor(4) as pool:
         for _ in range(3):
-            together = list(pool.map(minor_stats, codes))
+            together = list(pool.map(lambda P: minor_stats(P, impl), codes))
             for a, b in zip(alone, together):
                 np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("n,k", [(9, 4), (9, 5), (9, 6), (10, 4), (10, 5), (10, 6), (4, 1), (4, 3), (2, 1)])
+def test_the_c_kernel_is_the_numpy_definition(n, k):
+    """minors.c does numpy's arithmetic: the same minimum to the bit, for every chunk tail (16 codes
+    per chunk), singular minors, non-integer and large entries; the mean within float32 rounding
+    (numpy orders its sums by the batch's shape: pairwise when the batch is one code), and the std
+    as close as numpy's own over batches of other sizes (E[x^2] - mean^2 cancels digits)."""
+    rng = np.random.default_rng(n * 10 + k)
+    for count in (1, 15, 16, 17, 300):
+        for P in (_codes(n, k, count, 100, count), rng.normal(0, 50, (count, k, n - k)),
+                  rng.integers(-10**6, 10**6, (count, k, n - k)).astype(np.float64)):
+            got, want = minor_stats(P, "c"), minor_stats(P, "numpy")
+            stat = np.arange(got.shape[1]) % STATS
+            np.testing.assert_array_equal(got[:, stat == 0], want[:, stat == 0])
+            np.testing.assert_allclose(got[:, stat == 1], want[:, stat == 1], rtol=1e-6)
+            np.testing.assert_allclose(got[:, stat == 2], want[:, stat == 2], atol=1e-3)
+
+
+def test_without_a_compiler_c_is_an_error_and_auto_is_numpy_said_once(monkeypatch, tmp_path, capsys):
+    from engine import native
+
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("MOE_TUI_CACHE", str(tmp_path))
+    monkeypatch.setattr(minors, "_fallback_said", False)
+    P = _codes(10, 5, 20, 100, 5)
+    minors._kernel.cache_clear()
+    native.build.cache_clear()
+    try:
+        with pytest.raises(native.NativeUnavailable, match="/nonexistent/cc"):
+            minor_stats(P, "c")
+        np.testing.assert_array_equal(minor_stats(P), minor_stats(P, "numpy"))
+        minor_stats(P)
+    finally:
+        minors._kernel.cache_clear()
+        native.build.cache_clear()
+    said = capsys.readouterr().out.splitlines()
+    assert len(said) == 1 and said[0].startswith("note: minor features in numpy") and "/nonexistent/cc" in said[0]
 
 
 def test_version_1_reference_matches_determinants_one_by_one():

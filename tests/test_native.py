@@ -1,0 +1,61 @@
+"""engine.native: building C kernels with the system compiler, once, and saying why in one line when it can't."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+
+from engine import native
+
+ADD = "int add(int a, int b) { return a + b; }\n"
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """native.build as a new process sees it, building into ``tmp_path / 'cache'``; returns the
+    library, or the reason it gave up (checked to be one line)."""
+    monkeypatch.setenv("MOE_TUI_CACHE", str(tmp_path / "cache"))
+
+    def build(text: str = ADD, name: str = "add.c"):
+        source = tmp_path / name
+        source.write_text(text)
+        native.build.cache_clear()
+        try:
+            return native.build(source)
+        except native.NativeUnavailable as exc:
+            assert "\n" not in str(exc)
+            return str(exc)
+        finally:
+            native.build.cache_clear()
+
+    return build
+
+
+def test_a_build_runs_and_is_cached_per_source(fresh_build, tmp_path):
+    lib = fresh_build()
+    lib.add.argtypes, lib.add.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    assert lib.add(2, 3) == 5
+    first = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(first) == 1 and first[0].startswith("add-")
+    fresh_build()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == first  # found, not built again
+    fresh_build(ADD + "int twice(int a) { return 2 * a; }\n")
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # a changed source is another build
+
+
+def test_a_missing_compiler_is_one_line(fresh_build, monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert "C compiler '/nonexistent/cc' failed to run" in fresh_build()
+    assert list((tmp_path / "cache").iterdir()) == []  # no half-built library left behind
+
+
+def test_a_compile_error_is_one_line_and_leaves_nothing(fresh_build, tmp_path):
+    assert "could not build bad.c" in fresh_build("this is not C\n", "bad.c")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_an_unwritable_cache_is_one_line(fresh_build, monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MOE_TUI_CACHE", str(tmp_path / "file" / "cache"))
+    assert "set MOE_TUI_CACHE to a writable folder" in fresh_build()
