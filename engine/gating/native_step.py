@@ -1,4 +1,4 @@
-"""The gating training step on the CPU as one C call per batch (kernels.c's gate_step): the
+"""The gating training step on the CPU as C (kernels.c's gate_steps, several batches a call): the
 same arithmetic as :class:`engine.gating.backprop.Step`, :meth:`EpochLoss.grad`, ``clip_scale``
 and :class:`AdamW` together, on the same epoch plan and the same flat parameters.
 
@@ -23,6 +23,8 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 class NativeStep:
+    """The C step over one model's flat parameters and optimiser state (both updated in place)."""
+
     def __init__(self, step: Step, opt: AdamW, max_norm: float, max_rows: int):
         """``max_rows``: the largest batch (batch_bounds may add a lone leftover sample to the last)."""
         self.lib = native.load()
@@ -48,12 +50,15 @@ class NativeStep:
         a.weight_decay, (a.beta1, a.beta2), a.eps, a.max_norm = opt.weight_decay, opt.betas, opt.eps, max_norm
         a.loss.z, a.loss.grad, a.loss.bias_grad = self.acts[-1].data_ptr(), self.grad_z.data_ptr(), step.grads[-1].data_ptr()
         self.args_ref = ctypes.byref(a)
+        self.max_rows = max_rows
         self.epoch_refs: list[torch.Tensor] = []
 
     def begin_epoch(self, loss: EpochLoss, x: torch.Tensor, keep: list[torch.Tensor] | None, scale: float) -> None:
         """Point the step at this epoch's arrays: ``x`` (n, D) and dropout's ``keep`` masks (n, width)
         per hidden layer in the epoch's order, and its loss constants; the learning rate is read now."""
         cfg, a, la = loss.cfg, self.args, self.args.loss
+        if max(stop - start for start, stop in loss.bounds) > self.max_rows:
+            raise ValueError(f"a batch is larger than the {self.max_rows} rows the C step's buffers hold")
         G, E = loss.mean_w.shape[1:]
         f32 = dict(dtype=torch.float32)
         refs = {
