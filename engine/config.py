@@ -417,6 +417,11 @@ class OneLineParser(argparse.ArgumentParser):
         raise ConfigError(f"{message}; see `{self.prog} --help`")
 
 
+def _help(text: str | None) -> str | None:
+    """argparse expands %-formats in help (%(default)s): a literal % ("10%") must be doubled."""
+    return text.replace("%", "%%") if text else text
+
+
 def build_parser(kind: str) -> argparse.ArgumentParser:
     cls = job_class(kind)
     p = OneLineParser(prog=f"engine {kind}", description=cls.help or cls.__doc__, allow_abbrev=False)
@@ -431,7 +436,7 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     opts = p.add_argument_group("settings (defaults are the published recipe)")
     for name in cls.positional:
         info = cls.model_fields[name]
-        p.add_argument(name, nargs="?", default=None, metavar=name.upper(), help=info.description)
+        p.add_argument(name, nargs="?", default=None, metavar=name.upper(), help=_help(info.description))
     for name, info in cls.model_fields.items():
         if name in cls.positional:
             continue
@@ -440,7 +445,7 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
             shown = "required"
         else:
             shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        help_text = f"{info.description or ''} [default: {shown}]"
+        help_text = _help(f"{info.description or ''} [default: {shown}]")
         if info.annotation is bool:
             opts.add_argument(_option(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

@@ -68,3 +68,13 @@ def test_bad_config_file(tmp_path):
 def test_config_round_trips_through_json():
     c = resolve("train-expert", preset="quick")
     assert TrainExpertConfig.model_validate(c.model_dump(mode="json")) == c
+
+
+def test_every_job_kinds_help_renders():
+    """A literal % in a setting's description ('the gating split is 10%') crashed --help."""
+    from engine.config import JOBS, build_parser
+
+    for kind in JOBS:
+        text = build_parser(kind).format_help()
+        assert "--workspace" in text, kind
+    assert "10%" in build_parser("train-gating").format_help()
