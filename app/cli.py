@@ -31,6 +31,15 @@ WorkspaceOpt = Annotated[
 ]
 _global_workspace: str | None = None
 
+# Written out, not built from app.store.models.STATUSES: importing the store here would slow every
+# command's start (tests/test_cli.py checks the two agree).
+StatusOpt = Annotated[Optional[str], typer.Option(
+    help="only runs with this status: queued, pending, running, succeeded, failed, cancelled, lost or "
+         "blocked; any unambiguous beginning will do (run: running)")]
+KindOpt = Annotated[Optional[str], typer.Option(
+    help="only runs of this job kind (`engine --help` lists them); any unambiguous beginning will do "
+         "(recompute-lo: recompute-logits)")]
+
 
 def _workspace(explicit: str | None):
     from app.workspace import Workspace
@@ -181,8 +190,8 @@ def resume_(workspace: WorkspaceOpt = None) -> int:
 
 @cli.command("ls")
 def ls_(
-    status: Annotated[Optional[str], typer.Option(help="only runs with this status")] = None,
-    kind: Annotated[Optional[str], typer.Option(help="only runs of this job kind")] = None,
+    status: StatusOpt = None,
+    kind: KindOpt = None,
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", help="the newest N runs")] = None,
     workspace: WorkspaceOpt = None,
 ) -> int:
@@ -268,8 +277,8 @@ def show(run: Annotated[str, typer.Argument(help="run id (or a unique prefix, or
 def export_(
     out: Annotated[str, typer.Option("--out", "-o", help="CSV file to write, or - for stdout")],
     history: Annotated[bool, typer.Option(help="per-epoch long form: run_id, epoch, key, value")] = False,
-    status: Annotated[Optional[str], typer.Option(help="only runs with this status")] = None,
-    kind: Annotated[Optional[str], typer.Option(help="only runs of this job kind")] = None,
+    status: StatusOpt = None,
+    kind: KindOpt = None,
     workspace: WorkspaceOpt = None,
 ) -> int:
     """Export runs to CSV: one row per run, config and final/best metrics as columns."""

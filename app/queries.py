@@ -8,8 +8,8 @@ from collections import defaultdict
 from sqlmodel import Session, col, select
 
 from app.errors import UserError
-from app.store.models import STATUSES, Metric, MetricSummary, Run
-from engine.config import JOBS
+from app.names import UnknownName, resolve
+from app.store.models import Metric, MetricSummary, Run
 
 
 def find_run(s: Session, ref: str) -> Run:
@@ -28,16 +28,19 @@ def find_run(s: Session, ref: str) -> Run:
     raise UserError(f"'{ref}' matches several runs ({ids}); give more of the id")
 
 
-def check_run_filter(status: str | None, kind: str | None) -> None:
-    """A misspelt --status or --kind would list nothing and look like an empty workspace: refuse it."""
-    if status is not None and status not in STATUSES:
-        raise UserError(f"unknown --status '{status}'; choose one of: {', '.join(STATUSES)}")
-    if kind is not None and kind not in JOBS:
-        raise UserError(f"unknown --kind '{kind}'; choose one of: {', '.join(sorted(JOBS))}")
+def check_run_filter(status: str | None, kind: str | None) -> tuple[str | None, str | None]:
+    """The status and kind that --status and --kind name, by the TUI filter's rule (app.names):
+    a name or any unambiguous beginning of one. A misspelt one would list nothing and look
+    like an empty workspace: refuse it."""
+    try:
+        return (None if status is None else resolve("status", status, f"--status '{status}'"),
+                None if kind is None else resolve("kind", kind, f"--kind '{kind}'"))
+    except UnknownName as e:
+        raise UserError(str(e)) from None
 
 
 def list_runs(s: Session, status: str | None = None, kind: str | None = None, limit: int | None = None) -> list[Run]:
-    check_run_filter(status, kind)
+    status, kind = check_run_filter(status, kind)
     q = select(Run)
     if status:
         q = q.where(Run.status == status)

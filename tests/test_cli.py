@@ -90,6 +90,28 @@ def test_a_misspelt_status_or_kind_is_refused_not_an_empty_listing(ws_path, copy
     assert out.returncode == 0 and "train-expert" in out.stdout
 
 
+def test_status_and_kind_take_a_beginning_as_the_tui_filter_does(ws_path, copy_run):
+    """The filter took kind=recompute-lo and status=run; ls and export wanted the whole name."""
+    rd = copy_run(ws_path)  # a succeeded train-expert run
+    out = moe(ws_path, "ls", "--status", "succ", "--kind", "train-exp…")  # "…" as a cut cell shows it
+    assert out.returncode == 0 and rd.name in out.stdout, out.stderr
+    out = moe(ws_path, "export", "--out", "-", "--status", "SUCCEEDED", "--kind", "train-e")
+    assert out.returncode == 0 and [r["run_id"] for r in csv.DictReader(io.StringIO(out.stdout))] == [rd.name]
+    assert moe(ws_path, "ls", "--kind", "recompute-lo").returncode == 0  # recompute-logits: none here
+    err = one_line_error(moe(ws_path, "ls", "--kind", "train-"))
+    assert err == "error: --kind 'train-' could be train-expert or train-gating; type more of it"
+
+
+def test_ls_help_lists_every_status(ws_path):
+    """Its list is written out in app/cli.py (importing the store there would slow every
+    command), so check it is whole."""
+    from app.store.models import STATUSES
+
+    out = moe(ws_path, "ls", "--help")
+    words = set(out.stdout.replace(",", " ").replace(";", " ").split())
+    assert out.returncode == 0 and set(STATUSES) <= words, out.stdout
+
+
 def test_engine_help_lists_settings_with_defaults(ws_path):
     out = engine(ws_path, "train-expert", "--help")
     assert out.returncode == 0

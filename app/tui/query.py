@@ -17,8 +17,9 @@ Fields that hold numbers (epoch, best./final., numeric config fields) refuse a
 value that is not one, rather than compare it as text and match nothing.
 ``status`` and ``kind`` take a value that exists or any unambiguous beginning of
 one (``kind=recompute`` is recompute-logits; ``kind=train-`` is an error naming
-train-expert and train-gating). A trailing "…", as a cut table cell shows a
-value, is ignored there and in searches (``~`` and bare words).
+train-expert and train-gating): the rule is app.names, which ``moe-tui ls`` uses
+too. A trailing "…", as a cut table cell shows a value, is ignored there and in
+searches (``~`` and bare words).
 
 Errors are :class:`QueryError` with one line saying what is wrong and where.
 """
@@ -30,7 +31,7 @@ import types
 from dataclasses import dataclass
 from typing import Callable, Union, get_args, get_origin
 
-from app.store.models import STATUSES
+from app.names import UnknownName, resolve, uncut
 from app.tui.data import RunRow
 from engine.config import JOBS
 
@@ -174,41 +175,13 @@ def _compare(value, op: str, literal: str) -> bool:
     return {"<": text < lit, "<=": text <= lit, ">": text > lit, ">=": text >= lit}[op]
 
 
-def _known_values(field: str) -> tuple[str, ...] | None:
-    if field == "status":
-        return STATUSES
-    if field == "kind":
-        return tuple(sorted(JOBS))
-    return None
-
-
-def _uncut(text: str) -> str:
-    """A value copied from a table cell cut to its width ends in "…": what is before it is what was seen."""
-    return text[:-1] if text.endswith("…") else text
-
-
 def _resolve_known(field: str, literal: str, tok: Token) -> str:
-    """The status or kind ``literal`` names; other fields' values as they are.
-
-    A misspelt status or kind (status=runing) would match nothing and look like an empty
-    workspace, as `moe-tui ls --status` refuses it: say so instead. Any unambiguous beginning
-    of one is that one, so the Kind column's cut "recompute-lo…" (with or without the "…")
-    filters as recompute-logits, and status=run on the way to status=running already shows it.
-    """
-    known = _known_values(field.lower())
-    if known is None:
-        return literal
-    lit = literal.lower()
-    if lit in known:
-        return lit
-    prefix = _uncut(lit)
-    candidates = [k for k in known if prefix and k.startswith(prefix)]
-    if len(candidates) == 1:
-        return candidates[0]
-    if candidates:
-        raise QueryError(f"{field.lower()} '{literal}' at column {tok.pos + 1} could be "
-                         f"{', '.join(candidates[:-1])} or {candidates[-1]}; type more of it")
-    raise QueryError(f"unknown {field.lower()} '{literal}' at column {tok.pos + 1}; one of: {', '.join(known)}")
+    """The status or kind ``literal`` names (app.names has the rule, shared with the CLI);
+    other fields' values as they are."""
+    try:
+        return resolve(field, literal, f"{field.lower()} '{literal}' at column {tok.pos + 1}")
+    except UnknownName as e:
+        raise QueryError(str(e)) from None
 
 
 class _Parser:
@@ -293,7 +266,7 @@ class _Parser:
             if op in ("=", "!="):
                 literal = _resolve_known(name, literal, value)
             if op == "~":
-                literal = _uncut(literal)
+                literal = uncut(literal)
             else:
                 _check_number(name, op, literal, value)
             return lambda row: _compare(field_value(row, name), op, literal)
@@ -307,7 +280,7 @@ class _Parser:
                 _check_number(name, "=", item.text, item)
             return lambda row: any(_compare(field_value(row, name), "=", v) for v in values)
         # A bare word: a search in id, name and kind.
-        needle = _uncut(tok.text).lower()
+        needle = uncut(tok.text).lower()
         return lambda row: needle in row.run_id.lower() or needle in row.name.lower() or needle in row.kind.lower()
 
     def parse_list(self, field: str) -> list[Token]:
