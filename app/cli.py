@@ -32,7 +32,8 @@ WorkspaceOpt = Annotated[
 _global_workspace: str | None = None
 
 # Written out, not built from app.store.models.STATUSES: importing the store here would slow every
-# command's start (tests/test_cli.py checks the two agree).
+# command's start (tests/test_cli.py checks the two agree). The error for an unknown status sends
+# people here, so this help is where the whole list lives.
 StatusOpt = Annotated[Optional[str], typer.Option(
     help="only runs with this status: queued, pending, running, succeeded, failed, cancelled, lost or "
          "blocked; any unambiguous beginning will do (run: running)")]

@@ -4,12 +4,20 @@ A name may be cut short to any unambiguous beginning (``recompute-lo`` is recomp
 ``run`` is running), because the Kind column cuts long kinds ("recompute-lo…") and what a
 person sees there should filter as that kind; a trailing "…" is dropped for the same reason.
 A misspelt name is refused, since it would match nothing and look like an empty workspace.
+
+Errors name the one to three closest names, not all of them: a list of every kind wrapped over
+four lines under an 80-column filter box. They say where the whole list is instead.
 """
 
 from __future__ import annotations
 
+from difflib import SequenceMatcher
+
 from app.store.models import STATUSES
 from engine.config import JOBS
+
+# Where a person finds every name of a field; the error points there rather than listing them.
+_WHOLE_LIST = {"status": "`moe-tui ls --help`", "kind": "`engine --help`"}
 
 
 class UnknownName(ValueError):
@@ -31,8 +39,26 @@ def uncut(text: str) -> str:
     return text[:-1] if text.endswith("…") else text
 
 
-def _either(names: list[str]) -> str:
+def _either(names: list[str], most: int = 3) -> str:
+    """Names as "a, b or c"; past ``most`` of them "a, b, c or 2 more", which keeps an error
+    about the five mheight- kinds within two lines under the 80-column filter box."""
+    if len(names) > most:
+        return f"{', '.join(names[:most])} or {len(names) - most} more"
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def closest(text: str, known: tuple[str, ...], n: int = 3) -> list[str]:
+    """The names a typo most likely meant: the spellings nearest to it (runing: running), then
+    names that contain it (gating: evaluate-gating, train-gating).
+
+    Only spellings about as near as the nearest count: difflib's cutoff alone offered
+    mheight-generate and mheight-finetune beside mheight-evaluate for "mheight-evalute".
+    """
+    score = {k: SequenceMatcher(None, text, k).ratio() for k in known}
+    floor = max(0.6, max(score.values(), default=0.0) - 0.1)
+    near = sorted((k for k in known if score[k] >= floor), key=lambda k: -score[k])
+    inside = [k for k in known if text and text in k and k not in near]
+    return (near + inside)[:n]
 
 
 def resolve(field: str, text: str, label: str) -> str:
@@ -54,4 +80,6 @@ def resolve(field: str, text: str, label: str) -> str:
         return candidates[0]
     if candidates:
         raise UnknownName(f"{label} could be {_either(candidates)}; type more of it")
-    raise UnknownName(f"unknown {label}; one of: {', '.join(known)}")
+    near = closest(prefix, known)
+    guess = f"did you mean {_either(near)}? " if near else ""
+    raise UnknownName(f"unknown {label}; {guess}{_WHOLE_LIST[field]} lists every {field}")

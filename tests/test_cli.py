@@ -102,9 +102,16 @@ def test_status_and_kind_take_a_beginning_as_the_tui_filter_does(ws_path, copy_r
     assert err == "error: --kind 'train-' could be train-expert or train-gating; type more of it"
 
 
+def test_an_unknown_status_or_kind_names_the_closest_not_all(ws_path):
+    err = one_line_error(moe(ws_path, "ls", "--kind", "trian-expert"))
+    assert err == "error: unknown --kind 'trian-expert'; did you mean train-expert? `engine --help` lists every kind"
+    err = one_line_error(moe(ws_path, "export", "--out", "-", "--status", "xx"))
+    assert err == "error: unknown --status 'xx'; `moe-tui ls --help` lists every status"
+
+
 def test_ls_help_lists_every_status(ws_path):
-    """Its list is written out in app/cli.py (importing the store there would slow every
-    command), so check it is whole."""
+    """The unknown-status error sends people to `moe-tui ls --help`; its list is written out in
+    app/cli.py (importing the store there would slow every command), so check it is whole."""
     from app.store.models import STATUSES
 
     out = moe(ws_path, "ls", "--help")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 
+from app.store.models import STATUSES
 from app.tui.data import RunRow, parse_tags
 from app.tui.cells import cut
 from app.tui.query import QueryError, compile_query
@@ -89,8 +92,8 @@ def test_queries_select_the_right_runs(query, expected):
     ("status=running && kind=x", "unexpected '&&' at column 16; join conditions with 'and' or 'or'"),
     ("status=running and !", "unexpected character '!' at column 20"),
     # A misspelt status or kind matched nothing, silently, like an empty workspace.
-    ("status=runing", "unknown status 'runing' at column 8; one of: queued, pending, running"),
-    ("kind != train_expert", "unknown kind 'train_expert' at column 9; one of: evaluate-gating"),
+    ("status=runing", "unknown status 'runing' at column 8; did you mean running? `moe-tui ls --help` lists"),
+    ("kind != train_expert", "unknown kind 'train_expert' at column 9; did you mean train-expert? `engine --help`"),
     ("status in (failed, lots)", "unknown status 'lots' at column 20"),
 ])
 def test_bad_queries_say_what_and_where(query, message):
@@ -115,7 +118,7 @@ def test_status_and_kind_take_any_unambiguous_beginning():
 
 @pytest.mark.parametrize("query, message", [
     ("kind=train-", "kind 'train-' at column 6 could be train-expert or train-gating; type more of it"),
-    ("kind=mheight-", "could be mheight-evaluate, mheight-finetune, mheight-generate, mheight-import or mheight-train"),
+    ("kind=mheight-", "could be mheight-evaluate, mheight-finetune, mheight-generate or 2 more; type more of it"),
     ("kind=…", "unknown kind '…' at column 6"),
     ('kind=""', "unknown kind '' at column 6"),
 ])
@@ -123,6 +126,54 @@ def test_an_ambiguous_or_empty_beginning_is_an_error(query, message):
     with pytest.raises(QueryError) as err:
         compile_query(query)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+NAMES = {"status": STATUSES, "kind": sorted(JOBS)}
+
+
+def wrap(text: str) -> list[str]:
+    """The lines of the error under the filter box: 78 columns (80 less its padding), broken at
+    spaces only, as Textual does (textwrap's default also breaks after a hyphen)."""
+    return textwrap.wrap(text, 78, break_on_hyphens=False)
+
+
+def _typos(name: str) -> list[str]:
+    """A letter dropped, two swapped, '-' typed as '_': what a hurried hand does to a name."""
+    out = [name[:i] + name[i + 1:] for i in range(1, len(name))]
+    out += [name[:i] + name[i + 1] + name[i] + name[i + 2:] for i in range(1, len(name) - 1)]
+    return out + [name.replace("-", "_")]
+
+
+@pytest.mark.parametrize("field", ["status", "kind"])
+def test_errors_fit_under_the_filter_box_and_name_the_likely_value(field):
+    """An unknown kind listed all eleven: 220 characters, four lines under the box at 80 columns.
+    Now it names the closest one to three, and where the whole list is."""
+    for name in NAMES[field]:
+        for typo in _typos(name):
+            try:  # the error's column as far right as a real filter puts it
+                compile_query(f"status=running and epoch >= 10 and {field}={typo}")
+            except QueryError as err:
+                lines = wrap(f"filter: {err}")
+                assert len(lines) <= 2, lines
+                assert name in str(err) or "could be" in str(err), str(err)
+            else:  # a letter dropped at the end is a beginning of the name
+                assert compile_query(f"{field}={typo}")(row(1, status=name, kind=name)), typo
+    # Every beginning that fits several: the longest (kind=m, six kinds) is still two lines.
+    for name in NAMES[field]:
+        for end in range(1, len(name)):
+            try:
+                compile_query(f"status=running and epoch >= 10 and {field}={name[:end]}")
+            except QueryError as err:
+                assert len(wrap(f"filter: {err}")) <= 2, str(err)
+
+
+def test_a_name_with_nothing_close_says_where_the_list_is():
+    with pytest.raises(QueryError) as err:
+        compile_query("kind=foo")
+    assert str(err.value) == "unknown kind 'foo' at column 6; `engine --help` lists every kind"
+    with pytest.raises(QueryError) as err:
+        compile_query("kind=gating")  # contained in two kinds, near neither
+    assert "did you mean train-gating or evaluate-gating?" in str(err.value)
 
 
 @pytest.mark.parametrize("kind", sorted(JOBS))

@@ -113,6 +113,21 @@ async def test_typing_a_filter_never_flashes_an_empty_table(ws):
         assert "No run matches the filter" in str(app.screen.query_one("#run-detail", Static).render())
 
 
+async def test_an_unknown_kind_is_a_line_or_two_under_the_filter_box(ws):
+    """The error listed all eleven kinds: four lines under the box at 80 columns, pushing the table
+    down. Now the likely kind and where the whole list is."""
+    seed_runs(ws, runs=5, epochs=2)
+    app = MoeTuiApp(ws, poll_s=60)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        error = app.screen.query_one("#filter-error", Static)
+        await pilot.press("slash", *"status=running and kind=trian-expert", "enter")
+        await settle(app, pilot)
+        assert error.display and error.region.height <= 2, str(error.render())
+        assert "did you mean train-expert?" in str(error.render())
+        assert "engine --help" in " ".join(screen_text(app).split())
+
+
 async def test_header_click_sorts(ws):
     seed_runs(ws, runs=8, epochs=3)
     app = MoeTuiApp(ws, poll_s=0.2)
