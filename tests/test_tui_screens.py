@@ -128,6 +128,20 @@ async def test_an_unknown_kind_is_a_line_or_two_under_the_filter_box(ws):
         assert "engine --help" in " ".join(screen_text(app).split())
 
 
+async def test_a_filter_error_quoting_brackets_shows_them(ws):
+    """The error quotes the filter and went under the box as markup: status=[/] ended the TUI
+    with a MarkupError, and [b] in a value turned the rest bold."""
+    seed_runs(ws, runs=3, epochs=2)
+    app = MoeTuiApp(ws, poll_s=60)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        error = app.screen.query_one("#filter-error", Static)
+        for text in ("status=[/]", "kind=[b]x"):
+            await pilot.press("slash", "ctrl+u", *text, "enter")
+            await settle(app, pilot)
+            assert error.display and f"'{text[text.index('=') + 1:]}'" in str(error.render()), text
+
+
 async def test_header_click_sorts(ws):
     seed_runs(ws, runs=8, epochs=3)
     app = MoeTuiApp(ws, poll_s=0.2)

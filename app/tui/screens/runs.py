@@ -9,6 +9,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.geometry import Size
+from textual.markup import escape
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
@@ -343,8 +344,8 @@ class RunsScreen(QueueActions, Screen):
         self.filter_note = ""
         try:
             predicate = compile_query(text)
-        except QueryError as e:
-            self._show_error(f"[b red]filter:[/] {e}")
+        except QueryError as e:  # the message quotes the filter: "status=[/]" is text, not markup
+            self._show_error(f"[b red]filter:[/] {escape(str(e))}")
             return False
         self._show_error("")
         self.query_text, self.predicate = text, predicate
