@@ -12,6 +12,7 @@ from textual import work
 
 from app.errors import UserError
 from app.store.models import ACTIVE
+from app.tui.markup import markup
 
 
 class QueueActions:
@@ -28,7 +29,7 @@ class QueueActions:
         if row is None:
             return
         if row.status not in (*ACTIVE, "blocked"):
-            self.notify(f"{row.run_id} already {row.status}; nothing to cancel", severity="warning")
+            self.notify(f"{row.run_id} already {row.status}; nothing to cancel", severity="warning", markup=False)
             return
         what = ("it stops (SIGTERM, then SIGKILL after the grace period)" if row.status == "running"
                 else "Slurm drops it from its queue (scancel)" if row.status == "pending" else "it will not start")
@@ -37,7 +38,8 @@ class QueueActions:
             if yes:
                 self.queue_request("cancel", row.run_id)
 
-        self.app.push_screen(Confirm(f"Cancel run [b]{row.run_id}[/b] ({row.name}, {row.status})?\n{what}."), chosen)
+        self.app.push_screen(Confirm(markup("Cancel run [b]$run_id[/b] ($name, $status)?\n$what.",
+                                            run_id=row.run_id, name=row.name, status=row.status, what=what)), chosen)
 
     def action_retry_run(self) -> None:
         row = self.selected_run()
@@ -73,9 +75,10 @@ class QueueActions:
             if what != "priority":
                 ensure_daemon(ws)  # what the CLI does: someone must act on the request
         except (UserError, OSError) as e:
-            self.app.call_from_thread(self.notify, f"{what}: {e}", severity="error", timeout=10)
+            # The message may quote a name or a path: shown as it is, not as markup.
+            self.app.call_from_thread(self.notify, f"{what}: {e}", severity="error", timeout=10, markup=False)
             return
-        self.app.call_from_thread(self.notify, done, title=what)
+        self.app.call_from_thread(self.notify, done, title=what, markup=False)
         self.app.call_from_thread(self.app.poll_runs)
         after = getattr(self, "after_queue_request", None)
         if after is not None:

@@ -80,7 +80,7 @@ class MoeTuiApp(App):
         for row in msg.rows:
             self.runs[row.pk] = row
         for w in msg.warnings:
-            self.notify(w, title="ingest", severity="warning", timeout=10)
+            self.notify(w, title="ingest", severity="warning", timeout=10, markup=False)  # quotes files and errors
         for screen in self.screen_stack:
             if hasattr(screen, "runs_updated"):
                 screen.runs_updated(msg.rows, msg.removed)

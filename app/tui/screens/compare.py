@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 
 from app.tui.cells import cut_middle
 from app.tui.data import RunRow
+from app.tui.markup import cell
 from app.tui.widgets.curves import Curves
 from app.tui.widgets.row_table import RowTable
 
@@ -141,11 +142,11 @@ class CompareScreen(Screen):
         table.clear(columns=True)
         table.add_column("setting", key="setting")
         for r in runs:
-            table.add_column(r.name[:18] + f" {r.run_id[-4:]}", key=str(r.pk))
+            table.add_column(cell(r.name[:18] + f" {r.run_id[-4:]}"), key=str(r.pk))
         rows = [("run", [r.run_id for r in runs]), ("status", [r.status for r in runs]),
                 *config_rows(runs, self.only_differences), *metric_summary_rows(runs)]
         for k, values in rows:  # cells cut to CELL; the full config is on each run's screen
-            table.add_row(cut_middle(k, CELL), *(cut_middle(v, CELL) for v in values))
+            table.add_row(cell(cut_middle(k, CELL)), *(cell(cut_middle(v, CELL)) for v in values))
         scope = "differing settings only (a: all)" if self.only_differences else "all settings (a: differences only)"
         self.query_one("#compare-info", Static).update(f"{len(runs)} runs · config: {scope}")
 
@@ -170,8 +171,8 @@ class CompareScreen(Screen):
             label = f"{first.kind}: {label}" if kinds and label else (label or first.kind)
             best = [r.best[key] for r in g.runs if key and key in r.best]
             final = [r.final[key] for r in g.runs if key and key in r.final]
-            table.add_row(*([g.sweep or "—"] if sweeps else []), str(len(g.runs)), key or "—", mean_std(best),
-                          mean_std(final), label)
+            table.add_row(*([cell(g.sweep or "—")] if sweeps else []), str(len(g.runs)), cell(key or "—"),
+                          mean_std(best), mean_std(final), cell(label))
 
     @work(thread=True, exclusive=True, group="compare-series", exit_on_error=False)
     def load_series(self) -> None:

@@ -17,11 +17,13 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
 from app.errors import UserError
 from app.queue.submit import BACKENDS, capture_repro, check_gpus, resolve_parents, submit
+from app.tui.markup import markup
 from engine.config import JOBS, ConfigError, field_error, form_defaults, literal_choices, resolve
 
 SWEEP_SEP = "|"
@@ -136,7 +138,9 @@ class LaunchScreen(Screen[list[str]]):
             hint = info.description or ""
             if choices:  # first, so a long description below cannot push them out of the help lines
                 hint = f"[{' | '.join(map(str, choices))}] {hint}".rstrip()
-            field_input = Input(self.defaults[name], id=f"field-{name}", classes="field-input", compact=True, tooltip=hint,
+            # The hint is text ("[ce | logit_adjust] ..."), shown as it is: here and in #field-help.
+            field_input = Input(self.defaults[name], id=f"field-{name}", classes="field-input", compact=True,
+                                tooltip=Content(hint),
                                 placeholder="required" if info.is_required() else "")
             field_input.hint = hint
             rows.append(Vertical(
@@ -248,7 +252,7 @@ class LaunchScreen(Screen[list[str]]):
             argvs = self.build_argvs()
             priority = int(self.query_one("#priority", Input).value or 0)
         except UserError as e:
-            error.update(f"[b red]cannot submit:[/] {e}")
+            error.update(markup("[b red]cannot submit:[/] $error", error=e))  # quotes the fields as typed
             return
         except ValueError:
             error.update("[b red]cannot submit:[/] priority must be a whole number")
@@ -299,9 +303,10 @@ class LaunchScreen(Screen[list[str]]):
 
     def _submit_failed(self, message: str, queued: list[str]) -> None:
         done = f" (queued before the error: {', '.join(queued)})" if queued else ""
-        self.query_one("#form-error", Static).update(f"[b red]cannot submit:[/] {message}{done}")
+        self.query_one("#form-error", Static).update(markup("[b red]cannot submit:[/] $message", message=message + done))
 
     def _submitted(self, queued: list[str]) -> None:
-        self.app.notify(f"queued {len(queued)} run{'s' if len(queued) > 1 else ''}: {', '.join(queued)}", title="launch")
+        self.app.notify(f"queued {len(queued)} run{'s' if len(queued) > 1 else ''}: {', '.join(queued)}", title="launch",
+                        markup=False)
         self.app.poll_runs()
         self.dismiss(queued)  # Runs puts its cursor on the new run

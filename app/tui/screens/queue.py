@@ -6,6 +6,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
@@ -13,6 +14,7 @@ from app.errors import UserError
 from app.tui.actions import QueueActions
 from app.tui.cells import cut
 from app.tui.data import QueueState, QueuedRun, RunRow
+from app.tui.markup import cell, markup
 from app.tui.screens.runs import STATUS_STYLE
 from app.tui.widgets.row_table import RowTable
 
@@ -38,7 +40,7 @@ def queued_cells(q: QueuedRun) -> list:
     return [
         str(q.position) if q.position is not None else "",
         Text(q.status, style=STATUS_STYLE.get(q.status, "")),
-        str(q.priority), str(q.gpus), cut(q.name, 13), q.run_id, waits_cell(q),
+        str(q.priority), str(q.gpus), cell(cut(q.name, 13)), q.run_id, cell(waits_cell(q)),
     ]
 
 
@@ -107,11 +109,12 @@ class QueueScreen(QueueActions, Screen):
             slots.clear()
             for use in state.slots:
                 names = ", ".join(f"{run_id} {name}" for _, run_id, name in use.runs)
-                slots.add_row(cut(use.slot, 18), f"{len(use.runs)}/{use.capacity}",
-                              cut(names, 52) if names else Text("free", style="dim"))
+                slots.add_row(cell(cut(use.slot, 18)), f"{len(use.runs)}/{use.capacity}",  # GPU names from nvidia-smi
+                              cell(cut(names, 52)) if names else Text("free", style="dim"))
             for pk, run_id, name, where in state.elsewhere:
                 slot, _, slurm_state = where.partition(" ")  # "slurm:123", "PENDING (Priority)"
-                slots.add_row(cut(slot, 18), "", cut(f"{run_id} {name}" + (f" · {slurm_state}" if slurm_state else ""), 52))
+                runs_on_it = f"{run_id} {name}" + (f" · {slurm_state}" if slurm_state else "")
+                slots.add_row(cell(cut(slot, 18)), "", cell(cut(runs_on_it, 52)))
 
         table = self.query_one("#queued", DataTable)
         current = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value if table.row_count else None
@@ -149,12 +152,13 @@ class QueueScreen(QueueActions, Screen):
             detail.update("Nothing waits. l on Runs opens the launch form.")
             return
         where = f"position {q.position}" if q.position is not None else "blocked"
-        line = f"[b]{q.run_id}[/b] {q.name} · {where} · priority {q.priority} (+/- change) · {q.gpus} GPU · {q.backend}"
+        lines = [markup("[b]$run_id[/b] $name · $rest", run_id=q.run_id, name=q.name,
+                        rest=f"{where} · priority {q.priority} (+/- change) · {q.gpus} GPU · {q.backend}")]
         if q.waits_for:
-            line += "\nwaits for " + ", ".join(q.waits_for)
+            lines.append(Content("waits for " + ", ".join(q.waits_for)))
         if q.error:
-            line += f"\n[red]{q.error}[/red]"
-        detail.update(line)
+            lines.append(markup("[red]$error[/red]", error=q.error))
+        detail.update(Content("\n").join(lines))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "queued":
@@ -187,7 +191,8 @@ class QueueScreen(QueueActions, Screen):
                 do_resume(ws)
                 ensure_daemon(ws)  # as `moe-tui resume` does: queued runs need someone to start them
         except (OSError, UserError) as e:
-            self.app.call_from_thread(self.notify, f"cannot {'pause' if pause else 'resume'}: {e}", severity="error")
+            self.app.call_from_thread(self.notify, f"cannot {'pause' if pause else 'resume'}: {e}", severity="error",
+                                      markup=False)
             return
         self.app.call_from_thread(self.notify, "queue paused: running runs carry on, no new ones start"
                                   if pause else "queue resumed", title="queue")

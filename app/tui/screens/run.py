@@ -11,6 +11,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.content import Content
 from textual.lazy import Lazy
 from textual.message import Message
 from textual.screen import Screen
@@ -20,6 +21,7 @@ from app.errors import UserError
 from app.queries import fmt_duration
 from app.tui.cells import cut
 from app.tui.data import Linked, MetricPoint, RunRow
+from app.tui.markup import cell, markup
 from app.tui.screens.runs import STATUS_STYLE
 from app.tui.widgets.curves import Bars, Curves
 from app.tui.widgets.row_table import RowTable
@@ -272,13 +274,14 @@ class RunScreen(Screen):
             return
         best = f"best {row.metric_key} {row.metric_best:.4f}" if row.metric_best is not None else ""
         progress = f"epoch {row.progress}" if row.progress else ""
-        head = f"[b]{row.run_id}[/b]  {row.name}  [b]{row.status}[/b]  {progress}  {fmt_duration(row.duration())}  {best}"
-        lines = [head, row.command]
+        head = markup("[b]$run_id[/b]  $name  [b]$status[/b]  $rest", run_id=row.run_id, name=row.name, status=row.status,
+                      rest=f"{progress}  {fmt_duration(row.duration())}  {best}")
+        lines = [head, Content(row.command)]
         if row.status == "pending":
-            lines.append(f"waiting in Slurm: {row.where}")
+            lines.append(Content(f"waiting in Slurm: {row.where}"))
         if row.error:
-            lines.append(f"[red]{row.error}[/red]")
-        self.query_one("#run-info", Static).update("\n".join(lines))
+            lines.append(markup("[red]$error[/red]", error=row.error))
+        self.query_one("#run-info", Static).update(Content("\n").join(lines))
 
     def _fill_config(self) -> None:
         row = self.row
@@ -301,8 +304,8 @@ class RunScreen(Screen):
         table.clear(columns=True)
         table.add_column("setting", key="setting")
         table.add_column("value", key="value")
-        for key, value in rows:
-            table.add_row(key, value)
+        for key, value in rows:  # from run.json and the metric keys a run logged: plain, not markup
+            table.add_row(cell(key), cell(value))
         if rows:
             table.move_cursor(row=min(cursor, len(rows) - 1), animate=False)
             table.scroll_y = scroll
@@ -314,7 +317,7 @@ class RunScreen(Screen):
         try:
             feeds, consumers = self.app.data.lineage(self.run_pk)
         except UserError as e:
-            self.app.call_from_thread(self.notify, str(e), severity="error")
+            self.app.call_from_thread(self.notify, str(e), severity="error", markup=False)
             return
         self.app.call_from_thread(self._show_lineage, feeds, consumers)
 
@@ -340,7 +343,7 @@ class RunScreen(Screen):
             return
         for direction, r in rows:
             table.add_row(direction, r.how, Text(r.status, style=STATUS_STYLE.get(r.status, "")), r.run_id,
-                          cut(r.name, LINEAGE_NAME), cut(r.kind, LINEAGE_KIND), key=str(r.pk))
+                          cell(cut(r.name, LINEAGE_NAME)), cell(cut(r.kind, LINEAGE_KIND)), key=str(r.pk))
         table.move_cursor(row=min(current, table.row_count - 1), animate=False)
         self._show_lineage_detail()
 
@@ -353,7 +356,8 @@ class RunScreen(Screen):
             detail.update("")
             return
         direction, r = rows[table.cursor_row]
-        detail.update(f"{direction} ({r.how}): [b]{r.run_id}[/b]  {r.name}  {r.kind}  {r.status}")
+        detail.update(markup("$direction ($how): [b]$run_id[/b]  $name  $kind  $status", direction=direction, how=r.how,
+                             run_id=r.run_id, name=r.name, kind=r.kind, status=r.status))
 
     def open_linked(self, key: str | None) -> None:
         if key and key.isdigit() and int(key) in self.app.runs:
@@ -379,7 +383,7 @@ class RunScreen(Screen):
         table.add_column("file", key="file")
         table.add_column("bytes", key="bytes")
         for rel, size in files:
-            table.add_row(rel, str(size), key=rel)
+            table.add_row(cell(rel), str(size), key=rel)  # file names as they are on disk
         if not files:
             self.query_one("#artifact-view", RichLog).write("no artifacts yet")
 

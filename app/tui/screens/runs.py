@@ -9,8 +9,8 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.geometry import Size
-from textual.markup import escape
 from textual.binding import Binding
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
@@ -20,6 +20,7 @@ from app.store.models import ACTIVE
 from app.tui.actions import QueueActions
 from app.tui.cells import cut
 from app.tui.data import RunRow, parse_tags
+from app.tui.markup import cell, markup
 from app.tui.query import QueryError, compile_query
 from app.tui.widgets.row_table import RowTable
 
@@ -107,16 +108,16 @@ def cells(row: RunRow, now: float, marked: bool) -> list:
     return [
         Text(MARK if marked else " ", style="bold magenta"),
         Text(row.status, style=STATUS_STYLE.get(row.status, "")),
-        cut(row.name, NAME_WIDTH),
-        cut(row.kind, KIND_WIDTH),
+        cell(cut(row.name, NAME_WIDTH)),
+        cell(cut(row.kind, KIND_WIDTH)),
         row.progress,
         Text(metric, justify="right"),
-        row.key_config,
+        cell(row.key_config),
         fmt_duration(row.duration(now)),
         row.backend,
-        row.where,
+        cell(row.where),  # Slurm's reason may hold brackets (node lists)
         row.run_id,
-        ",".join(row.tags),
+        cell(",".join(row.tags)),
     ]
 
 
@@ -286,7 +287,7 @@ class RunsScreen(QueueActions, Screen):
             else:
                 detail.update("No runs yet. l opens the launch form, or: moe-tui submit -- train-expert --preset quick")
             return
-        lines = [f"[b]{row.run_id}[/b]  {row.name}  {row.command}"]
+        lines = [markup("[b]$run_id[/b]  $name  $command", run_id=row.run_id, name=row.name, command=row.command)]
         extra = []
         if row.status in ("queued", "blocked"):
             extra.append(f"priority {row.priority}")
@@ -301,10 +302,10 @@ class RunsScreen(QueueActions, Screen):
         if row.notes:
             extra.append("notes: " + row.notes)
         if extra:
-            lines.append("  ".join(extra))
+            lines.append(Content("  ".join(extra)))  # tags and notes as typed: plain, not markup
         if row.error:
-            lines.append(f"[red]{row.error}[/red]")
-        detail.update("\n".join(lines))
+            lines.append(markup("[red]$error[/red]", error=row.error))
+        detail.update(Content("\n").join(lines))
 
     # -- filter ----------------------------------------------------------------
 
@@ -344,18 +345,18 @@ class RunsScreen(QueueActions, Screen):
         self.filter_note = ""
         try:
             predicate = compile_query(text)
-        except QueryError as e:  # the message quotes the filter: "status=[/]" is text, not markup
-            self._show_error(f"[b red]filter:[/] {escape(str(e))}")
+        except QueryError as e:  # the message quotes the filter: "status=[/b" is text, not markup
+            self._show_error(markup("[b red]filter:[/] $error", error=e))
             return False
         self._show_error("")
         self.query_text, self.predicate = text, predicate
         self.rebuild()
         return True
 
-    def _show_error(self, markup: str) -> None:
+    def _show_error(self, message: Content | str) -> None:
         error = self.query_one("#filter-error", Static)
-        error.update(markup)
-        error.display = bool(markup)
+        error.update(message)
+        error.display = bool(message)
 
     def _set_note(self, note: str) -> None:
         self.filter_note = note
@@ -471,7 +472,8 @@ class RunsScreen(QueueActions, Screen):
         if str(row.pk) in table.rows:
             table.move_cursor(row=table.get_row_index(str(row.pk)), animate=False)
         else:
-            self.notify(f"{run_id} is queued but the filter hides it; esc clears the filter", severity="warning")
+            self.notify(f"{run_id} is queued but the filter hides it; esc clears the filter", severity="warning",
+                        markup=False)
 
     # -- export ----------------------------------------------------------------
 
@@ -501,9 +503,9 @@ class RunsScreen(QueueActions, Screen):
         try:
             n = self.app.data.export_csv(pks, path)
         except UserError as e:
-            self.app.call_from_thread(self.notify, str(e), severity="error", timeout=10)
+            self.app.call_from_thread(self.notify, str(e), severity="error", timeout=10, markup=False)
             return
-        self.app.call_from_thread(self.notify, f"wrote {n} runs to {path}", title="export")
+        self.app.call_from_thread(self.notify, f"wrote {n} runs to {path}", title="export", markup=False)
 
     # -- tags, notes, delete -----------------------------------------------------
 
@@ -539,7 +541,7 @@ class RunsScreen(QueueActions, Screen):
         try:
             data.set_tags(pk, value) if what == "tags" else data.set_notes(pk, value)
         except UserError as e:
-            self.app.call_from_thread(self.notify, str(e), severity="error")
+            self.app.call_from_thread(self.notify, str(e), severity="error", markup=False)
             return
         self.app.call_from_thread(self.app.poll_runs)
 
@@ -550,7 +552,7 @@ class RunsScreen(QueueActions, Screen):
         if row is None:
             return
         if row.status in ACTIVE:
-            self.notify(f"{row.run_id} is {row.status}; only finished runs can be deleted", severity="warning")
+            self.notify(f"{row.run_id} is {row.status}; only finished runs can be deleted", severity="warning", markup=False)
             return
 
         def chosen(yes: bool | None) -> None:
@@ -558,15 +560,16 @@ class RunsScreen(QueueActions, Screen):
                 self.delete_run(row.pk)
 
         self.app.push_screen(
-            Confirm(f"Delete run [b]{row.run_id}[/b] ({row.name}, {row.status})?\n"
-                    f"Its directory runs/{row.run_id} and its metrics are removed for good."), chosen)
+            Confirm(markup("Delete run [b]$run_id[/b] ($name, $status)?\n"
+                           "Its directory runs/$run_id and its metrics are removed for good.",
+                           run_id=row.run_id, name=row.name, status=row.status)), chosen)
 
     @work(thread=True, group="delete-run", exit_on_error=False)
     def delete_run(self, pk: int) -> None:
         try:
             run_id = self.app.data.delete_run(pk)
         except (UserError, OSError) as e:
-            self.app.call_from_thread(self.notify, f"cannot delete: {e}", severity="error")
+            self.app.call_from_thread(self.notify, f"cannot delete: {e}", severity="error", markup=False)
             return
         self.app.forget_runs({pk})
-        self.app.call_from_thread(self.notify, f"deleted {run_id}")
+        self.app.call_from_thread(self.notify, f"deleted {run_id}", markup=False)
