@@ -12,15 +12,8 @@ from app.store.models import Run
 from app.tui.app import MoeTuiApp
 from app.tui.screens.launch import LaunchScreen, option_args
 from engine.config import JOBS, parse_argv
+from tests.tui_support import open_launch_form as open_form
 from tests.tui_support import screen_text, settle
-
-
-async def open_form(app, pilot) -> LaunchScreen:
-    await settle(app, pilot)
-    await pilot.press("l")
-    await settle(app, pilot)
-    assert isinstance(app.screen, LaunchScreen)
-    return app.screen
 
 
 async def type_into(pilot, form: LaunchScreen, name: str, text: str) -> None:

@@ -22,7 +22,7 @@ from app.tui.screens.launch import LaunchScreen
 from app.tui.screens.queue import QueueScreen
 from app.tui.screens.run import RunScreen
 from tests.helpers import TINY
-from tests.tui_support import screen_text, settle
+from tests.tui_support import open_launch_form, screen_text, settle
 
 # Each would end the TUI or restyle a line if read as markup; the last ones get past an escape
 # written for Rich's markup (an upper-case tag, "$", an unclosed closing tag, a final backslash).
@@ -164,11 +164,7 @@ async def test_launch_form_errors_quote_values_as_typed(ws):
     """The "cannot submit" line quotes a field or an --after ref; "[/b" in one ended the TUI."""
     app = MoeTuiApp(ws, poll_s=0.2)
     async with app.run_test(size=(80, 24)) as pilot:
-        await settle(app, pilot)
-        await pilot.press("l")
-        await settle(app, pilot)
-        form = app.screen
-        assert isinstance(form, LaunchScreen)
+        form = await open_launch_form(app, pilot)
         error = form.query_one("#form-error", Static)
         form.query_one("#field-loss", Input).value = "[/b"
         await pilot.pause()

@@ -27,7 +27,7 @@ from app.tui.screens.launch import LaunchScreen
 from app.tui.screens.queue import QueueScreen
 from app.tui.screens.run import RunScreen
 from tests.helpers import TINY, wait_for
-from tests.tui_support import screen_text, settle
+from tests.tui_support import open_launch_form, screen_text, settle
 
 
 def column(table: DataTable, key: str) -> list[str]:
@@ -324,11 +324,7 @@ async def test_launch_form_dependencies_gpus_and_sweep_group(paused_ws):
     parent = submit(ws, TINY, name="parent")
     app = MoeTuiApp(ws, poll_s=0.2)
     async with app.run_test(size=(80, 24)) as pilot:
-        await settle(app, pilot)
-        await pilot.press("l")
-        await settle(app, pilot)
-        form = app.screen
-        assert isinstance(form, LaunchScreen)
+        form = await open_launch_form(app, pilot)
         after = form.query_one("#after", Input)
         after.value = "no-such-run"
         await settle(app, pilot)

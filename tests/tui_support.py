@@ -31,3 +31,14 @@ def screen_text(app) -> str:
                       color_system="truecolor", record=True, legacy_windows=False, safe_box=False)
     console.print(app.screen._compositor.render_update(full=True))
     return console.export_text()
+
+
+async def open_launch_form(app, pilot):
+    """From the Runs screen, the Launch form (``l``), settled."""
+    from app.tui.screens.launch import LaunchScreen
+
+    await settle(app, pilot)
+    await pilot.press("l")
+    await settle(app, pilot)
+    assert isinstance(app.screen, LaunchScreen)
+    return app.screen
