@@ -208,3 +208,14 @@ async def test_notes_typed_with_n_and_an_export_path_are_shown_as_typed(ws):
         assert f"wrote 3 runs to {out}" in [n.message for n in app._notifications]
         toasts = [str(toast.render()) for toast in app.screen.query("Toast")]
         assert any("[/]x.csv" in toast for toast in toasts), toasts
+
+
+def test_control_characters_never_reach_the_terminal():
+    """An ESC in a run's text would start an escape sequence in the user's terminal
+    (here: set the window title, then turn everything after it red)."""
+    from app.tui.markup import cell, markup
+
+    hostile = "run\x1b]0;owned\x07 \x1b[31mred\x9b2J\ttab"
+    for shown_text in (cell(hostile).plain, markup("[b]$v[/b]", v=hostile).plain):
+        assert not any(ch in shown_text for ch in "\x1b\x07\x9b"), repr(shown_text)
+        assert shown_text == "run\ufffd]0;owned\ufffd \ufffd[31mred\ufffd2J\ttab"

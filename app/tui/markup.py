@@ -11,6 +11,9 @@ backslash escapes the closing tag after it. So values never become markup text:
   value put in as plain text after the markup is parsed (Textual's template variables);
 - ``cell(value)``: a DataTable cell as plain Text;
 - ``notify(..., markup=False)`` and ``Static(..., markup=False)`` where nothing is styled.
+
+Both also show control characters as U+FFFD: an ESC in a run's name or notes would otherwise
+reach the terminal as the start of an escape sequence (Textual strips only BEL, BS, VT, FF, CR).
 """
 
 from __future__ import annotations
@@ -19,11 +22,20 @@ from rich.text import Text
 from textual.content import Content
 
 
+# C0 controls but tab and newline, DEL, and C1 (0x9b alone starts a sequence on some terminals)
+_CONTROLS = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)], "\ufffd")
+
+
+def shown(value: object) -> str:
+    """``value`` as text with its control characters made visible (U+FFFD)."""
+    return str(value).translate(_CONTROLS)
+
+
 def markup(template: str, **values: object) -> Content:
-    """``template`` (our own markup) with each ``$key`` replaced by ``str(values[key])`` as it is."""
-    return Content.from_markup(template, **{k: str(v) for k, v in values.items()})
+    """``template`` (our own markup) with each ``$key`` replaced by ``values[key]`` as it is."""
+    return Content.from_markup(template, **{k: shown(v) for k, v in values.items()})
 
 
 def cell(value: object) -> Text:
     """A DataTable cell showing ``value`` as it is, cut at the column's edge as a str cell is."""
-    return Text(str(value), no_wrap=True, end="")
+    return Text(shown(value), no_wrap=True, end="")
