@@ -85,10 +85,29 @@ def _build(source: Path, target: Path, cc: list[str]) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-@cache
 def build(source: Path) -> ctypes.CDLL:
     """``source`` as a loaded library, built first if this machine has no build of it yet.
-    Cached per process; ``build.cache_clear()`` makes the next call look again."""
+    Cached per process, a failure too (callers on a hot path, such as the m-height features
+    per batch, would otherwise run the compiler again on every call); ``build.cache_clear()``
+    makes the next call look again."""
+    outcome = _attempt(source)
+    if isinstance(outcome, NativeUnavailable):
+        raise outcome
+    return outcome
+
+
+@cache
+def _attempt(source: Path) -> ctypes.CDLL | NativeUnavailable:
+    try:
+        return _load(source)
+    except NativeUnavailable as exc:
+        return exc
+
+
+build.cache_clear = _attempt.cache_clear  # type: ignore[attr-defined]
+
+
+def _load(source: Path) -> ctypes.CDLL:
     cc = compiler()
     key = hashlib.sha256(source.read_bytes() + repr((cc, FLAGS, ARCH_FLAGS)).encode() + _cpu_id().encode())
     target = cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"

@@ -50,6 +50,24 @@ def test_a_missing_compiler_is_one_line(fresh_build, monkeypatch, tmp_path):
     assert list((tmp_path / "cache").iterdir()) == []  # no half-built library left behind
 
 
+def test_a_failed_build_is_not_tried_again_in_the_process(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("MOE_TUI_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "add.c"
+    source.write_text(ADD)
+    tries = []
+    real = native._build
+    monkeypatch.setattr(native, "_build", lambda *a: tries.append(a) or real(*a))
+    native.build.cache_clear()
+    try:
+        for _ in range(3):
+            with pytest.raises(native.NativeUnavailable, match="/nonexistent/cc"):
+                native.build(source)
+    finally:
+        native.build.cache_clear()
+    assert len(tries) == 1
+
+
 def test_a_compile_error_is_one_line_and_leaves_nothing(fresh_build, tmp_path):
     assert "could not build bad.c" in fresh_build("this is not C\n", "bad.c")
     assert list((tmp_path / "cache").iterdir()) == []
