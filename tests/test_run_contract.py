@@ -20,6 +20,7 @@ from engine.run import (
     RunDir,
     RunRecorder,
     describe_exit,
+    new_run_id,
     parse_event_lines,
 )
 from tests.helpers import wait_for
@@ -156,7 +157,13 @@ def test_exit_descriptions():
 
 
 def test_run_ids_sort_by_time_and_never_collide(tmp_path):
+    before = time.time()
     ids = [RunDir.create(tmp_path).run_id for _ in range(50)]
+    after = time.time()
     assert len(set(ids)) == 50
     assert ids == sorted(ids), "within one second too, creation order is name order"
-    assert sorted(ids)[0][:13] <= time.strftime("%y%m%d-%H%M%S")
+    # Bracketed by time.time(), the clock the ids read: time.strftime() with no
+    # argument reads time(2), whose coarse clock lags it by up to a tick, so
+    # an id made at hh:mm:31.001 could compare later than a "now" of hh:mm:30.
+    assert new_run_id(before)[:13] <= ids[0][:13]
+    assert ids[-1][:13] <= new_run_id(after)[:13]
