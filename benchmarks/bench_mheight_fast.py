@@ -257,9 +257,11 @@ where no C compiler does.
 
 - {verdict}. Fastest overall: {fastest[0]} + {fastest[1]}, {fastest[4]:,.0f}x at {fastest[2]:.3f}.
 - Issue target (>= 1,000x at <= 0.40): {'met' if best_ok and best_ok[4] >= 1000 else '**not met**'} on this CPU by the
-  fastest model above (one model per (n, k): a hard-gated MoE routed by the code's own (n, k)). The fine-tuned
-  sparse top-{MOE_TOP_K} MoE with its learned gate reaches {moe[2]:.3f} at {moe[4]:,.0f}x: {'met' if moe[2] <= 0.40 and moe[4] >= 1000 else '**not met**'} for it;
-  its forward pass (a gate and {MOE_EXPERTS} experts, each run on every code) costs {moe[5] / moe[4] - 1:.1f}x its features.
+  fastest model above (one model per (n, k): a hard-gated MoE routed by the code's own (n, k)). This study's
+  fine-tuned sparse top-{MOE_TOP_K} MoE, its forward pass in torch (a gate and {MOE_EXPERTS} experts, each run on every
+  code), reaches {moe[2]:.3f} at {moe[4]:,.0f}x: its forward pass costs {moe[5] / moe[4] - 1:.1f}x its features. The engine's
+  own fine-tuned sparse MoE, routed and run in C (`engine/mheight/forward.c`), is measured through the jobs in
+  the m-height models section.
 - What bounds it: P's square minors alone through numpy's whole-array passes (version 2, float32; no log,
   no statistics, no model) run at {gen_labels / bounds[0] / gen_rate:,.0f}x the generator, the ceiling for numpy
   features; the C kernel computes all of version 2 faster than numpy computes the minors alone (its

@@ -81,21 +81,21 @@ def test_training_reduces_the_loss(tmp_path, data_run):
 
 
 def test_an_untrained_model_predicts_the_per_group_training_mean(tmp_path, data_run):
-    from engine.mheight.data import Batchable
+    from engine.mheight.data import CodeSet
     from engine.mheight.fit import group_means, load_split, predict
     from engine.mheight.models import build, model_spec
     from engine.config import resolve
 
     cfg = resolve("mheight-train", preset="quick", fields={"data": str(data_run), "model": "fc"})
     train_l, _ = load_split(cfg)
-    train = Batchable.from_labels(train_l, train_l.finite_groups(), 100.0, True, torch.device("cpu"))
+    train = CodeSet.from_labels(train_l, train_l.finite_groups(), 100.0, True, torch.device("cpu"))
     model = build(model_spec(cfg, "fc", []))
     torch.nn.init.zeros_(model.net.head.weight), torch.nn.init.zeros_(model.net.head.bias)
     means, _ = group_means(train)
     model.set_group_means(means, 1.0)
-    pred = predict(model, train)
-    want = torch.tensor([means[train.groups[g]] for g in train.group.tolist()])
-    assert torch.allclose(pred, want, atol=1e-4)
+    pred, _, group = train.flat(predict(model, train))
+    want = torch.tensor([means[train.groups[g]] for g in group.tolist()])
+    assert len(pred) == train.labels > len(train) and torch.allclose(pred, want, atol=1e-4)
 
 
 def test_finetune_starts_from_the_pretrained_experts_then_evaluate(tmp_path, data_run, pretrained):
@@ -180,12 +180,10 @@ def test_augmented_codes_keep_their_height():
 
 def test_minor_features_are_log_determinants_of_square_submatrices():
     from engine.mheight.data import MINOR_STATS, minor_features
-    from engine.mheight.shards import LabelSet
 
     P = np.zeros((1, 6, 6), dtype=np.float32)
     P[0, :2, :2] = [[1, 2], [3, 4]]  # 1x1 minors 1, 2, 3, 4; the 2x2 minor -2
-    one = np.array([0])
-    f = minor_features(LabelSet(np.array([4]), np.array([2]), np.array([1]), P, np.zeros(1), one))[0] * 10
+    f = minor_features(P, np.array([4]), np.array([2]))[0] * 10
     logs = np.log2([1, 2, 3, 4])
     # min, mean, std; log2 is approximated to within 0.086 (exact at powers of 2)
     assert f[:MINOR_STATS].tolist() == pytest.approx([logs.min(), logs.mean(), logs.std()], abs=0.09)
@@ -206,7 +204,7 @@ def test_train_and_evaluate_with_minor_features(tmp_path, data_run):
     out = engine(tmp_path, "mheight", "evaluate", str(rd), "--data", str(data_run))
     assert out.returncode == 0, out.stderr
     summary = [e for e in read_events(run_dirs(tmp_path)[-1]) if e["type"] == "summary"][0]["metrics"]
-    assert summary["feature_seconds"] > 0 and math.isfinite(summary["test/log2_mse"])
+    assert summary["input_seconds"] > 0 and summary["forward_seconds"] > 0 and math.isfinite(summary["test/log2_mse"])
 
     # a checkpoint from before feature versions (version 1 features) is refused in one line, for
     # evaluation and as a fine-tuning expert: its model would read numbers it never saw

@@ -13,9 +13,9 @@ import torch
 from engine.checkpoint import load_checkpoint
 from engine.config import JobSpec
 from engine.mheight.config import PAD, MHeightFinetuneConfig
-from engine.mheight.data import MINOR_FEATURE_VERSION, Batchable, check_minor_features, feature_dim
+from engine.mheight.data import MINOR_FEATURE_VERSION, CodeSet, check_minor_features, check_model_format, feature_dim
 from engine.mheight.fit import checkpoint_path, fit, load_split
-from engine.mheight.models import SparseMoE, build
+from engine.mheight.models import SparseMoE, build, net_input
 from engine.run import JobError, RunRecorder
 from engine.training import prepare_job
 
@@ -31,6 +31,7 @@ def load_experts(paths: list[str], device: torch.device) -> tuple[dict, list[dic
         if not spec or spec.get("model") not in ("fc", "resnet2d", "vit"):
             got = spec.get("model") if spec else "not an m-height checkpoint"
             raise JobError(f"{path} is {got!r}; experts must be single fc, resnet2d or vit mheight-train checkpoints")
+        check_model_format(st, path)
         check_minor_features(st, path)
         specs.append({**spec["expert"], "arch": spec["model"]})
         states.append({k.removeprefix("net."): v for k, v in st["model"].items() if k.startswith("net.")})
@@ -53,7 +54,8 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     expert, states, base, scale, canonical = load_experts(cfg.experts, device)
     if canonical != cfg.canonicalize:
         print(f"note: using canonicalize={canonical}, as the experts were trained", flush=True)
-    mspec = {"model": "sparse_moe", "expert": expert, "pairs": [], "num_experts": len(states), "top_k": cfg.top_k}
+    mspec = {"model": "sparse_moe", "expert": expert, "pairs": [], "num_experts": len(states), "top_k": cfg.top_k,
+             "gate_hidden": cfg.gate_hidden}
     model = build(mspec).to(device)
     moe: SparseMoE = model.net  # type: ignore[assignment]
     for e, st in enumerate(states):
@@ -65,14 +67,18 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     minors = bool(expert.get("fdim", feature_dim()) > feature_dim())  # the experts' inputs decide
     if minors != cfg.minor_features:
         print(f"note: using minor_features={minors}, as the experts were trained", flush=True)
-    train = Batchable.from_labels(train_l, train_l.finite_groups(), scale, canonical, device, minors)
-    val = Batchable.from_labels(val_l, val_l.finite_groups(), scale, canonical, device, minors)
+    p_input = expert.get("p_input", True)
+    if p_input != cfg.p_input:
+        print(f"note: using p_input={p_input}, as the experts were trained", flush=True)
+    train = CodeSet.from_labels(train_l, train_l.finite_groups(), scale, canonical, device, minors, p_input)
+    val = CodeSet.from_labels(val_l, val_l.finite_groups(), scale, canonical, device, minors, p_input)
+    moe.gate_inputs.set(net_input(train.P, train.feats, p_input))  # the experts keep their own
     gate_params = list(moe.gate.parameters()) + [moe.log_temp]
     opt = torch.optim.AdamW([
         {"params": [p for e in moe.experts for p in e.parameters()], "lr": cfg.lr},
         {"params": gate_params, "lr": cfg.lr * cfg.gate_lr_scale},
     ], weight_decay=cfg.weight_decay)
-    meta = {"spec": mspec, "scale": scale, "canonicalize": canonical, "minor_features": minors,
+    meta = {"spec": mspec, "scale": scale, "canonicalize": canonical, "minor_features": minors, "p_input": p_input,
             "minor_feature_version": MINOR_FEATURE_VERSION, "pad": PAD,
             "config": cfg.model_dump(mode="json"), "experts_from": [str(checkpoint_path(p)) for p in cfg.experts]}
     fit(model, meta, train, val, opt, cfg, rec, gen)

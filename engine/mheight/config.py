@@ -87,21 +87,25 @@ class _MHeightFitConfig(JobConfig):
     pairs: list[str] | None = Field(None, description="train on these (n, k) pairs only, e.g. 9x4,10x5 (to pretrain specialised experts); default: all")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of each (n, k, m) group held out for validation when --val-data is not given")
     minor_features: bool = Field(False, description="add statistics (min, mean, std) of log2 |det| of P's square submatrices per size: what the height is made of; ~600 multiply-adds per code (n=10, k=5) per prediction")
+    p_input: bool = Field(True, description="feed P's entries (zero-padded 6 x 6) to the model; --no-p-input with --minor-features reads only the statistics, which are already invariant to P's signed permutations: fc only, no canonicalisation, a third of the first layer")
     canonicalize: bool = Field(True, description="put P in a canonical signed-permutation form (h is invariant to it) before the model sees it")
     augment: bool = Field(False, description="random row/column permutations and sign flips of P per batch (h is invariant); redundant when canonicalizing")
     expert_arch: Literal["fc", "resnet2d"] = Field("resnet2d", description="expert network of hard_moe and sparse_moe")
     hidden: int = Field(256, ge=8, description="fc: width of the hidden layers")
     depth: int = Field(3, ge=1, description="fc: number of hidden layers")
+    norm: bool = Field(True, description="fc: LayerNorm after each hidden layer (--no-norm: cheaper to predict, see docs/mheight.md)")
+    act: Literal["gelu", "relu"] = Field("gelu", description="fc: activation of the hidden layers (relu is the cheaper on a CPU)")
     channels: int = Field(64, ge=4, description="resnet2d: channels of the residual blocks")
     blocks: int = Field(4, ge=1, description="resnet2d: residual blocks (two 3x3 convs each, 6x6 maps, no downsampling)")
     vit_dim: int = Field(64, ge=8, description="vit: token width (one token per row of P)")
     vit_depth: int = Field(3, ge=1, description="vit: transformer layers")
     vit_heads: int = Field(4, ge=1, description="vit: attention heads")
     num_experts: int = Field(6, ge=2, description="sparse_moe: experts (the course grid has 6 (n, k) pairs)")
-    top_k: int = Field(2, ge=1, le=2, description="sparse_moe: experts per sample (Shazeer et al. 2017 top-k gating)")
+    top_k: int = Field(2, ge=1, le=2, description="sparse_moe: experts per code (Shazeer et al. 2017 top-k gating)")
+    gate_hidden: int = Field(128, ge=0, description="sparse_moe: hidden width of the gate MLP; 0 makes the gate linear (a few multiply-adds per expert)")
     balance_weight: float = Field(0.01, ge=0, description="sparse_moe: weight of the load-balance loss E * sum_e f_e p_e (Switch Transformer, Fedus et al. 2021)")
     epochs: int = Field(60, ge=1, description="training epochs")
-    batch_size: int = Field(256, ge=2, description="samples per AdamW step")
+    batch_size: int = Field(64, ge=2, description="codes per AdamW step, each with its labels for every m (~3.5 on the course grid)")
     lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW), cosine-decayed to 0 after warm-up")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW decoupled weight decay")
     warmup_epochs: int = Field(2, ge=0, description="linear learning-rate warm-up, in epochs")
@@ -113,6 +117,12 @@ class _MHeightFitConfig(JobConfig):
 
     primary_metric: ClassVar[str] = "val/log2_mse"
 
+    @model_validator(mode="after")
+    def _p_input(self):
+        if not self.p_input and not self.minor_features:
+            raise ValueError("--no-p-input leaves the model nothing but (n, k) to read: add --minor-features")
+        return self
+
 
 @register
 class MHeightTrainConfig(_MHeightFitConfig):
@@ -122,11 +132,18 @@ class MHeightTrainConfig(_MHeightFitConfig):
     help: ClassVar[str] = "m-height: train a regressor (fc, resnet2d, vit, hard_moe, sparse_moe) on log2 h."
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "quick": {"epochs": 3, "hidden": 32, "depth": 2, "channels": 8, "blocks": 1, "vit_dim": 16, "vit_depth": 1,
-                  "vit_heads": 2, "batch_size": 64, "lr": 3e-3, "warmup_epochs": 0},
+                  "vit_heads": 2, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0},
     }
 
     model: Literal["fc", "resnet2d", "vit", "hard_moe", "sparse_moe"] = Field(
         "resnet2d", description="fc: MLP; resnet2d: P as a 6x6 image; vit: rows of P as tokens; hard_moe: one expert per (n, k); sparse_moe: learned top-k gate")
+
+    @model_validator(mode="after")
+    def _p_input_arch(self):
+        arch = self.model if self.model in ("fc", "resnet2d", "vit") else self.expert_arch
+        if not self.p_input and arch != "fc":
+            raise ValueError(f"--no-p-input needs fc ({arch} reads P as its structure): use --model fc, or --expert-arch fc for {self.model}")
+        return self
 
     def run_name(self) -> str:
         return f"mheight-{self.model}"
@@ -139,7 +156,7 @@ class MHeightFinetuneConfig(_MHeightFitConfig):
     kind: ClassVar[str] = "mheight-finetune"
     help: ClassVar[str] = "m-height: sparse MoE from pretrained single-model checkpoints, then trained jointly."
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "quick": {"epochs": 2, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 0},
+        "quick": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "warmup_epochs": 0},
     }
 
     experts: list[str] = Field(..., description="pretrained mheight-train checkpoints (or run directories), one per expert, all of one architecture (fc or resnet2d)")
@@ -167,7 +184,10 @@ class MHeightEvaluateConfig(JobConfig):
 
     checkpoint: str = Field(..., description="a checkpoint file, or a train/finetune run directory (its best.pth)")
     data: str = Field(..., description="a generate/import run directory or its shards/ folder")
-    batch_size: int = Field(4096, ge=1, description="samples per forward pass")
+    batch_size: int = Field(16384, ge=1, description="codes per forward pass")
+    cpu_forward: Literal["auto", "c", "torch"] = Field(
+        "auto", description="forward pass on a CPU: 'c' (engine/mheight/forward.c; fc with --no-norm --act relu and sparse MoEs of them "
+                            "with --gate-hidden 0), 'torch', or 'auto' (c where it applies and a C compiler works)")
     device: str = Field("auto", description=DEVICE_HELP)
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice")
 

@@ -1,4 +1,5 @@
-"""Model inputs for m-height regression: padded P, (n, k, m) features, symmetry.
+"""Model inputs for m-height regression: one row per code (padded P, (n, k) features, minor
+statistics) with its labels for every m; symmetry.
 
 h_m is unchanged by permuting rows or columns of P and by flipping their
 signs (a coordinate permutation / sign change of the code). ``canonicalize``
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -19,42 +21,76 @@ from engine.mheight.minors import STATS as MINOR_STATS  # min, mean, std of log2
 from engine.mheight.shards import LabelSet
 from engine.run import JobError
 
-MAX_M = 10  # one-hot width of m (the course grid has m <= 6; n <= 10 allows m <= 9)
+MAX_M = 2 * PAD  # outputs per code, one per m = 0..MAX_M-1 (m < n <= k + (n-k) <= 2 * PAD)
 MINOR_FEATURES = MINOR_STATS * PAD
+MODEL_FORMAT = 2  # 1: one forward pass per (code, m) label, m an input; 2: one per code, one output per m
 
 
 def feature_dim(pad: int = PAD) -> int:
-    return 4 + MAX_M + 2 * pad
+    return 3 + 2 * pad
 
 
-def features(n: torch.Tensor, k: torch.Tensor, m: torch.Tensor, pad: int = PAD) -> torch.Tensor:
-    """(N, F): scaled n, k, m, n-k plus one-hots of m, k and n-k."""
-    r = n - k
-    base = torch.stack([n, k, m, r], 1).float() / 10
-    oh = lambda v, w: torch.nn.functional.one_hot(v.clamp(0, w - 1).long(), w).float()  # noqa: E731
-    return torch.cat([base, oh(m, MAX_M), oh(k - 1, pad), oh(r - 1, pad)], 1)
+@lru_cache(maxsize=None)
+def pair_features(n: int, k: int, pad: int = PAD) -> np.ndarray:
+    """(F,) float32, read-only: scaled n, k, n-k plus one-hots of k and n-k. m is no input: a model
+    has one output per m. The same for every code of an (n, k), so computed once per pair."""
+    out = np.zeros(feature_dim(pad), dtype=np.float32)
+    out[:3] = np.array([n, k, n - k]) / 10
+    out[3 + min(max(k - 1, 0), pad - 1)] = 1
+    out[3 + pad + min(max(n - k - 1, 0), pad - 1)] = 1
+    out.flags.writeable = False
+    return out
 
 
-def minor_features(labels: LabelSet) -> torch.Tensor:
-    """(L, MINOR_FEATURES): statistics of log2 |det| of P's square submatrices, per size 1..PAD (version
-    MINOR_FEATURE_VERSION: checkpoints record it, ``check_minor_features`` refuses a model trained on others).
+def by_pair(n: np.ndarray, k: np.ndarray) -> list[tuple[int, int, slice | np.ndarray]]:
+    """[(n, k, rows)]: the codes of each (n, k). Data from shards comes in runs of one (n, k), and a
+    slice of a run costs no gather; codes in any other order are gathered per pair."""
+    if not len(n):
+        return []
+    cut = np.flatnonzero((n[1:] != n[:-1]) | (k[1:] != k[:-1])) + 1
+    starts, ends = np.r_[0, cut], np.r_[cut, len(n)]
+    if len(starts) <= 64:
+        return [(int(n[a]), int(k[a]), slice(int(a), int(b))) for a, b in zip(starts, ends)]
+    return [(nn, kk, np.flatnonzero((n == nn) & (k == kk))) for nn, kk in sorted(set(zip(n.tolist(), k.tolist())))]
+
+
+def input_features(P: np.ndarray, n: np.ndarray, k: np.ndarray, minors: bool) -> np.ndarray:
+    """(N, F) float32 features of codes P (N, pad, pad): ``pair_features``, then with ``minors`` the
+    statistics of log2 |det| of P's square submatrices per size 1..PAD (version MINOR_FEATURE_VERSION:
+    checkpoints record it, ``check_minor_features`` refuses a model trained on others).
 
     Every entry of a vertex codeword is a ratio of two such minors (Cramer), so
     their magnitudes say most of what the height depends on; a net given raw P
-    would have to learn determinants. Computed once per code (its labels for
-    every m share them) by ``minors.minor_stats``, the function the prediction-speed benchmark
-    times; singular minors count as |det| = 0.5 (log2 = -1); sizes a code does not have are 0.
+    would have to learn determinants. ``minors.minor_stats`` computes them, the function the
+    prediction-speed benchmark times; singular minors count as |det| = 0.5 (log2 = -1); sizes a
+    code does not have are 0.
     """
     from engine.mheight.minors import minor_stats
 
-    _, first, inverse = np.unique(labels.code, return_index=True, return_inverse=True)
-    out = np.zeros((len(first), MINOR_FEATURES), dtype=np.float32)
-    n_all, k_all = labels.n[first], labels.k[first]
-    for n, k in sorted(set(zip(n_all.tolist(), k_all.tolist()))):
-        rows = np.flatnonzero((n_all == n) & (k_all == k))
-        stats = minor_stats(labels.P[first[rows]][:, :k, :n - k])
-        out[rows, :stats.shape[1]] = stats / 10
-    return torch.from_numpy(out[inverse.reshape(-1)])
+    F0 = feature_dim()
+    out = np.zeros((len(P), F0 + (MINOR_FEATURES if minors else 0)), dtype=np.float32)
+    for nn, kk, rows in by_pair(n, k):
+        out[rows, :F0] = pair_features(nn, kk)
+        if minors:
+            width = MINOR_STATS * min(kk, nn - kk)
+            if isinstance(rows, slice):  # views on both sides: the kernel reads and writes in place
+                minor_stats(P[rows, :kk, :nn - kk], out=out[rows, F0:F0 + width], scale=0.1)
+            else:
+                out[rows, F0:F0 + width] = minor_stats(P[rows, :kk, :nn - kk], scale=0.1)
+    return out
+
+
+def minor_features(P: np.ndarray, n: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """(N, MINOR_FEATURES) float32: the minor statistics of ``input_features`` alone."""
+    return input_features(P, n, k, True)[:, feature_dim():]
+
+
+def check_model_format(state: dict, source: object) -> None:
+    """Refuse a checkpoint of the per-label format: its nets take m as an input and give one output."""
+    got = state.get("model_format", 1)
+    if got != MODEL_FORMAT:
+        raise JobError(f"{source} is an m-height model of format {got} (one forward pass per label); this engine's "
+                       f"models predict every m of a code at once (format {MODEL_FORMAT}): retrain it with engine mheight train")
 
 
 def check_minor_features(state: dict, source: object) -> None:
@@ -98,39 +134,92 @@ def augment(P: torch.Tensor, k: torch.Tensor, r: torch.Tensor, gen: torch.Genera
     return P * rs * cs
 
 
-@dataclass
-class Batchable:
-    """A labelled split on the device: inputs, targets and the (n, k, m) group of each sample."""
+def model_inputs(P: np.ndarray, n: np.ndarray, k: np.ndarray, scale: float, canonical: bool, minors: bool,
+                 p_input: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a model reads about codes P (N, pad, pad) (raw, zero-padded): P scaled (and canonicalised),
+    and the features. The whole cost of turning a code into a model input, so evaluate times it.
+    Without ``p_input`` the model reads no entry of P: it is neither scaled nor canonicalised."""
+    Pt = torch.from_numpy(np.ascontiguousarray(P, dtype=np.float32))
+    if p_input:
+        Pt = Pt / scale
+        if canonical:
+            Pt = canonicalize(Pt)
+    return Pt.to(device), torch.from_numpy(input_features(P, n, k, minors)).to(device)
 
-    P: torch.Tensor  # (N, pad, pad) float32, scaled
-    n: torch.Tensor
+
+@dataclass
+class CodeSet:
+    """A labelled split on the device, one row per code: inputs, and its labels for every m.
+
+    A code's labels share its inputs, so models run once per code with one output per m
+    (MAX_M outputs); ``group`` is -1 where a code has no finite label for that m (infinite
+    heights, or m outside its grid), and those outputs are left out of losses and scores.
+    """
+
+    P: torch.Tensor  # (N, pad, pad) float32, scaled (unscaled when the model reads no P)
+    n: torch.Tensor  # (N,) long
     k: torch.Tensor
-    m: torch.Tensor
     feats: torch.Tensor  # (N, F)
-    y: torch.Tensor  # (N,) log2 h
-    group: torch.Tensor  # (N,) index into groups
+    y: torch.Tensor  # (N, MAX_M) log2 h, 0 where group is -1
+    group: torch.Tensor  # (N, MAX_M) index into groups, -1: no finite label
     groups: list[tuple[int, int, int]]
-    feature_seconds: float = 0.0  # time spent computing minor features (part of the cost of a prediction)
+    input_seconds: float = 0.0  # time model_inputs took: part of the cost of a prediction
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.n)
+
+    @property
+    def labels(self) -> int:
+        return int((self.group >= 0).sum())
 
     @classmethod
     def from_labels(cls, labels: LabelSet, groups: list[tuple[int, int, int]], scale: float, canonical: bool,
-                    device: torch.device, minors: bool = False) -> "Batchable":
-        finite = labels.finite
-        sel = labels.take(np.flatnonzero(finite))
+                    device: torch.device, minors: bool = False, p_input: bool = True) -> "CodeSet":
+        """The codes of ``labels`` that have at least one finite label."""
+        return cls.from_codes(codes_of(labels), groups, scale, canonical, device, minors, p_input)
+
+    @classmethod
+    def from_codes(cls, codes: "Codes", groups: list[tuple[int, int, int]], scale: float, canonical: bool,
+                   device: torch.device, minors: bool = False, p_input: bool = True) -> "CodeSet":
         t0 = time.perf_counter()
-        extra = minor_features(sel) if minors else torch.zeros(len(sel), 0)
-        feature_seconds = time.perf_counter() - t0
-        P = torch.as_tensor(sel.P, dtype=torch.float32) / scale
-        if canonical:
-            P = canonicalize(P)
-        n, k, m = (torch.as_tensor(a, dtype=torch.long) for a in (sel.n, sel.k, sel.m))
+        P, feats = model_inputs(codes.P, codes.n, codes.k, scale, canonical, minors, p_input, device)
+        seconds = time.perf_counter() - t0
         index = {g: i for i, g in enumerate(groups)}
-        gid = torch.tensor([index.get(g, -1) for g in zip(sel.n.tolist(), sel.k.tolist(), sel.m.tolist())], dtype=torch.long)
-        return cls(P.to(device), n.to(device), k.to(device), m.to(device), torch.cat([features(n, k, m), extra], 1).to(device),
-                   torch.as_tensor(sel.log2h, dtype=torch.float32).to(device), gid.to(device), groups, feature_seconds)
+        gid = np.full(codes.log2h.shape, -1, dtype=np.int64)
+        for (n, k, m), i in index.items():
+            if m < MAX_M:
+                gid[(codes.n == n) & (codes.k == k), m] = i
+        gid[~np.isfinite(codes.log2h)] = -1
+        y = np.where(gid >= 0, codes.log2h, 0.0).astype(np.float32)
+        as_t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+        return cls(P, as_t(codes.n), as_t(codes.k), feats, as_t(y), as_t(gid), groups, seconds)
+
+    def flat(self, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(prediction, target, group) of every finite label, code by code, m by m."""
+        mask = self.group >= 0
+        return pred[mask], self.y[mask], self.group[mask]
+
+
+@dataclass
+class Codes:
+    n: np.ndarray  # (N,) int64
+    k: np.ndarray
+    P: np.ndarray  # (N, pad, pad) float32
+    log2h: np.ndarray  # (N, MAX_M) float64: inf where infinite, NaN where not labelled
+
+
+def codes_of(labels: LabelSet) -> Codes:
+    """Labels regrouped by code, keeping codes with at least one finite label."""
+    keep = np.isfinite(labels.log2h) & (labels.m < MAX_M)
+    _, first, inverse = np.unique(labels.code, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    log2h = np.full((len(first), MAX_M), np.nan)
+    ok = labels.m < MAX_M
+    log2h[inverse[ok], labels.m[ok]] = labels.log2h[ok]
+    has = np.zeros(len(first), dtype=bool)
+    has[inverse[keep]] = True
+    f = first[has]
+    return Codes(labels.n[f], labels.k[f], labels.P[f], log2h[has])
 
 
 def group_mse(pred: torch.Tensor, y: torch.Tensor, group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,11 +234,12 @@ def group_key(g: tuple[int, int, int]) -> str:
     return f"n{g[0]}k{g[1]}m{g[2]}"
 
 
-def mse_metrics(pred: torch.Tensor, data: Batchable, prefix: str) -> dict[str, float]:
+def mse_metrics(pred: torch.Tensor, data: CodeSet, prefix: str) -> dict[str, float]:
     """Log2-MSE as the course grader scores it: the mean over (n, k, m) groups; plus each group."""
-    mse, cnt = group_mse(pred, data.y, data.group, len(data.groups))
-    out = {f"{prefix}/log2_mse": float(mse[cnt > 0].mean()), f"{prefix}/log2_mse_pooled": float(((pred - data.y) ** 2).mean())}
-    for g, v, c in zip(data.groups, mse.tolist(), cnt.tolist()):
+    p, y, g = data.flat(pred)
+    mse, cnt = group_mse(p, y, g, len(data.groups))
+    out = {f"{prefix}/log2_mse": float(mse[cnt > 0].mean()), f"{prefix}/log2_mse_pooled": float(((p - y) ** 2).mean())}
+    for grp, v, c in zip(data.groups, mse.tolist(), cnt.tolist()):
         if c > 0:
-            out[f"{prefix}/log2_mse_{group_key(g)}"] = v
+            out[f"{prefix}/log2_mse_{group_key(grp)}"] = v
     return out

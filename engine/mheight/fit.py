@@ -13,7 +13,8 @@ import torch.nn as nn
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.mheight.config import PAD
-from engine.mheight.data import Batchable, augment, canonicalize, check_minor_features, group_mse, mse_metrics
+from engine.mheight.data import (MODEL_FORMAT, CodeSet, augment, canonicalize, check_minor_features, check_model_format,
+                                 group_mse, mse_metrics)
 from engine.mheight.models import HardMoE, Regressor, SparseMoE
 from engine.mheight.shards import LabelSet, load_labels
 from engine.run import CHECKPOINTS, JobError, RunRecorder
@@ -74,7 +75,8 @@ def moe_part(model: Regressor) -> nn.Module | None:
     return model.net if isinstance(model.net, (HardMoE, SparseMoE)) else None
 
 
-def train_one_epoch(model: Regressor, data: Batchable, opt, sched, cfg, gen: torch.Generator, rec: RunRecorder) -> dict[str, Any]:
+def train_one_epoch(model: Regressor, data: CodeSet, opt, sched, cfg, gen: torch.Generator, rec: RunRecorder) -> dict[str, Any]:
+    """One pass over the codes; the loss is the MSE over the batch's finite labels (every m of a code)."""
     model.train()
     moe = moe_part(model)
     se = torch.zeros(len(data.groups), device=data.y.device)
@@ -91,8 +93,10 @@ def train_one_epoch(model: Regressor, data: Batchable, opt, sched, cfg, gen: tor
             P = augment(P, k, r, gen)
             if cfg.canonicalize:
                 P = canonicalize(P)
-        pred = model(P, data.feats[idx], k, r, data.m[idx])
-        loss = ((pred - data.y[idx]) ** 2).mean()
+        g = data.group[idx]
+        mask = g >= 0
+        err = (model(P, data.feats[idx], k, r)[mask] - data.y[idx][mask]) ** 2
+        loss = err.mean()
         if isinstance(moe, SparseMoE) and cfg.balance_weight > 0:
             loss = loss + cfg.balance_weight * moe.aux_loss
             aux_sum += float(moe.aux_loss.detach())
@@ -101,9 +105,8 @@ def train_one_epoch(model: Regressor, data: Batchable, opt, sched, cfg, gen: tor
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        g = data.group[idx]
-        se.index_add_(0, g, (pred.detach() - data.y[idx]) ** 2)
-        cnt.index_add_(0, g, torch.ones_like(pred))
+        se.index_add_(0, g[mask], err.detach())
+        cnt.index_add_(0, g[mask], torch.ones_like(err))
         if moe is not None:
             load_sum = moe.last_load.clone() if load_sum is None else load_sum + moe.last_load
         batches += 1
@@ -120,36 +123,65 @@ def train_one_epoch(model: Regressor, data: Batchable, opt, sched, cfg, gen: tor
 
 
 @torch.inference_mode()
-def predict(model: Regressor, data: Batchable, batch_size: int = 4096) -> torch.Tensor:
-    model.eval()
-    outs = []
-    for s in range(0, len(data), batch_size):
-        sl = slice(s, s + batch_size)
-        outs.append(model(data.P[sl], data.feats[sl], data.k[sl], data.n[sl] - data.k[sl], data.m[sl]))
-    return torch.cat(outs) if outs else torch.zeros(0, device=data.y.device)
+def predict(model: Regressor, data: CodeSet, batch_size: int = 16384, forward=None) -> torch.Tensor:
+    """(codes, MAX_M): log2 h of every code for every m; ``forward`` (same inputs) instead of the model's."""
+    if model.training:  # eval() walks every submodule: ~60 us, a tenth of a fast model's pass
+        model.eval()
+    forward = forward or model
+    if 0 < len(data) <= batch_size:  # one pass, no slicing (its ~100 us are ~10% of a fast model's pass)
+        return forward(data.P, data.feats, data.k, data.n - data.k)
+    outs = [forward(data.P[s:s + batch_size], data.feats[s:s + batch_size], data.k[s:s + batch_size],
+                    data.n[s:s + batch_size] - data.k[s:s + batch_size]) for s in range(0, len(data), batch_size)]
+    return torch.cat(outs) if outs else data.y.new_zeros(data.y.shape)
 
 
-def evaluate(model: Regressor, data: Batchable, prefix: str) -> dict[str, float]:
+def cpu_forward(model: Regressor, choice: str):
+    """The forward pass ``predict`` should use on a CPU: forward.c's (``native_forward``) or the model's own (None)."""
+    if choice == "torch":
+        return None
+    from engine.mheight.native_forward import NativeForward, unsupported
+    from engine.native import NativeUnavailable
+
+    why = unsupported(model)
+    if why is not None:
+        if choice == "c":
+            raise JobError(f"--cpu-forward c does not cover {why}; use --cpu-forward torch")
+        print(f"forward: torch (forward.c does not cover {why})", flush=True)
+        return None
+    try:
+        forward = NativeForward(model)
+    except NativeUnavailable as exc:
+        if choice == "c":
+            raise JobError(f"--cpu-forward c: {exc}") from None
+        print(f"note: forward pass in torch ({exc})", flush=True)
+        return None
+    print("forward: C (engine/mheight/forward.c)", flush=True)
+    return forward
+
+
+def evaluate(model: Regressor, data: CodeSet, prefix: str) -> dict[str, float]:
     return mse_metrics(predict(model, data), data, prefix)
 
 
-def group_means(data: Batchable) -> tuple[dict[tuple[int, int, int], float], float]:
+def group_means(data: CodeSet) -> tuple[dict[tuple[int, int, int], float], float]:
     """Mean log2 h of each (n, k, m) group of ``data``, and the overall mean."""
-    sums = torch.zeros(len(data.groups), device=data.y.device).index_add_(0, data.group, data.y)
-    cnt = torch.zeros(len(data.groups), device=data.y.device).index_add_(0, data.group, torch.ones_like(data.y))
-    means = {g: float(s / c) for g, s, c in zip(data.groups, sums, cnt) if c > 0}
-    return means, float(data.y.mean()) if len(data) else 1.0
+    _, y, g = data.flat(data.y)
+    sums = torch.zeros(len(data.groups), device=y.device).index_add_(0, g, y)
+    cnt = torch.zeros(len(data.groups), device=y.device).index_add_(0, g, torch.ones_like(y))
+    means = {grp: float(s / c) for grp, s, c in zip(data.groups, sums, cnt) if c > 0}
+    return means, float(y.mean()) if len(y) else 1.0
 
 
-def group_mean_baseline(train: Batchable, val: Batchable) -> float:
+def group_mean_baseline(train: CodeSet, val: CodeSet) -> float:
     """Val Log2-MSE of predicting each (n, k, m) group's training mean: the floor any model must beat."""
     means, overall = group_means(train)
-    pred = torch.tensor([means.get(val.groups[i], overall) for i in val.group.tolist()], device=val.y.device)
-    mse, c = group_mse(pred, val.y, val.group, len(val.groups))
+    _, y, g = val.flat(val.y)
+    pred = torch.tensor([means.get(val.groups[i], overall) for i in g.tolist()], device=y.device)
+    mse, c = group_mse(pred, y, g, len(val.groups))
     return float(mse[c > 0].mean())
 
 
-def fit(model: Regressor, meta: dict[str, Any], train: Batchable, val: Batchable, opt, cfg, rec: RunRecorder,
+def fit(model: Regressor, meta: dict[str, Any], train: CodeSet, val: CodeSet, opt, cfg, rec: RunRecorder,
         gen: torch.Generator) -> None:
     """Epochs of train_one_epoch + evaluate; best.pth by val Log2-MSE, last.pth every epoch."""
     steps = max(1, len(train) // cfg.batch_size) * cfg.epochs
@@ -157,7 +189,7 @@ def fit(model: Regressor, meta: dict[str, Any], train: Batchable, val: Batchable
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warm, steps))
     ckpt = rec.run_dir.checkpoints
     baseline = group_mean_baseline(train, val)
-    print(f"train {len(train)} labels, val {len(val)} labels, {len(train.groups)} groups; "
+    print(f"train {len(train)} codes ({train.labels} finite labels), val {len(val)} codes ({val.labels}), {len(train.groups)} groups; "
           f"per-group-mean predictor: val Log2-MSE {baseline:.4f}", flush=True)
     best, best_epoch = math.inf, 0
     for epoch in range(1, cfg.epochs + 1):
@@ -172,15 +204,17 @@ def fit(model: Regressor, meta: dict[str, Any], train: Batchable, val: Batchable
         rec.log_epoch(epoch, stats)
         if stats["val/log2_mse"] < best:
             best, best_epoch = stats["val/log2_mse"], epoch
-            save_checkpoint({**meta, "model": model.state_dict(), "epoch": epoch, "metrics": stats}, ckpt / BEST)
-        save_checkpoint({**meta, "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}, ckpt / LAST)
+            save_checkpoint({**meta, "model_format": MODEL_FORMAT, "model": model.state_dict(), "epoch": epoch, "metrics": stats},
+                            ckpt / BEST)
+        save_checkpoint({**meta, "model_format": MODEL_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "epoch": epoch}, ckpt / LAST)
     state = load_checkpoint(ckpt / BEST, map_location=train.y.device)
     model.load_state_dict(state["model"])
     t0 = time.perf_counter()
     predict(model, val)
     secs = time.perf_counter() - t0
     rec.log_summary({"val/log2_mse": best, "best_epoch": best_epoch, "val/log2_mse_group_mean_baseline": baseline,
-                     "predict_per_s": len(val) / max(secs + val.feature_seconds, 1e-9)})
+                     "predict_per_s": val.labels / max(secs + val.input_seconds, 1e-9)})
 
 
 def checkpoint_path(path: str | Path) -> Path:
@@ -195,6 +229,7 @@ def load_model(path: str | Path, device: torch.device) -> tuple[Regressor, dict[
     state = load_checkpoint(checkpoint_path(path), map_location=device)
     if "spec" not in state:
         raise JobError(f"{checkpoint_path(path)} is not an m-height checkpoint (no model spec); give a mheight-train/finetune one")
+    check_model_format(state, checkpoint_path(path))
     check_minor_features(state, checkpoint_path(path))
     model = build(state["spec"]).to(device)
     model.load_state_dict(state["model"])

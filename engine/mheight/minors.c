@@ -21,12 +21,14 @@ typedef int32_t vi __attribute__((vector_size(LANES * sizeof(int32_t))));
 
 static inline vf select(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 
-/* P (B, k, r) float32; the plan (minors.plan): for each size s = 2 .. sizes, its entry table
-   (s, Ns) and then its sub table (s, Ns), int32, one after the other in `tables`; starts and
-   counts (sizes,) of each size's block in the stack of minors. out (B, 3 * sizes). */
-void minor_stats(const float *P, int64_t B, int64_t k, int64_t r, const int32_t *tables, const int64_t *starts,
-                 const int64_t *counts, int64_t sizes, float *out) {
-    const int64_t kr = k * r, total = starts[sizes - 1] + counts[sizes - 1], F = 3 * sizes;
+/* P (B, k, r) float32, entry (b, i, j) at P[b * ps + i * rs + j] (a view into zero-padded codes
+   needs no copy); the plan (minors.plan): for each size s = 2 .. sizes, its entry table (s, Ns)
+   and then its sub table (s, Ns), int32, one after the other in `tables`; starts and counts
+   (sizes,) of each size's block in the stack of minors. out: row b at out + b * os, 3 * sizes
+   values, each multiplied by scale (after the statistic, as numpy would). */
+void minor_stats(const float *P, int64_t B, int64_t k, int64_t r, int64_t ps, int64_t rs, const int32_t *tables,
+                 const int64_t *starts, const int64_t *counts, int64_t sizes, float *out, int64_t os, float scale) {
+    const int64_t kr = k * r, total = starts[sizes - 1] + counts[sizes - 1];
     const vi half = (vi){0} + 0x3F000000, one = (vi){0} + 0x3F800000; /* bits of 0.5f and 1.0f */
     const vi abs_mask = (vi){0} + 0x7FFFFFFF;
     const float unit = 0x1p-23f; /* log2 in units of 2^-23, from the bits */
@@ -34,8 +36,9 @@ void minor_stats(const float *P, int64_t B, int64_t k, int64_t r, const int32_t 
     for (int64_t c0 = 0; c0 < B; c0 += LANES) {
         const int64_t lanes = B - c0 < LANES ? B - c0 : LANES;
         for (int64_t j = 0; j < kr; j++) {
+            const float *at = P + c0 * ps + (j / r) * rs + j % r;
             vf v = {0};
-            for (int64_t l = 0; l < lanes; l++) v[l] = P[(c0 + l) * kr + j];
+            for (int64_t l = 0; l < lanes; l++) v[l] = at[l * ps];
             E[j] = A[j] = v;
             E[kr + j] = -v;
         }
@@ -69,10 +72,10 @@ void minor_stats(const float *P, int64_t B, int64_t k, int64_t r, const int32_t 
             const float mean_scale = unit / (float)cnt, sq_scale = unit * unit / (float)cnt;
             const vf mean = sum * mean_scale, var = sq * sq_scale - mean * mean;
             for (int64_t l = 0; l < lanes; l++) {
-                float *o = out + (c0 + l) * F + 3 * i;
-                o[0] = lo[l] * unit;
-                o[1] = mean[l];
-                o[2] = sqrtf(var[l] > 0.0f ? var[l] : 0.0f);
+                float *o = out + (c0 + l) * os + 3 * i;
+                o[0] = lo[l] * unit * scale;
+                o[1] = mean[l] * scale;
+                o[2] = sqrtf(var[l] > 0.0f ? var[l] : 0.0f) * scale;
             }
         }
     }

@@ -168,7 +168,7 @@ SOURCE = Path(__file__).with_name("minors.c")
 def _kernel() -> ctypes.CDLL:
     lib = build(SOURCE)
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.minor_stats.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i64, ptr]
+    lib.minor_stats.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, i64, ptr, i64, ctypes.c_float]
     lib.minor_stats.restype = None
     return lib
 
@@ -184,12 +184,15 @@ def _c_plan(k: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _fallback_said = False
 
 
-def minor_stats(P: np.ndarray, impl: str = "auto") -> np.ndarray:
+def minor_stats(P: np.ndarray, impl: str = "auto", out: np.ndarray | None = None, scale: float = 1.0) -> np.ndarray:
     """(B, STATS * min(k, n-k)) float32: per size s, min, mean, std of log2 |det| over P's s x s submatrices.
 
     P: (B, k, n-k), one (n, k). Singular minors count as |det| = 0.5 (log2 = -1); log2 is
     Mitchell's approximation (``log2_bits``). ``impl``: "c" (minors.c; NativeUnavailable when it
     cannot be built), "numpy" (:func:`minor_stats_numpy`), "auto" (C, else numpy, said once).
+    ``out`` (a float32 (B, STATS * sizes) view, rows may be strided) receives the statistics
+    times ``scale``: the C kernel reads a view of padded codes and writes into a wider feature
+    array in place, with no copy on either side.
     """
     global _fallback_said
     if impl != "numpy":
@@ -202,14 +205,29 @@ def minor_stats(P: np.ndarray, impl: str = "auto") -> np.ndarray:
                 _fallback_said = True
                 print(f"note: minor features in numpy, several times slower ({exc})", flush=True)
         else:
-            P = np.ascontiguousarray(P, dtype=np.float32)
             B, k, r = P.shape
+            if P.dtype != np.float32 or P.strides[2] != 4:
+                P = np.ascontiguousarray(P, dtype=np.float32)
             tables, starts, counts = _c_plan(k, r)
-            out = np.empty((B, STATS * len(counts)), dtype=np.float32)
-            lib.minor_stats(P.ctypes.data, B, k, r, tables.ctypes.data, starts.ctypes.data, counts.ctypes.data,
-                            len(counts), out.ctypes.data)
+            if out is None:
+                out = np.empty((B, STATS * len(counts)), dtype=np.float32)
+            _check_out(out, B, STATS * len(counts))
+            lib.minor_stats(P.ctypes.data, B, k, r, P.strides[0] // 4, P.strides[1] // 4, tables.ctypes.data,
+                            starts.ctypes.data, counts.ctypes.data, len(counts), out.ctypes.data, out.strides[0] // 4, scale)
             return out
-    return minor_stats_numpy(P)
+    stats = minor_stats_numpy(P)
+    if out is None and scale == 1.0:
+        return stats
+    if out is None:
+        out = np.empty(stats.shape, dtype=np.float32)
+    _check_out(out, *stats.shape)
+    np.multiply(stats, np.float32(scale), out=out)
+    return out
+
+
+def _check_out(out: np.ndarray, rows: int, cols: int) -> None:
+    if out.dtype != np.float32 or out.shape != (rows, cols) or out.strides[1] != 4:
+        raise ValueError(f"out must be float32 ({rows}, {cols}) with contiguous rows, not {out.dtype} {out.shape}")
 
 
 def minor_stats_numpy(P: np.ndarray) -> np.ndarray:
