@@ -25,11 +25,13 @@
 typedef float vf __attribute__((vector_size(V * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(V * sizeof(int32_t))));
 
-/* y[c] = act(b + x[c] W) for CB codes: x[c] rows of `in` floats, W (in, nv * V), y[c] rows of
-   `ys` floats. Units are the vector lanes and the CB codes are independent accumulators, so the
-   inputs are read in place (one broadcast each), with no transposing gather. */
-static void dense(const float *const *x, int64_t in, const float *W, const float *b, int64_t nv, float *y,
-                  int64_t ys, int relu) {
+#define XS 80 /* floats per code row in a block buffer: the widest input or layer forward.c takes */
+
+/* y[c] = act(b + x[c] W) for CB codes: x[c] at x + c * XS (in floats), W (in, nv * V), y[c] at
+   y + c * XS. Units are the vector lanes and the CB codes independent accumulators; rows a
+   compile-time stride apart are one pointer and constant offsets (16 row pointers would not
+   fit in registers, and reloading them cost more than the multiply-adds). */
+static void dense(const float *x, int64_t in, const float *W, const float *b, int64_t nv, float *y, int relu) {
     for (int64_t v = 0; v < nv; v++) {
         vf acc[CB];
         vf bias;
@@ -38,12 +40,20 @@ static void dense(const float *const *x, int64_t in, const float *W, const float
         for (int64_t i = 0; i < in; i++) {
             vf w;
             memcpy(&w, W + (i * nv + v) * V, sizeof(vf));
-            for (int c = 0; c < CB; c++) acc[c] += x[c][i] * w;
+            for (int c = 0; c < CB; c++) acc[c] += x[c * XS + i] * w;
         }
         for (int c = 0; c < CB; c++) {
             const vf r = relu ? (vf)((vi)acc[c] & (acc[c] > 0)) : acc[c];
-            memcpy(y + c * ys + v * V, &r, sizeof(vf));
+            memcpy(y + c * XS + v * V, &r, sizeof(vf));
         }
+    }
+}
+
+/* The rows of codes idx[0..n) of X (N, D) into the block buffer, the last repeated to fill CB. */
+static void gather(const float *X, int64_t D, const int64_t *idx, int64_t first, int64_t n, float *blk) {
+    for (int64_t c = 0; c < CB; c++) {
+        const int64_t row = idx ? idx[c < n ? c : n - 1] : first + (c < n ? c : n - 1);
+        memcpy(blk + c * XS, X + row * D, sizeof(float) * D);
     }
 }
 
@@ -72,32 +82,28 @@ static vf softplus(vf s) {
    per-(n, k) offsets, row (n * cols + k), Mo wide; k and r (N,) each code's k and n-k.
    out (N, Mo) = softplus(base + the routed experts' outputs, added expert by expert, torch's
    order). counts (E): codes routed to each expert. iscratch: 2 N K + E + 1 int64s; fscratch:
-   2 N K + 2 CB widest floats (widest: the widest layer, at least V). */
+   2 N K + 3 CB XS floats. D and every width at most XS. */
 void moe_forward(const float *X, int64_t N, int64_t E, int64_t K, const float *gate_w, const float *gate_b,
                  int64_t L, const int64_t *widths, const float *params, int64_t stride, const float *base,
                  int64_t cols, const int64_t *k, const int64_t *r, float *out, int64_t *counts, int64_t *iscratch,
                  float *fscratch) {
     const int64_t D = widths[0], Mo = widths[L + 1];
-    int64_t widest = V;
-    for (int64_t l = 1; l <= L + 1; l++) widest = widths[l] > widest ? widths[l] : widest;
     int64_t *code = iscratch, *pick = code + N * K, *first = pick + N * K;
-    float *weight = fscratch, *pick_w = weight + N * K, *a = pick_w + N * K, *b = a + CB * widest;
+    float *weight = fscratch, *pick_w = weight + N * K, *a = pick_w + N * K, *b = a + CB * XS, *logit = b + CB * XS;
     memset(first, 0, sizeof(int64_t) * (E + 1));
     for (int64_t c = 0; c < N; c++) memcpy(out + c * Mo, base + ((k[c] + r[c]) * cols + k[c]) * Mo, sizeof(float) * Mo);
 
     /* route: each code's top-K experts and their weights */
-    const float *x[CB];
-    float logit[CB * V];
     for (int64_t c0 = 0; c0 < N; c0 += CB) {
         const int64_t n = N - c0 < CB ? N - c0 : CB;
         if (E == 1) {
             for (int64_t c = 0; c < n; c++) pick[c0 + c] = 0, pick_w[c0 + c] = 1.0f;
             continue;
         }
-        for (int64_t c = 0; c < CB; c++) x[c] = X + (c0 + (c < n ? c : n - 1)) * D;
-        dense(x, D, gate_w, gate_b, 1, logit, V, 0);
+        gather(X, D, NULL, c0, n, a);
+        dense(a, D, gate_w, gate_b, 1, logit, 0);
         for (int64_t c = 0; c < n; c++) {
-            const float *g = logit + c * V;
+            const float *g = logit + c * XS;
             int64_t e0 = 0, e1 = -1;
             for (int64_t e = 1; e < E; e++) if (g[e] > g[e0]) e0 = e;
             pick[(c0 + c) * K] = e0, pick_w[(c0 + c) * K] = 1.0f;
@@ -121,20 +127,19 @@ void moe_forward(const float *X, int64_t N, int64_t E, int64_t K, const float *g
         const float *p0 = params + e * stride;
         for (int64_t s0 = 0; s0 < counts[e]; s0 += CB) {
             const int64_t n = counts[e] - s0 < CB ? counts[e] - s0 : CB, at = first[e] - counts[e] + s0;
-            for (int64_t c = 0; c < CB; c++) x[c] = X + code[at + (c < n ? c : n - 1)] * D;
+            gather(X, D, code + at, 0, n, a);
             const float *p = p0;
-            float *y = a, *spare = b;
+            float *x = a, *y = b;
             for (int64_t l = 0; l <= L; l++) {
                 const int64_t in = widths[l], o = widths[l + 1];
-                dense(x, in, p, p + in * o, o / V, y, widest, l < L);
+                dense(x, in, p, p + in * o, o / V, y, l < L);
                 p += in * o + o;
-                for (int64_t c = 0; c < CB; c++) x[c] = y + c * widest;
-                float *t = y; y = spare, spare = t;
+                float *t = x; x = y, y = t;
             }
             for (int64_t c = 0; c < n; c++) {
                 float *dst = out + code[at + c] * Mo;
                 const float w = weight[at + c];
-                for (int64_t j = 0; j < Mo; j++) dst[j] += w * x[c][j];
+                for (int64_t j = 0; j < Mo; j++) dst[j] += w * x[c * XS + j];
             }
         }
     }

@@ -23,6 +23,7 @@ from engine.native import build
 SOURCE = Path(__file__).with_name("forward.c")
 V = 16  # forward.c's vector width: every layer's output is padded to a multiple of it
 CB = 16  # forward.c's codes per block
+XS = 80  # forward.c's widest input or layer, in floats
 
 
 def _padded(n: int) -> int:
@@ -47,6 +48,10 @@ def unsupported(model: Regressor) -> str | None:
             return f"{type(e).__name__} experts (it covers fc)"
         if any(not isinstance(m, (nn.Linear, nn.ReLU)) for m in e.body):
             return "LayerNorm or GELU layers (it covers fc trained with --no-norm --act relu)"
+        widths = [m.in_features for m in e.body if isinstance(m, nn.Linear)] + [_padded(m.out_features) for m in e.body
+                                                                                 if isinstance(m, nn.Linear)]
+        if max(widths) > XS:
+            return f"inputs or layers wider than {XS} (it covers --hidden up to {XS // V * V})"
     return None
 
 
@@ -106,7 +111,6 @@ class NativeForward:
         base = np.zeros((table.shape[0] * table.shape[1], Mo), dtype=np.float32)
         base[:, :MAX_M] = table.reshape(-1, MAX_M).numpy()
         self.base = base
-        self.widest = max(V, int(self.widths[1:].max()))
         self.iscratch = np.empty(0, dtype=np.int64)
         self.fscratch = np.empty(0, dtype=np.float32)
 
@@ -115,7 +119,7 @@ class NativeForward:
         k, r = (np.ascontiguousarray(t.numpy(), dtype=np.int64) for t in (k, r))
         N, Mo = len(X), int(self.widths[-1])
         # routing tables, kept between calls: fresh ones each call are fresh pages each call
-        ints, floats = 2 * N * self.K + self.E + 1, 2 * N * self.K + 2 * CB * self.widest
+        ints, floats = 2 * N * self.K + self.E + 1, 2 * N * self.K + 3 * CB * XS
         if len(self.iscratch) < ints or len(self.fscratch) < floats:
             self.iscratch, self.fscratch = np.empty(ints, dtype=np.int64), np.empty(floats, dtype=np.float32)
         out = np.empty((N, Mo), dtype=np.float32)
