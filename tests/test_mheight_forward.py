@@ -49,6 +49,25 @@ def test_the_c_forward_pass_is_the_torch_one(case):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("case", [dict(model="fc"), dict(top_k=1), dict(top_k=2)], ids=["fc", "top1", "top2"])
+def test_the_c_forward_pass_keeps_nans_where_torch_does(case):
+    """A NaN input or weight (a diverged last.pth) must come out NaN, as in torch: the C ReLU and
+    softplus used to turn it into 0 and ln 2, so a broken model scored like a working one."""
+    from engine.mheight.native_forward import NativeForward
+
+    model, (P, feats, k, r) = _model(**case)
+    feats = feats.clone()
+    feats[:5, 0] = float("nan")
+    with torch.no_grad():
+        broken = model.net if case.get("model") == "fc" else model.net.experts[1]
+        broken.head.weight[3, 0] = float("nan")
+    with torch.inference_mode():
+        want = model(P, feats, k, r)
+        got = NativeForward(model)(P, feats, k, r)
+    assert want.isnan().any(1).sum() > 5  # the NaN inputs, and the codes the broken expert saw
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
 def test_sparse_dispatch_is_the_dense_mixture():
     """Inference runs each expert on its routed codes only; training runs all and mixes by the
     sparse weights. Both are the same function of the inputs."""

@@ -43,7 +43,9 @@ static void dense(const float *x, int64_t in, const float *W, const float *b, in
             for (int c = 0; c < CB; c++) acc[c] += x[c * XS + i] * w;
         }
         for (int c = 0; c < CB; c++) {
-            const vf r = relu ? (vf)((vi)acc[c] & (acc[c] > 0)) : acc[c];
+            /* keep where not <= 0 rather than where > 0: a NaN stays NaN, as in torch's ReLU (a NaN
+               weight or input must not come out as a plausible prediction); the same instructions */
+            const vf r = relu ? (vf)((vi)acc[c] & ~(acc[c] <= 0)) : acc[c];
             memcpy(y + c * XS + v * V, &r, sizeof(vf));
         }
     }
@@ -72,7 +74,7 @@ static vf softplus(vf s) {
     const vf a = t / (t + 2.0f), z = a * a;
     vf q = (vf){0} + 1.0f / 11;
     q = q * z + 1.0f / 9, q = q * z + 1.0f / 7, q = q * z + 1.0f / 5, q = q * z + 1.0f / 3, q = q * z + 1.0f;
-    return (vf)((vi)s & (s > 0)) + 2.0f * a * q;
+    return (vf)((vi)s & ~(s <= 0)) + 2.0f * a * q; /* max(s, 0), NaN kept (as torch's softplus keeps it) */
 }
 
 /* X (N, D) float32 inputs. widths[0..L+1]: D, the padded hidden widths, the padded output width
