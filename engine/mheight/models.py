@@ -46,7 +46,11 @@ class Standardize(nn.Module):
 
     def set(self, x: torch.Tensor) -> None:
         self.mean.copy_(x.mean(0))
-        self.inv_std.copy_(1 / (x.std(0) + 1e-3))  # constant columns (one-hots of a single pair) stay as they are
+        std = x.std(0)
+        # a column constant in training (the one-hots and n, k of an expert trained on --pairs, minor sizes its
+        # codes lack) is only centred: 1 / (0 + 1e-3) would reach a --no-norm net 1,000x too large for any
+        # other (n, k), such as the codes a fine-tuned MoE shows every expert
+        self.inv_std.copy_(torch.where(std > 1e-3, 1 / (std + 1e-3), torch.ones_like(std)))
 
     def into(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """layer((x - mean) / std), with the standardisation folded into the layer's weights: a pass
