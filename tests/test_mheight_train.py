@@ -140,7 +140,22 @@ def test_finetune_refuses_mixed_architectures(tmp_path, data_run, pretrained):
     a, b = pretrained["fc1"], pretrained["resnet2d"]
     out = engine(ws, "mheight", "finetune", *QUICK, "--experts", f"{a},{b}", "--data", str(data_run))
     assert out.returncode == 2
-    assert "differ in architecture" in out.stderr.strip().splitlines()[-1]
+    assert "differ in architecture (fc vs resnet2d)" in out.stderr.strip().splitlines()[-1]
+
+
+def test_finetune_names_the_option_its_fc_experts_differ_in(tmp_path, pretrained):
+    """Two fc experts, one trained with --no-norm: the refusal used to say they differ in architecture
+    ('fc vs others') and to train them with the same --model, which they had."""
+    from engine.checkpoint import save_checkpoint
+    from engine.jobs.mheight_finetune import load_experts
+    from engine.run import JobError
+
+    a = pretrained["fc1"] / "checkpoints" / "best.pth"
+    ckpt = load_checkpoint(a)
+    ckpt["spec"]["expert"]["norm"] = False
+    save_checkpoint(ckpt, tmp_path / "no_norm.pth")
+    with pytest.raises(JobError, match=r"differ in norm \(True vs False\); train them with the same --model, sizes and options$"):
+        load_experts([str(a), str(tmp_path / "no_norm.pth")], torch.device("cpu"))
 
 
 def test_hard_moe_refuses_an_unknown_pair_and_bad_data_paths(tmp_path, data_run):

@@ -38,9 +38,13 @@ def load_experts(paths: list[str], device: torch.device) -> tuple[dict, list[dic
         bases.append(st["model"]["group_base"])
         scales.add(float(st["scale"]))
         canon.add(bool(st["canonicalize"]))
-    if any(s != specs[0] for s in specs):
-        raise JobError(f"the expert checkpoints differ in architecture ({specs[0]['arch']} vs others); "
-                       "train them with the same --model and sizes")
+    for s in specs[1:]:
+        # name what differs: experts of one --model can differ in --no-norm, --act, --no-p-input or sizes
+        differ = [key for key in sorted(set(s) | set(specs[0])) if s.get(key) != specs[0].get(key)]
+        if differ:
+            what = ", ".join(f"{'architecture' if key == 'arch' else key} ({specs[0].get(key)} vs {s.get(key)})"
+                             for key in differ)
+            raise JobError(f"the expert checkpoints differ in {what}; train them with the same --model, sizes and options")
     if len(scales) > 1 or len(canon) > 1:
         raise JobError("the expert checkpoints saw differently scaled or canonicalised inputs; train them on the same kind of data")
     # every expert learned its correction on top of its own per-group baseline; the mixture
