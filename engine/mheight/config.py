@@ -87,7 +87,7 @@ class _MHeightFitConfig(JobConfig):
     pairs: list[str] | None = Field(None, description="train on these (n, k) pairs only, e.g. 9x4,10x5 (to pretrain specialised experts); default: all")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of each (n, k, m) group held out for validation when --val-data is not given")
     minor_features: bool = Field(False, description="add statistics (min, mean, std) of log2 |det| of P's square submatrices per size: what the height is made of; ~600 multiply-adds per code (n=10, k=5) per prediction")
-    p_input: bool = Field(True, description="feed P's entries (zero-padded 6 x 6) to the model; --no-p-input with --minor-features reads only the statistics, which are already invariant to P's signed permutations: fc only, no canonicalisation, a third of the first layer")
+    p_input: bool = Field(True, description="feed P's entries (zero-padded 6 x 6) to the model; --no-p-input with --minor-features reads only the statistics, which are already invariant to P's signed permutations: fc only, no canonicalisation, the first layer reads 33 inputs instead of 69")
     canonicalize: bool = Field(True, description="put P in a canonical signed-permutation form (h is invariant to it) before the model sees it")
     augment: bool = Field(False, description="random row/column permutations and sign flips of P per batch (h is invariant); redundant when canonicalizing")
     expert_arch: Literal["fc", "resnet2d"] = Field("resnet2d", description="expert network of hard_moe and sparse_moe")
