@@ -47,3 +47,15 @@ def copy_run(finished_run_dir):
         return dest
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def data_run(tmp_path_factory) -> Path:
+    """A real m-height generate run, read-only for the tests that train and evaluate on it:
+    n in {6, 7}, k = 3, m from 1, 150 codes per (n, k) (~800 labels)."""
+    ws = tmp_path_factory.mktemp("mhdata")
+    out = engine(ws, "mheight", "generate", "--n-values", "6,7", "--k-values", "3", "--m-min", "1",
+                 "--codes-per-group", "150", "--shard-size", "75", "--workers", "1")
+    assert out.returncode == 0, out.stderr
+    (rd,) = run_dirs(ws)
+    return rd

@@ -121,15 +121,6 @@ def test_minor_stats_read_padded_codes_and_write_into_wider_rows(impl):
     assert (out[:, :5] == 7).all() and (out[:, 5 + want.shape[1]:] == 7).all()  # nothing written beside it
 
 
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    ws = tmp_path_factory.mktemp("mhfwd")
-    out = engine(ws, "mheight", "generate", "--n-values", "6,7", "--k-values", "3", "--m-min", "1",
-                 "--codes-per-group", "120", "--shard-size", "60", "--workers", "1")
-    assert out.returncode == 0, out.stderr
-    return run_dirs(ws)[0]
-
-
 FAST = ["--model", "fc", "--minor-features", "--no-p-input", "--act", "relu", "--no-norm", "--hidden", "16",
         "--depth", "2", "--preset", "quick", "--epochs", "2"]
 
@@ -138,13 +129,13 @@ def _summary(rd):
     return [e for e in read_events(rd) if e["type"] == "summary"][0]["metrics"]
 
 
-def test_evaluate_predicts_the_same_through_c_and_torch(tmp_path, small_data):
-    out = engine(tmp_path, "mheight", "train", *FAST, "--data", str(small_data))
+def test_evaluate_predicts_the_same_through_c_and_torch(tmp_path, data_run):
+    out = engine(tmp_path, "mheight", "train", *FAST, "--data", str(data_run))
     assert out.returncode == 0, out.stderr
     trained = run_dirs(tmp_path)[-1]
     preds = {}
     for impl in ("c", "torch"):
-        out = engine(tmp_path, "mheight", "evaluate", str(trained), "--data", str(small_data), "--cpu-forward", impl)
+        out = engine(tmp_path, "mheight", "evaluate", str(trained), "--data", str(data_run), "--cpu-forward", impl)
         assert out.returncode == 0, out.stderr
         assert ("forward: C" in out.stdout) == (impl == "c")
         rd = run_dirs(tmp_path)[-1]
@@ -158,18 +149,18 @@ def test_evaluate_predicts_the_same_through_c_and_torch(tmp_path, small_data):
     assert len(preds["c"]["m"]) == (~np.isinf(preds["c"]["target"])).sum() > 0
 
 
-def test_bad_fast_options_get_one_line(tmp_path, small_data):
+def test_bad_fast_options_get_one_line(tmp_path, data_run):
     cases = [(["--no-p-input"], "--no-p-input leaves the model nothing but (n, k) to read: add --minor-features"),
              (["--model", "resnet2d", "--no-p-input", "--minor-features"], "--no-p-input needs fc (resnet2d reads P"),
              (["--model", "sparse_moe", "--no-p-input", "--minor-features"], "or --expert-arch fc for sparse_moe")]
     for args, message in cases:
-        out = engine(tmp_path, "mheight", "train", "--data", str(small_data), *args)
+        out = engine(tmp_path, "mheight", "train", "--data", str(data_run), *args)
         assert out.returncode == 2 and message in out.stderr.strip().splitlines()[-1], out.stderr
 
 
-def test_a_per_label_checkpoint_is_refused_in_one_line(tmp_path, small_data):
+def test_a_per_label_checkpoint_is_refused_in_one_line(tmp_path, data_run):
     """Format 1 models took m as an input and gave one output: evaluate and finetune refuse them."""
-    out = engine(tmp_path, "mheight", "train", *FAST, "--data", str(small_data))
+    out = engine(tmp_path, "mheight", "train", *FAST, "--data", str(data_run))
     assert out.returncode == 0, out.stderr
     rd = run_dirs(tmp_path)[-1]
     best = rd / "checkpoints" / "best.pth"
@@ -177,8 +168,8 @@ def test_a_per_label_checkpoint_is_refused_in_one_line(tmp_path, small_data):
     assert ckpt["model_format"] == 2
     del ckpt["model_format"]
     save_checkpoint(ckpt, best)
-    for args in (("evaluate", str(rd), "--data", str(small_data)),
-                 ("finetune", "--preset", "quick", "--data", str(small_data), "--experts", f"{rd},{rd}")):
+    for args in (("evaluate", str(rd), "--data", str(data_run)),
+                 ("finetune", "--preset", "quick", "--data", str(data_run), "--experts", f"{rd},{rd}")):
         out = engine(tmp_path, "mheight", *args)
         assert out.returncode == 2, out.stderr
         assert "is an m-height model of format 1 (one forward pass per label)" in out.stderr.strip().splitlines()[-1]

@@ -16,17 +16,6 @@ from tests.helpers import engine, epoch_events, read_events, run_dirs
 QUICK = ["--preset", "quick", "--epochs", "2"]
 
 
-@pytest.fixture(scope="module")
-def data_run(tmp_path_factory):
-    """A real generate run: n in {6, 7}, k = 3, 150 codes per (n, k) (~800 labels)."""
-    ws = tmp_path_factory.mktemp("mhdata")
-    out = engine(ws, "mheight", "generate", "--n-values", "6,7", "--k-values", "3", "--m-min", "1",
-                 "--codes-per-group", "150", "--shard-size", "75", "--workers", "1")
-    assert out.returncode == 0, out.stderr
-    (rd,) = run_dirs(ws)
-    return rd
-
-
 def _train(ws, data_run, *args):
     out = engine(ws, "mheight", "train", *QUICK, "--data", str(data_run), *args)
     return out, run_dirs(ws)[-1]
