@@ -315,6 +315,9 @@ def _format_validation_error(cls: type[JobConfig], err: ValidationError, errors:
             parts.append(f"unknown setting '{loc}' for {cls.kind}; see `engine {cls.kind} --help`")
         elif e["type"] == "missing":
             parts.append(f"{opt} is required; see `engine {cls.kind} --help`")
+        elif not loc and e["type"] == "value_error":
+            # a check across fields (a model validator) says it all: not "config {every field}: value error, ..."
+            parts.append(str(e.get("ctx", {}).get("error", e["msg"])))
         elif e["type"] == "literal_error":
             choices = literal_choices(cls.model_fields[loc].annotation) or ()
             parts.append(f"{opt} {e['input']!r} is not one of: {', '.join(map(str, choices))}")
