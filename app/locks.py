@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 
@@ -24,6 +25,19 @@ class FileLock:
             os.close(fd)
             return False
         self._fd = fd
+        return True
+
+    def acquire_within(self, seconds: float) -> bool:
+        """Take the lock if it is free now or within ``seconds``, without blocking longer.
+
+        ``is_locked_elsewhere`` takes the lock for a moment to look: a process that gives up
+        at the first refusal can lose to such a look, where a real holder keeps it for good.
+        """
+        deadline = time.monotonic() + seconds
+        while not self.acquire(blocking=False):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
         return True
 
     def release(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from app.errors import UserError
@@ -172,3 +174,24 @@ def test_sbatch_script_quotes_every_word(tmp_path):
         sbatch_script(rd.run_id, rd, ws, evil, 0, SlurmSettings(partition="gpu\n#SBATCH --uid=0"))
     with pytest.raises(UserError, match="without spaces"):
         sbatch_script(rd.run_id, rd, ws, evil, 0, SlurmSettings(extra=["--comment=a b"]))
+
+
+def test_a_lock_taken_for_a_moment_is_waited_for_and_one_held_is_not(tmp_path):
+    """A daemon starting while its client probes the lock (is_locked_elsewhere takes it for a moment)
+    stood down, leaving no daemon: CI saw 'the queue daemon exited as it started: another daemon
+    already serves'. acquire_within waits out a probe; a lock held for good still refuses."""
+    import threading
+
+    from app.locks import FileLock
+
+    path = tmp_path / "daemon.lock"
+    probe = FileLock(path)
+    assert probe.acquire()
+    threading.Timer(0.05, probe.release).start()
+    mine = FileLock(path)
+    assert mine.acquire_within(2.0), "a lock released within the patience is taken"
+    assert FileLock(path).is_locked_elsewhere()
+    t0 = time.monotonic()
+    assert not FileLock(path).acquire_within(0.2), "a lock held for good is not"
+    assert time.monotonic() - t0 < 1.0
+    mine.release()

@@ -39,6 +39,7 @@ log = logging.getLogger("moe-tui.daemon")
 
 POLL_S = 0.5  # between passes while runs are queued or running
 IDLE_POLL_S = 2.0  # between passes with nothing to do (clients wake the daemon with SIGUSR1)
+LOCK_PATIENCE_S = 0.5  # a probe holds the daemon lock for microseconds, a serving daemon for good
 # SIGUSR1: a client queued, cancelled, retried or resumed something. SIGCHLD:
 # one of our launchers ended, so a slot is free. Either starts a pass at once.
 WAKE_SIGNALS = {signal.SIGUSR1, signal.SIGCHLD}
@@ -91,7 +92,9 @@ class Daemon:
 
     def serve(self) -> int:
         lock = FileLock(self.ws.daemon_lock)
-        if not lock.acquire(blocking=False):
+        # Patience, not a first refusal: the client that started this daemon probes the lock (taking it
+        # for a moment) while it waits, and a daemon that met such a probe stood down with none serving.
+        if not lock.acquire_within(LOCK_PATIENCE_S):
             log.info("another daemon already serves %s", self.ws.root)
             return 0
         me = ProcessIdentity.current()
