@@ -95,7 +95,7 @@ def test_finetune_starts_from_the_pretrained_experts_then_evaluate(tmp_path, dat
     from engine.mheight.models import build
 
     spec, states, base, scale, canonical = load_experts([str(e) for e in experts], torch.device("cpu"))
-    moe = build({"model": "sparse_moe", "expert": spec, "pairs": [], "num_experts": 2, "top_k": 2})
+    moe = build({"model": "sparse_moe", "expert": spec, "pairs": [], "num_experts": 2, "top_k": 2, "gate_hidden": 128})
     for e, st in enumerate(states):
         moe.net.experts[e].load_state_dict(st)
     single = build({"model": "fc", "expert": spec, "pairs": []})
@@ -183,11 +183,11 @@ def test_augmented_codes_keep_their_height():
 
 
 def test_minor_features_are_log_determinants_of_square_submatrices():
-    from engine.mheight.data import MINOR_STATS, minor_features
+    from engine.mheight.data import MINOR_STATS, input_features
 
     P = np.zeros((1, 6, 6), dtype=np.float32)
     P[0, :2, :2] = [[1, 2], [3, 4]]  # 1x1 minors 1, 2, 3, 4; the 2x2 minor -2
-    f = minor_features(P, np.array([4]), np.array([2]))[0] * 10
+    f = input_features(P, np.array([4]), np.array([2]), True)[0, feature_dim():] * 10
     logs = np.log2([1, 2, 3, 4])
     # min, mean, std; log2 is approximated to within 0.086 (exact at powers of 2)
     assert f[:MINOR_STATS].tolist() == pytest.approx([logs.min(), logs.mean(), logs.std()], abs=0.09)

@@ -22,7 +22,7 @@ from app.tui.screens.launch import LaunchScreen
 from app.tui.screens.queue import QueueScreen
 from app.tui.screens.run import RunScreen
 from tests.helpers import TINY
-from tests.tui_support import open_launch_form, screen_text, settle
+from tests.tui_support import answer_prompt, open_launch_form, screen_text, settle
 
 # Each would end the TUI or restyle a line if read as markup; the last ones get past an escape
 # written for Rich's markup (an upper-case tag, "$", an unclosed closing tag, a final backslash).
@@ -191,19 +191,11 @@ async def test_notes_typed_with_n_and_an_export_path_are_shown_as_typed(ws):
     app = MoeTuiApp(ws, poll_s=0.2)
     async with app.run_test(size=(80, 24), notifications=True) as pilot:  # toasts drawn, as in a terminal
         await settle(app, pilot)
-        await pilot.press("n")
-        await settle(app, pilot)
-        app.screen.query_one(Input).value = "[/] retry with [b]lr[/b] 0.05"
-        await pilot.press("enter")
-        await settle(app, pilot, 0.5)
+        await answer_prompt(app, pilot, "n", "[/] retry with [b]lr[/b] 0.05")
         await pilot.press("down", "up")  # the cursor leaves the run and comes back to it
         await settle(app, pilot)
         assert "notes: [/] retry with [b]lr[/b] 0.05" in text(app.screen.query_one("#run-detail", Static))
-        await pilot.press("x")
-        await settle(app, pilot)
-        app.screen.query_one(Input).value = str(out)
-        await pilot.press("enter")
-        await settle(app, pilot, 0.5)
+        await answer_prompt(app, pilot, "x", str(out))
         assert out.exists() and app.is_running
         assert f"wrote 3 runs to {out}" in [n.message for n in app._notifications]
         toasts = [str(toast.render()) for toast in app.screen.query("Toast")]

@@ -26,7 +26,7 @@ from app.tui.widgets.curves import Bars, Curves, ema
 from benchmarks.bench_tui import seed_runs
 from engine.run import RunDir, RunRecorder
 from tests.helpers import moe
-from tests.tui_support import screen_text, settle
+from tests.tui_support import answer_prompt, screen_text, settle
 
 
 def column(table: DataTable, key: str) -> list[str]:
@@ -266,11 +266,7 @@ async def test_export_of_marked_runs(ws):
         await pilot.press("space", "down", "space")
         marked = {app.runs[pk].run_id for pk in app.marked}
         out = ws.root / "marked.csv"
-        await pilot.press("x")
-        await settle(app, pilot)
-        app.screen.query_one(Input).value = str(out)
-        await pilot.press("enter")
-        await settle(app, pilot, 0.5)
+        await answer_prompt(app, pilot, "x", str(out))
     assert {r["run_id"] for r in csv.DictReader(out.open())} == marked
 
 
@@ -279,16 +275,8 @@ async def test_tags_notes_and_tag_filter(ws, copy_run):
     app = MoeTuiApp(ws, poll_s=0.2)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(app, pilot)
-        await pilot.press("t")
-        await settle(app, pilot)
-        app.screen.query_one(Input).value = "Baseline, lt"
-        await pilot.press("enter")
-        await settle(app, pilot, 0.5)
-        await pilot.press("n")
-        await settle(app, pilot)
-        app.screen.query_one(Input).value = "first try"
-        await pilot.press("enter")
-        await settle(app, pilot, 0.5)
+        await answer_prompt(app, pilot, "t", "Baseline, lt")
+        await answer_prompt(app, pilot, "n", "first try")
         table = app.screen.query_one(DataTable)
         assert column(table, "tags") == ["baseline,lt"]
         assert "notes: first try" in str(app.screen.query_one("#run-detail", Static).render())

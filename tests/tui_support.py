@@ -33,6 +33,17 @@ def screen_text(app) -> str:
     return console.export_text()
 
 
+async def answer_prompt(app, pilot, key: str, text: str):
+    """Press ``key`` (a binding that asks for a line), type ``text`` into its Input, Enter; settled."""
+    from textual.widgets import Input
+
+    await pilot.press(key)
+    await settle(app, pilot)
+    app.screen.query_one(Input).value = text
+    await pilot.press("enter")
+    await settle(app, pilot, 0.5)
+
+
 async def open_launch_form(app, pilot):
     """From the Runs screen, the Launch form (``l``), settled."""
     from app.tui.screens.launch import LaunchScreen

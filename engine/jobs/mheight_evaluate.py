@@ -36,7 +36,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     labels, _ = load_labels(cfg.data, state.get("pad", PAD))
     codes = codes_of(labels)
     how = dict(scale=state["scale"], canonical=state["canonicalize"], minors=state.get("minor_features", False),
-               p_input=state.get("p_input", True), device=device)
+               p_input=state["p_input"], device=device)
     data = CodeSet.from_codes(codes, labels.finite_groups(), **how)
     forward = cpu_forward(model, cfg.cpu_forward) if device.type == "cpu" else None
     predict(model, data, cfg.batch_size, forward)  # warm-up: the first call of each path builds and caches

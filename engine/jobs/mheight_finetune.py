@@ -71,7 +71,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     minors = bool(expert.get("fdim", feature_dim()) > feature_dim())  # the experts' inputs decide
     if minors != cfg.minor_features:
         print(f"note: using minor_features={minors}, as the experts were trained", flush=True)
-    p_input = expert.get("p_input", True)
+    p_input = expert["p_input"]
     if p_input != cfg.p_input:
         print(f"note: using p_input={p_input}, as the experts were trained", flush=True)
     train = CodeSet.from_labels(train_l, train_l.finite_groups(), scale, canonical, device, minors, p_input)

@@ -80,11 +80,6 @@ def input_features(P: np.ndarray, n: np.ndarray, k: np.ndarray, minors: bool) ->
     return out
 
 
-def minor_features(P: np.ndarray, n: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """(N, MINOR_FEATURES) float32: the minor statistics of ``input_features`` alone."""
-    return input_features(P, n, k, True)[:, feature_dim():]
-
-
 def check_model_format(state: dict, source: object) -> None:
     """Refuse a checkpoint of the per-label format: its nets take m as an input and give one output."""
     got = state.get("model_format", 1)
@@ -187,8 +182,7 @@ class CodeSet:
         index = {g: i for i, g in enumerate(groups)}
         gid = np.full(codes.log2h.shape, -1, dtype=np.int64)
         for (n, k, m), i in index.items():
-            if m < MAX_M:
-                gid[(codes.n == n) & (codes.k == k), m] = i
+            gid[(codes.n == n) & (codes.k == k), m] = i
         gid[~np.isfinite(codes.log2h)] = -1
         y = np.where(gid >= 0, codes.log2h, 0.0).astype(np.float32)
         as_t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
@@ -209,15 +203,14 @@ class Codes:
 
 
 def codes_of(labels: LabelSet) -> Codes:
-    """Labels regrouped by code, keeping codes with at least one finite label."""
-    keep = np.isfinite(labels.log2h) & (labels.m < MAX_M)
+    """Labels regrouped by code, keeping codes with at least one finite label. Every m fits:
+    ``load_labels`` refuses codes larger than pad x pad, so m < n <= 2 * pad = MAX_M."""
     _, first, inverse = np.unique(labels.code, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
     log2h = np.full((len(first), MAX_M), np.nan)
-    ok = labels.m < MAX_M
-    log2h[inverse[ok], labels.m[ok]] = labels.log2h[ok]
+    log2h[inverse, labels.m] = labels.log2h
     has = np.zeros(len(first), dtype=bool)
-    has[inverse[keep]] = True
+    has[inverse[np.isfinite(labels.log2h)]] = True
     f = first[has]
     return Codes(labels.n[f], labels.k[f], labels.P[f], log2h[has])
 

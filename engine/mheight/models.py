@@ -146,9 +146,8 @@ class RowViT(nn.Module):
 def single(spec: dict[str, Any]) -> nn.Module:
     arch, fdim = spec["arch"], spec.get("fdim", feature_dim())
     if arch == "fc":
-        return FC(spec["hidden"], spec["depth"], fdim, p_input=spec.get("p_input", True), norm=spec.get("norm", True),
-                  act=spec.get("act", "gelu"))
-    if not spec.get("p_input", True):
+        return FC(spec["hidden"], spec["depth"], fdim, p_input=spec["p_input"], norm=spec["norm"], act=spec["act"])
+    if not spec["p_input"]:
         raise JobError(f"{arch} reads P as its structure; --no-p-input is for fc models and experts only")
     if arch == "resnet2d":
         return ResNet2D(spec["channels"], spec["blocks"], fdim)
@@ -193,7 +192,7 @@ class SparseMoE(nn.Module):
         self.top_k = top_k
         self.experts = nn.ModuleList(single(expert) for _ in range(num_experts))
         fdim = expert.get("fdim", feature_dim())
-        self.p_input = expert.get("p_input", True)
+        self.p_input = expert["p_input"]
         self.reads_shape = expert["arch"] != "fc"  # resnet2d and vit mask P by (k, n-k); fc reads only its input
         width = (pad * pad if self.p_input else 0) + fdim
         self.gate_inputs = Standardize(width)
@@ -291,7 +290,7 @@ def build(spec: dict[str, Any]) -> Regressor:
     if model == "hard_moe":
         return Regressor(HardMoE(spec["expert"], spec["pairs"]))
     if model == "sparse_moe":
-        return Regressor(SparseMoE(spec["expert"], spec["num_experts"], spec["top_k"], spec.get("gate_hidden", 128)))
+        return Regressor(SparseMoE(spec["expert"], spec["num_experts"], spec["top_k"], spec["gate_hidden"]))
     raise JobError(f"unknown m-height model '{model}'")
 
 

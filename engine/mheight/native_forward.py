@@ -30,6 +30,11 @@ def _padded(n: int) -> int:
     return -(-n // V) * V
 
 
+def _linears(fc: FC) -> list[nn.Linear]:
+    """An fc net's layers in order, the head last."""
+    return [m for m in fc.body if isinstance(m, nn.Linear)] + [fc.head]
+
+
 def unsupported(model: Regressor) -> str | None:
     """None when forward.c computes ``model``, else what it lacks, as a phrase."""
     net = model.net
@@ -48,9 +53,8 @@ def unsupported(model: Regressor) -> str | None:
             return f"{type(e).__name__} experts (it covers fc)"
         if any(not isinstance(m, (nn.Linear, nn.ReLU)) for m in e.body):
             return "LayerNorm or GELU layers (it covers fc trained with --no-norm --act relu)"
-        widths = [m.in_features for m in e.body if isinstance(m, nn.Linear)] + [_padded(m.out_features) for m in e.body
-                                                                                 if isinstance(m, nn.Linear)]
-        if max(widths) > XS:
+        layers = _linears(e)
+        if max(layers[0].in_features, *(_padded(m.out_features) for m in layers)) > XS:
             return f"inputs or layers wider than {XS} (it covers --hidden up to {XS // V * V})"
     return None
 
@@ -91,12 +95,11 @@ class NativeForward:
         experts = list(net.experts) if moe else [net]
         self.p_input = experts[0].p_input
         self.E, self.K = len(experts), (net.top_k if moe else 1)
-        linears = [m for m in experts[0].body if isinstance(m, nn.Linear)] + [experts[0].head]
+        linears = _linears(experts[0])
         self.widths = np.array([linears[0].in_features] + [_padded(m.out_features) for m in linears], dtype=np.int64)
         packed = []
         for e in experts:
-            layers = [m for m in e.body if isinstance(m, nn.Linear)] + [e.head]
-            for i, layer in enumerate(layers):
+            for i, layer in enumerate(_linears(e)):
                 packed += _fold(layer, e.inputs if i == 0 else None, int(self.widths[i]))
         self.params = np.ascontiguousarray(np.concatenate(packed))
         self.stride = len(self.params) // self.E
@@ -123,9 +126,9 @@ class NativeForward:
         if len(self.iscratch) < ints or len(self.fscratch) < floats:
             self.iscratch, self.fscratch = np.empty(ints, dtype=np.int64), np.empty(floats, dtype=np.float32)
         out = np.empty((N, Mo), dtype=np.float32)
-        self.counts = np.zeros(self.E, dtype=np.int64)
+        counts = np.zeros(self.E, dtype=np.int64)  # codes routed to each expert (the kernel needs somewhere to count)
         ptr = lambda a: a.ctypes.data  # noqa: E731
         self.lib.moe_forward(ptr(X), N, self.E, self.K, ptr(self.gate_w), ptr(self.gate_b), len(self.widths) - 2,
                              ptr(self.widths), ptr(self.params), self.stride, ptr(self.base), self.base_cols, ptr(k),
-                             ptr(r), ptr(out), ptr(self.counts), ptr(self.iscratch), ptr(self.fscratch))
+                             ptr(r), ptr(out), ptr(counts), ptr(self.iscratch), ptr(self.fscratch))
         return torch.from_numpy(out)[:, :MAX_M]
