@@ -369,7 +369,9 @@ async def test_expert_load_and_log2_mse_plots(ws):
     rec = RunRecorder(rd, kind="train-expert", config={"loss": "moe_head"}, argv=["train-expert"], total_epochs=3)
     with rec:
         for e in range(1, 4):
-            rec.log_epoch(e, {"train/loss": 1.0 / e, "val/log2_mse": 0.5 / e, "val/log2_mse/n9_k4_m2": 0.7 / e})
+            # load/expert_{e} metrics beside the events, as the m-height jobs log them
+            rec.log_epoch(e, {"train/loss": 1.0 / e, "val/log2_mse": 0.5 / e, "val/log2_mse/n9_k4_m2": 0.7 / e,
+                              "load/expert_0": 0.5})
             rec.event("expert_load", epoch=e, load=[0.5, 0.3 - 0.05 * e, 0.2 + 0.05 * e])
     Ingester(ws).run_pass()
     app = MoeTuiApp(ws, poll_s=0.2)

@@ -45,6 +45,7 @@ ACCURACY = {
 }
 # m-height runs log Log2-MSE overall and per (n, k, m); any key naming log2_mse is plotted.
 LOG2_MSE = re.compile(r"log2_?mse", re.I)
+LOAD_SERIES = re.compile(r"load/e\d+")  # the keys on_load_arrived gives the expert_load events' series
 EXPERT_LOAD = "expert_load"  # events.jsonl type: {"type": "expert_load", "epoch": E, "load": [f_0, ..., f_E-1]}
 
 
@@ -120,7 +121,9 @@ class RunScreen(Screen):
                         yield Curves("accuracy (val)", ACCURACY, id="acc-plot")
                     with Horizontal(classes="plot-row", id="load-row"):
                         yield Bars("expert load", id="load-bars")
-                        yield Curves("expert load over epochs", match=lambda k: k.startswith("load/e"),
+                        # the expert_load events' series only: m-height jobs also log load/expert_{e} metrics,
+                        # the same numbers, which a prefix match drew twice under two names
+                        yield Curves("expert load over epochs", match=lambda k: bool(LOAD_SERIES.fullmatch(k)),
                                      label_of=lambda k: k.split("/")[-1], id="load-plot")
                     with Horizontal(classes="plot-row", id="mse-row"):
                         yield Curves("Log2-MSE", match=lambda k: bool(LOG2_MSE.search(k)),
