@@ -424,7 +424,9 @@ def daemon_status(workspace: WorkspaceOpt = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        from typer import TyperException as ClickException  # typer >= 0.29 vendors click
+        from typer import (
+            TyperException as ClickException,  # typer >= 0.29 vendors click
+        )
     except ImportError:  # older typer runs on click itself
         from click import ClickException
 

@@ -9,8 +9,8 @@ goal) for every metric they logged.
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 from app.errors import UserError
 from app.queries import duration_s, summaries
 from app.store.models import Metric, Run
+from engine.core.rundir import atomic_write
 
 BASE_COLUMNS = ["run_id", "name", "kind", "status", "created_at", "duration_s", "git_commit"]
 
@@ -90,13 +91,17 @@ def export(s: Session, runs: list[Run], out_path: str, history: bool = False) ->
     target = Path(out_path)
     if target.is_dir():
         raise UserError(f"--out {target} is a directory; give a file name such as {target / 'runs.csv'}")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    written = []
+
+    def write(f) -> None:
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        written.append(write_csv(columns, rows, text))
+        text.flush()
+        text.detach()  # leave the file to atomic_write, which syncs and closes it
+
     try:
-        with open(tmp, "w", newline="") as f:
-            n = write_csv(columns, rows, f)
-        os.replace(tmp, target)
+        atomic_write(target, write)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {target}: {e.strerror}; choose another --out") from None
-    return n
+    return written[0]
 

@@ -21,11 +21,29 @@ from typing import Iterable
 from sqlalchemy import insert
 from sqlmodel import Session, select
 
-from app.lifecycle import CANCEL_FILE, SLURM_FILE, read_cancel, read_slurm, settle, slurm_slot
-from app.store.models import BLOCKED, FINISHED, LAUNCHED, IngestState, Metric, MetricSummary, Run, RunDependency, next_rev
+from app.lifecycle import (
+    CANCEL_FILE,
+    SLURM_FILE,
+    read_cancel,
+    read_slurm,
+    settle,
+    slurm_slot,
+)
+from app.store.models import (
+    BLOCKED,
+    FINISHED,
+    LAUNCHED,
+    IngestState,
+    Metric,
+    MetricSummary,
+    Run,
+    RunDependency,
+    next_rev,
+)
 from app.workspace import Workspace
-from engine.config import goal_for
-from engine.run import (
+from engine.core.config import goal_for
+from engine.core.events import parse_event_lines
+from engine.core.rundir import (
     EVENTS,
     EXIT_CODE,
     LAUNCH,
@@ -34,7 +52,6 @@ from engine.run import (
     SUBMIT,
     RunDir,
     is_run_id,
-    parse_event_lines,
 )
 
 CHUNK_BYTES = 4 << 20  # events read per transaction; bounds how long the write lock is held

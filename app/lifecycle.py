@@ -29,7 +29,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.run import TERMINAL_STATES, ProcessIdentity, RunDir, boot_id, describe_exit, read_json
+from engine.core.events import TERMINAL_STATES
+from engine.core.procs import ProcessIdentity, boot_id, describe_exit
+from engine.core.rundir import RunDir, read_json
 
 CANCEL_FILE = "cancel.json"  # the manager's: a cancel request (requested_at, grace_s)
 SLURM_FILE = "slurm.json"  # the manager's: the Slurm job id and, once known, its final state

@@ -14,7 +14,7 @@ from __future__ import annotations
 from difflib import SequenceMatcher
 
 from app.store.models import STATUSES
-from engine.config import JOBS
+from engine.core.config import JOBS
 
 # Where a person finds every name of a field; the error points there rather than listing them.
 _WHOLE_LIST = {"status": "`moe-tui ls --help`", "kind": "`engine --help`"}

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from app.errors import UserError
-from engine.run import RUNS_DIRNAME, RunDir, resolve_workspace
+from engine.core.rundir import RUNS_DIRNAME, RunDir, resolve_workspace
 
 DB_NAME = "experiments.db"
 STATE_DIRNAME = ".moe-tui"

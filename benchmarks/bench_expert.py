@@ -72,7 +72,7 @@ class _ReferenceSet(torch.utils.data.Dataset):
 
 
 def _model(device: torch.device, channels_last: bool = False):
-    from engine.models import build_network
+    from engine.longtail.models import build_network
 
     torch.manual_seed(0)
     m = build_network("resnet32", CLASSES, 3).to(device)
@@ -105,11 +105,12 @@ def ours_train(x, y, device: torch.device, epochs: int = 1, compile: bool = Fals
 
 def ours_train_epochs(x, y, device: torch.device, epochs: int, compile: bool = False) -> list[float]:
     """Seconds of each epoch through the job's own train_one_epoch."""
-    from engine.config import resolve
-    from engine.data.images import TensorSplit
-    from engine.jobs.train_expert import make_optimizer, stages, train_one_epoch
-    from engine.losses import make_loss
-    from engine.training import DeviceImages, uses_channels_last
+    from engine.core.config import resolve
+    from engine.longtail.data.images import TensorSplit
+    from engine.longtail.train_expert import make_optimizer, stages, train_one_epoch
+    from engine.longtail.losses import make_loss
+    from engine.common.device import uses_channels_last
+    from engine.longtail.data.feed import DeviceImages
 
     cfg = resolve("train-expert", fields={"batch_size": "128", "epochs": str(epochs)})
     cl = uses_channels_last(device, cfg.amp)
@@ -142,10 +143,11 @@ def reference_logits(x, y, device: torch.device, experts: int, out: Path) -> flo
 
 
 def ours_logits(x, y, device: torch.device, experts: int, out: Path) -> float:
-    from engine.data.images import TensorSplit
-    from engine.jobs.recompute_logits import predict_with_backoff
-    from engine.logit_files import write_split_logits
-    from engine.training import DeviceImages, uses_channels_last
+    from engine.longtail.data.images import TensorSplit
+    from engine.longtail.recompute_logits import predict_with_backoff
+    from engine.common.logit_files import write_split_logits
+    from engine.common.device import uses_channels_last
+    from engine.longtail.data.feed import DeviceImages
 
     cl = uses_channels_last(device, True)
     t0 = _clock(device)
@@ -169,7 +171,7 @@ def run() -> str:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(1)
-    from engine.training import uses_bf16
+    from engine.common.device import uses_bf16
 
     where = (torch.cuda.get_device_name() if device.type == "cuda"
              else "CPU, 1 thread, timed in process CPU time")

@@ -56,9 +56,10 @@ def write_logits(root: Path, n: int, c: int, split: str, seed: int) -> None:
 
 def ours(root: Path, ws: Path, threads: int, cpu_step: str = "c") -> tuple[float, float, float]:
     """Wall, process CPU and this (the training) thread's CPU seconds of the whole job."""
-    from engine.config import parse_argv
-    from engine.jobs import train_gating
-    from engine.run import RunDir, RunRecorder
+    from engine.core.config import parse_argv
+    from engine.gating import train_gating
+    from engine.core.recorder import RunRecorder
+    from engine.core.rundir import RunDir
 
     spec = parse_argv(["train-gating", "--logits-dir", str(root), "--test-split", "none", "--threads", str(threads),
                        "--epochs", str(EPOCHS), "--cpu-step", cpu_step])

@@ -19,7 +19,8 @@ RUNS, EPOCHS, KEYS = 100, 200, 10
 
 
 def make_runs(root: Path) -> None:
-    from engine.run import RunDir, RunRecorder
+    from engine.core.recorder import RunRecorder
+    from engine.core.rundir import RunDir
 
     for i in range(RUNS):
         rd = RunDir.create(root / "runs", run_id=f"240101-{i:06d}-0000")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.mheight.generate import Source, default_workers, plan_shards, run_tasks
+from engine.mheight.labeler import Source, default_workers, plan_shards, run_tasks
 from engine.mheight.shards import grid_groups, read_shard
 
 LP_CODES_PER_PAIR = 2  # codes per (n, k) for the cold scipy LPs: up to ~3,800 LPs per code
@@ -59,7 +59,7 @@ def _lp_routes(groups, rng) -> dict:
 
 def _lp_at_scale(groups) -> dict:
     """Generator vs warm-started LP on SCALE_CODES_PER_GROUP codes of every group, two processes."""
-    from engine.mheight.generate import make_shard
+    from engine.mheight.labeler import make_shard
     from engine.mheight.lp import run_lp_jobs
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -175,7 +175,7 @@ def _bounds(data) -> tuple[float, float]:
 def run() -> str:
     import torch
 
-    from engine.mheight.generate import Source, label_codes
+    from engine.mheight.labeler import Source, label_codes
 
     torch.set_num_threads(1)
     load0 = os.getloadavg()[0]

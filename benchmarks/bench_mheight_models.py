@@ -75,7 +75,7 @@ def _generator_rate(held: Path) -> tuple[float, int]:
     import torch
 
     from engine.mheight.config import MHeightGenerateConfig
-    from engine.mheight.generate import label_codes
+    from engine.mheight.labeler import label_codes
     from engine.mheight.shards import data_dir, read_manifest, read_shard
 
     torch.set_num_threads(1)

@@ -54,7 +54,7 @@ def _ls_s(root: Path, repeats: int = 3) -> float:
 
 def _latencies(root: Path) -> list[float]:
     """launch time of each run minus the end of the run before it (one slot: strictly sequential)."""
-    from engine.run import iter_run_dirs, read_json
+    from engine.core.rundir import iter_run_dirs, read_json
 
     ends, starts = [], []
     for rd in iter_run_dirs(root / "runs"):
@@ -111,7 +111,8 @@ def scenario(n: int) -> dict:
 def _kill_jobs(root: Path) -> None:
     import signal
 
-    from engine.run import ProcessIdentity, iter_run_dirs, read_json
+    from engine.core.procs import ProcessIdentity
+    from engine.core.rundir import iter_run_dirs, read_json
 
     for rd in iter_run_dirs(root / "runs"):
         rec = read_json(rd.launch_json)

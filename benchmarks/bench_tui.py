@@ -41,7 +41,7 @@ def seed_runs(ws, runs: int = RUNS, epochs: int = EPOCHS, keys: int = KEYS, seed
     from sqlalchemy import insert
 
     from app.store.models import MetricSummary, Run, next_rev
-    from engine.config import goal_for
+    from engine.core.config import goal_for
 
     rng = random.Random(seed)
     names = METRIC_KEYS[:keys]

@@ -15,15 +15,15 @@ import os
 import sys
 import time
 
-from engine.config import JOBS, ConfigError, JobSpec, parse_argv
-from engine.run import (
-    EXIT_BAD_INPUT,
+from engine.core.config import JOBS, JobSpec, parse_argv
+from engine.core.errors import ConfigError, JobError
+from engine.core.events import SCHEMA_VERSION
+from engine.core.procs import EXIT_BAD_INPUT
+from engine.core.recorder import RunRecorder
+from engine.core.rundir import (
     RUNS_DIRNAME,
-    SCHEMA_VERSION,
     WORKSPACE_ENV,
-    JobError,
     RunDir,
-    RunRecorder,
     atomic_write_json,
     resolve_workspace,
 )
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
     cfg = spec.config
-    job = importlib.import_module(f"engine.jobs.{spec.kind.replace('-', '_')}")
+    job = importlib.import_module(type(cfg).job)
     print(f"run {rd.run_id}: {rd.path}", file=sys.stderr, flush=True)
     with _workspace_env(spec.workspace), RunRecorder(
         rd,

@@ -76,7 +76,8 @@ def kill_workspace_processes(ws: Path) -> None:
     """Stop a test workspace's daemon and any job it left running."""
     from app.queue.daemon import stop_daemon
     from app.workspace import Workspace
-    from engine.run import ProcessIdentity, read_json
+    from engine.core.procs import ProcessIdentity
+    from engine.core.rundir import read_json
 
     w = Workspace(Path(ws))
     try:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.data.augment import random_crop_flip
+from engine.longtail.data.augment import random_crop_flip
 
 
 def test_crop_is_a_shifted_window_of_the_padded_image():
@@ -32,7 +32,7 @@ def test_uint8_batches_keep_their_dtype():
 
 
 def test_cpu_and_gather_crops_agree():
-    from engine.data.augment import _crop_by_gather, _crop_by_offset_groups
+    from engine.longtail.data.augment import _crop_by_gather, _crop_by_offset_groups
 
     x = torch.randint(0, 255, (64, 3, 10, 10), dtype=torch.uint8)
     padded = F.pad(x, (4, 4, 4, 4))

@@ -8,11 +8,11 @@ import pickle
 import numpy as np
 import pytest
 
-from engine.config import resolve
-from engine.data.images import load_image_data
-from engine.data.longtail import lt_counts, select_lt
-from engine.data.splits import SPLIT_NAMES
-from engine.run import JobError
+from engine.core.config import resolve
+from engine.longtail.data.load import load_image_data
+from engine.longtail.data.profile import lt_counts, select_lt
+from engine.longtail.data.splits import SPLIT_NAMES
+from engine.core.errors import JobError
 from tests.fake_data import write_cifar, write_filelist
 from tests.helpers import engine, run_dirs
 

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import ConfigError, TrainExpertConfig, parse_argv, resolve
+from engine.core.config import parse_argv, resolve
+from engine.core.errors import ConfigError
+from engine.longtail.config import TrainExpertConfig
 
 
 def test_defaults_are_the_published_recipe():
@@ -72,7 +74,7 @@ def test_config_round_trips_through_json():
 
 def test_every_job_kinds_help_renders():
     """A literal % in a setting's description ('the gating split is 10%') crashed --help."""
-    from engine.config import JOBS, build_parser
+    from engine.core.config import JOBS, build_parser
 
     for kind in JOBS:
         text = build_parser(kind).format_help()

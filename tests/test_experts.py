@@ -67,12 +67,12 @@ def test_decoupling_shows_both_stages(experts):
 
 
 def test_crt_stage_trains_only_a_fresh_classifier_on_balanced_batches():
-    from engine.config import resolve
-    from engine.data.images import TensorSplit
-    from engine.jobs.train_expert import enter_stage, make_optimizer, stages, train_one_epoch
-    from engine.losses import make_loss
-    from engine.models import build_network
-    from engine.training import DeviceImages
+    from engine.core.config import resolve
+    from engine.longtail.data.images import TensorSplit
+    from engine.longtail.train_expert import enter_stage, make_optimizer, stages, train_one_epoch
+    from engine.longtail.losses import make_loss
+    from engine.longtail.models import build_network
+    from engine.longtail.data.feed import DeviceImages
 
     cfg = resolve("train-expert", fields={"loss": "decoupling", "epochs": "1", "batch_size": "16"})
     crt = stages(cfg)[1]
@@ -198,10 +198,10 @@ def test_checkpoint_errors_get_their_message(experts, tmp_path, capsys):
 
 
 def test_oom_halves_the_batch_and_goes_on(capsys):
-    from engine.jobs.recompute_logits import predict_with_backoff
-    from engine.models import build_network
-    from engine.training import DeviceImages
-    from engine.data.images import TensorSplit
+    from engine.longtail.recompute_logits import predict_with_backoff
+    from engine.longtail.models import build_network
+    from engine.longtail.data.feed import DeviceImages
+    from engine.longtail.data.images import TensorSplit
 
     class TightMemory(DeviceImages):
         def eval_batches(self, batch_size=1024):

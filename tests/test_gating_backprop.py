@@ -11,7 +11,7 @@ from engine.gating.config import TrainGatingConfig
 from engine.gating.loss_grad import EpochLoss
 from engine.gating.model import GatingMLP, keep_masks
 from engine.gating.losses import gating_loss
-from engine.jobs.train_gating import batch_bounds
+from engine.gating.train_gating import batch_bounds
 
 B, E, G = 64, 4, 2
 

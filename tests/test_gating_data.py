@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine.gating.data import check_logits_dir, load_class_counts, load_class_weights, load_split
-from engine.run import JobError
+from engine.core.errors import JobError
 from tests.gating_synth import write_npz
 from tests.helpers import engine, run_dirs
 

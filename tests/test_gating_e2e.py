@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoint import load_checkpoint
+from engine.common.checkpoint import load_checkpoint
 from tests.gating_synth import write_head_tail_experts, write_npz
 from tests.helpers import TINY, engine, kill_workspace_processes, moe, read_events, run_dirs
 
@@ -134,11 +134,11 @@ def test_top_k_router_trains_with_load_balancing(tmp_path):
 
 def _write_expert_logits(run_dir: Path, out_dir: Path) -> dict:
     """What `engine recompute-logits` will do: the best checkpoint's logits per split, as npz."""
-    from engine.config import TrainExpertConfig
-    from engine.data.images import load_image_data
-    from engine.jobs.train_expert import predict
-    from engine.models.resnet_cifar import build_model
-    from engine.training import DeviceImages
+    from engine.longtail.config import TrainExpertConfig
+    from engine.longtail.data.load import load_image_data
+    from engine.longtail.expert import predict
+    from engine.longtail.models.resnet_cifar import build_model
+    from engine.longtail.data.feed import DeviceImages
 
     ckpt = load_checkpoint(run_dir / "checkpoints" / "best_ce.pth")
     cfg = TrainExpertConfig.model_validate(ckpt["config"])

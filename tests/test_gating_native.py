@@ -16,7 +16,7 @@ from engine.gating.config import TrainGatingConfig
 from engine.gating.loss_grad import EpochLoss
 from engine.gating.model import GatingMLP, keep_masks
 from engine.gating.native_step import NativeStep
-from engine.jobs.train_gating import batch_bounds
+from engine.gating.train_gating import batch_bounds
 from tests.gating_synth import write_head_tail_experts
 from tests.helpers import BIN, engine, env_for, run_dirs
 

@@ -9,10 +9,12 @@ import json
 import pytest
 import torch
 
-from engine.checkpoint import load_checkpoint
-from engine.config import parse_argv
-from engine.jobs import train_gating
-from engine.run import EXIT_CRASH, EXIT_OK, RunDir, RunRecorder
+from engine.common.checkpoint import load_checkpoint
+from engine.core.config import parse_argv
+from engine.gating import train_gating
+from engine.core.procs import EXIT_CRASH, EXIT_OK
+from engine.core.recorder import RunRecorder
+from engine.core.rundir import RunDir
 from tests.gating_synth import write_head_tail_experts
 from tests.helpers import read_events
 

@@ -12,7 +12,7 @@ from engine.gating import losses
 from engine.gating.data import SplitLogits
 from engine.gating.features import FeatureNorm, num_features, posterior_features, prepare_split
 from engine.gating.model import GatingMLP, dropout_masks, route, router_temperature
-from engine.jobs.train_gating import linear_warmup_cosine
+from engine.gating.train_gating import linear_warmup_cosine
 
 
 @pytest.fixture
@@ -247,7 +247,8 @@ def test_verdict_says_when_the_gate_is_close_to_uniform():
 
 
 def test_gating_configs_parse_presets_and_the_positional_run():
-    from engine.config import ConfigError, parse_argv
+    from engine.core.config import parse_argv
+    from engine.core.errors import ConfigError
     from engine.gating.config import TrainGatingConfig
 
     c = TrainGatingConfig()

@@ -9,7 +9,8 @@ from sqlmodel import func, select
 
 from app.ingest import Ingester
 from app.store import IngestState, Metric, MetricSummary, Run
-from engine.run import RunDir, RunRecorder
+from engine.core.recorder import RunRecorder
+from engine.core.rundir import RunDir
 
 
 def metric_count(ws, run_id=None) -> int:

@@ -6,7 +6,8 @@ import subprocess
 import time
 
 from app.lifecycle import settle
-from engine.run import ProcessIdentity, RunDir
+from engine.core.procs import ProcessIdentity
+from engine.core.rundir import RunDir
 
 
 def dead_identity() -> ProcessIdentity:

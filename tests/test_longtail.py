@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.data.longtail import ClassGroups, lt_counts, select_lt, split_per_class
+from engine.common.groups import ClassGroups
+from engine.longtail.data.profile import lt_counts, select_lt, split_per_class
 
 
 def test_lt_profile_matches_the_cifar_lt_numbers():
@@ -42,7 +43,7 @@ def test_groups_follow_the_usual_boundaries():
 
 
 def test_embedded_digits_set():
-    from engine.data.embedded import load_digits_lt
+    from engine.longtail.data.embedded import load_digits_lt
 
     d = load_digits_lt(image_size=16)
     sizes = {k: len(v) for k, v in d.splits.items()}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.calibration import fit_temperature, reliability_bins
-from engine.losses import make_loss
-from engine.models import build_network
-from engine.models.moe_head import MoEHead
+from engine.common.calibration import fit_temperature, reliability_bins
+from engine.longtail.losses import make_loss
+from engine.longtail.models import build_network
+from engine.longtail.models.moe_head import MoEHead
 
 
 def test_prior_losses_shift_the_logits_by_the_log_prior():

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.data.longtail import ClassGroups
-from engine.metrics import classification_metrics, expected_calibration_error
+from engine.common.groups import ClassGroups
+from engine.common.metrics import classification_metrics, expected_calibration_error
 
 
 def ece_by_loop(probs, targets, bins=15):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import JOBS, ConfigError, parse_argv, resolve
+from engine.core.config import JOBS, parse_argv, resolve
+from engine.core.errors import ConfigError
 from engine.mheight.cli import to_job_argv
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.common.checkpoint import load_checkpoint, save_checkpoint
 from engine.mheight.data import MAX_M, MINOR_FEATURES, feature_dim
 from engine.mheight.models import build, set_input_stats
 from tests.helpers import engine, read_events, run_dirs
@@ -85,7 +85,7 @@ def test_what_the_c_path_covers_and_what_falls_back(monkeypatch, capsys):
     from engine.mheight import native_forward
     from engine.mheight.fit import cpu_forward
     from engine.native import NativeUnavailable
-    from engine.run import JobError
+    from engine.core.errors import JobError
 
     assert native_forward.unsupported(_model()[0]) is None
     assert "LayerNorm" in native_forward.unsupported(_model(norm=True)[0])

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.mheight.generate import Source, make_shard, plan_shards
+from engine.mheight.labeler import Source, make_shard, plan_shards
 from engine.mheight.lp import run_lp_jobs
 from engine.mheight.shards import grid_groups, load_labels, read_shard
 from tests.helpers import engine, epoch_events, run_dirs
@@ -122,7 +122,7 @@ def test_loading_a_shard_of_another_grid_is_refused(tmp_path, tiny_run):
     man = json.loads((shards / "manifest.json").read_text())
     man["grid"] = [[6, 3, [1, 2]], [7, 3, [1, 2, 3, 4]]]
     (shards / "manifest.json").write_text(json.dumps(man))
-    from engine.run import JobError
+    from engine.core.errors import JobError
 
     with pytest.raises(JobError, match="not in the grid"):
         load_labels(rd, pad=6)

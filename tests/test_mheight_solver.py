@@ -14,7 +14,7 @@ from engine.mheight.codes import check_code
 from engine.mheight.lp import height_lp, heights_lp, heights_lp_codes
 from engine.mheight.lp_baselines import height_lp_scipy
 from engine.mheight.solver import height_enumerate, heights_batch
-from engine.run import JobError
+from engine.core.errors import JobError
 from tests.helpers import BIN
 
 METHODS = {"enumerate": height_enumerate, "lp": height_lp, "lp_scipy": height_lp_scipy}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import load_checkpoint
+from engine.common.checkpoint import load_checkpoint
 from engine.mheight.data import augment, canonicalize, feature_dim
 from tests.helpers import engine, epoch_events, read_events, run_dirs
 
@@ -73,7 +73,7 @@ def test_an_untrained_model_predicts_the_per_group_training_mean(tmp_path, data_
     from engine.mheight.data import CodeSet
     from engine.mheight.fit import group_means, load_split, predict
     from engine.mheight.models import build, model_spec
-    from engine.config import resolve
+    from engine.core.config import resolve
 
     cfg = resolve("mheight-train", preset="quick", fields={"data": str(data_run), "model": "fc"})
     train_l, _ = load_split(cfg)
@@ -91,7 +91,7 @@ def test_finetune_starts_from_the_pretrained_experts_then_evaluate(tmp_path, dat
     ws = tmp_path / "ws"
     experts = [pretrained["fc1"], pretrained["fc2"]]
 
-    from engine.jobs.mheight_finetune import load_experts
+    from engine.mheight.finetune import load_experts
     from engine.mheight.models import build
 
     spec, states, base, scale, canonical = load_experts([str(e) for e in experts], torch.device("cpu"))
@@ -135,9 +135,9 @@ def test_finetune_refuses_mixed_architectures(tmp_path, data_run, pretrained):
 def test_finetune_names_the_option_its_fc_experts_differ_in(tmp_path, pretrained):
     """Two fc experts, one trained with --no-norm: the refusal used to say they differ in architecture
     ('fc vs others') and to train them with the same --model, which they had."""
-    from engine.checkpoint import save_checkpoint
-    from engine.jobs.mheight_finetune import load_experts
-    from engine.run import JobError
+    from engine.common.checkpoint import save_checkpoint
+    from engine.mheight.finetune import load_experts
+    from engine.core.errors import JobError
 
     a = pretrained["fc1"] / "checkpoints" / "best.pth"
     ckpt = load_checkpoint(a)
@@ -213,7 +213,7 @@ def test_columns_constant_in_training_are_centred_not_scaled():
 
 
 def test_train_and_evaluate_with_minor_features(tmp_path, data_run):
-    from engine.checkpoint import save_checkpoint
+    from engine.common.checkpoint import save_checkpoint
     from engine.mheight.data import MINOR_FEATURE_VERSION
 
     out, rd = _train(tmp_path, data_run, "--model", "fc", "--minor-features")

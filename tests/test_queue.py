@@ -154,7 +154,8 @@ def test_cancel_escalates_to_sigkill_after_the_grace_period(ws, ws_path, monkeyp
     from app.queue.control import cancel
     from app.queue.daemon import Daemon
     from app.queue.submit import submit
-    from engine.run import ProcessIdentity, atomic_write_json
+    from engine.core.procs import ProcessIdentity
+    from engine.core.rundir import atomic_write_json
 
     monkeypatch.setenv("MOE_TUI_CANCEL_GRACE", "0.5")
     run = submit(ws, TINY)
@@ -246,7 +247,7 @@ def test_ensure_daemon_returns_once_the_daemon_holds_its_lock(ws_path, ws):
     from concurrent.futures import ThreadPoolExecutor
 
     from app.queue.daemon import daemon_info, ensure_daemon, stop_daemon, wake_daemon
-    from engine.run import ProcessIdentity
+    from engine.core.procs import ProcessIdentity
 
     assert daemon_info(ws) is None
     assert ensure_daemon(ws) is True

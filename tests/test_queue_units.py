@@ -12,7 +12,8 @@ from app.queue.deps import check_acyclic, resolve_placeholders, rewrite_placehol
 from app.queue.settings import load_settings
 from app.queue.slots import Gpu, Occupancy, allocate, slot_env
 from app.queue.submit import expand_sweep
-from engine.run import ProcessIdentity, RunDir
+from engine.core.procs import ProcessIdentity
+from engine.core.rundir import RunDir
 
 GPUS = (Gpu(0), Gpu(1), Gpu(2))
 

@@ -12,17 +12,11 @@ import time
 
 import pytest
 
-from engine.run import (
-    EXIT_BAD_INPUT,
-    EXIT_CANCELLED,
-    JobError,
-    ProcessIdentity,
-    RunDir,
-    RunRecorder,
-    describe_exit,
-    new_run_id,
-    parse_event_lines,
-)
+from engine.core.errors import JobError
+from engine.core.events import parse_event_lines
+from engine.core.procs import EXIT_BAD_INPUT, EXIT_CANCELLED, ProcessIdentity, describe_exit
+from engine.core.recorder import RunRecorder
+from engine.core.rundir import RunDir, new_run_id
 from tests.helpers import wait_for
 
 
@@ -83,7 +77,8 @@ def test_a_job_outlives_its_terminal(tmp_path):
     """The reader of a headless job's output goes away: the job finishes, the log keeps every line."""
     script = textwrap.dedent(f"""
         import time
-        from engine.run import RunDir, RunRecorder
+        from engine.core.recorder import RunRecorder
+        from engine.core.rundir import RunDir
         rd = RunDir.create({str(tmp_path / 'runs')!r})
         with RunRecorder(rd, kind="test", config={{}}, argv=[]) as rec:
             for epoch in range(1, 41):
@@ -105,7 +100,8 @@ def test_a_job_outlives_its_terminal(tmp_path):
 def test_sigterm_cancels_at_a_safe_point(tmp_path):
     script = textwrap.dedent(f"""
         import time
-        from engine.run import RunDir, RunRecorder
+        from engine.core.recorder import RunRecorder
+        from engine.core.rundir import RunDir
         rd = RunDir.create({str(tmp_path / 'runs')!r})
         rec = RunRecorder(rd, kind="test", config={{}}, argv=[])
         with rec:

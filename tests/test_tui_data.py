@@ -7,7 +7,8 @@ import pytest
 from app.errors import UserError
 from app.ingest import Ingester
 from app.tui.data import TuiData
-from engine.run import RunDir, RunRecorder
+from engine.core.recorder import RunRecorder
+from engine.core.rundir import RunDir
 
 
 def test_runs_since_reads_only_changed_runs_and_carries_summaries(ws, copy_run):

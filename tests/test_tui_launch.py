@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Input, Select, Static
 from app.store.models import Run
 from app.tui.app import MoeTuiApp
 from app.tui.screens.launch import LaunchScreen, option_args
-from engine.config import JOBS, parse_argv
+from engine.core.config import JOBS, parse_argv
 from tests.tui_support import open_launch_form as open_form
 from tests.tui_support import screen_text, settle
 

@@ -11,7 +11,7 @@ from app.tui.data import RunRow, parse_tags
 from app.tui.cells import cut
 from app.tui.query import QueryError, compile_query
 from app.tui.screens.runs import KIND_WIDTH
-from engine.config import JOBS
+from engine.core.config import JOBS
 
 
 def row(pk: int, status="succeeded", kind="train-expert", name="ce-resnet32-digits", loss="ce", seed=0,

@@ -24,7 +24,8 @@ from app.tui.screens.help import HelpScreen
 from app.tui.screens.run import RunScreen
 from app.tui.widgets.curves import Bars, Curves, ema
 from benchmarks.bench_tui import seed_runs
-from engine.run import RunDir, RunRecorder
+from engine.core.recorder import RunRecorder
+from engine.core.rundir import RunDir
 from tests.helpers import moe
 from tests.tui_support import answer_prompt, screen_text, settle
 

@@ -62,7 +62,7 @@ def test_launch_a_run_and_see_it_complete(ws_path):
         # Focus starts on the job kind; tab walks the form: the run settings, then the
         # config fields in the model's order (so adding a setting does not break this).
         # A focused field selects its text (typing replaces it): let the focus land before typing.
-        from engine.config import TrainExpertConfig
+        from engine.longtail.config import TrainExpertConfig
 
         order = ["kind", "preset", "backend", "name", "priority", "after", "gpus", *TrainExpertConfig.model_fields]
         at = "kind"

@@ -8,7 +8,9 @@ import sys
 import time
 
 from app.workspace import Workspace
-from engine.run import SCHEMA_VERSION, ProcessIdentity, RunDir, atomic_write_json
+from engine.core.events import SCHEMA_VERSION
+from engine.core.procs import ProcessIdentity
+from engine.core.rundir import RunDir, atomic_write_json
 
 
 def job_command(argv: list[str], rd: RunDir) -> list[str]:

@@ -8,24 +8,16 @@ job ends, however it ends, the exit code (negative: the signal that killed it)
 is written atomically to EXIT_FILE, so whoever looks next (this daemon, a
 restarted one, ``moe-tui reindex``) can say how it ended.
 
-Stdlib only, and quiet: the job's output goes to the run's stdout.log.
+Stdlib and engine.core only, and quiet: the job's output goes to the run's stdout.log.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from engine.core.rundir import atomic_write
 
 
 def main(argv: list[str]) -> int:
@@ -42,10 +34,10 @@ def main(argv: list[str]) -> int:
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     except OSError as e:
         print(f"error: cannot start {command[0]}: {e.strerror}", flush=True)
-        _write_atomic(exit_file, "127\n")
+        atomic_write(exit_file, "127\n")
         return 127
     code = child.wait()
-    _write_atomic(exit_file, f"{code}\n")
+    atomic_write(exit_file, f"{code}\n")
     return 0 if code == 0 else 1
 
 

@@ -32,7 +32,8 @@ from app.lifecycle import SLURM_FILE
 from app.queue.settings import SlurmSettings
 from app.store.models import BLOCKED, FINISHED, LAUNCHED, Run, next_rev
 from app.workspace import Workspace
-from engine.run import SCHEMA_VERSION, RunDir, atomic_write_bytes, atomic_write_json, read_json
+from engine.core.events import SCHEMA_VERSION
+from engine.core.rundir import RunDir, atomic_write, atomic_write_json, read_json
 
 log = logging.getLogger("moe-tui.slurm")
 
@@ -109,7 +110,7 @@ class SlurmBackend:
         overrides = (read_json(rd.submit_json) or {}).get("slurm") or {}
         cfg = self.settings.model_copy(update=overrides)
         script = rd.path / SCRIPT
-        atomic_write_bytes(script, sbatch_script(run.run_id, rd, self.ws, argv, run.gpus, cfg).encode())
+        atomic_write(script, sbatch_script(run.run_id, rd, self.ws, argv, run.gpus, cfg).encode())
         cmd = ["sbatch", "--parsable", f"--output={rd.stdout_log}", f"--chdir={self.ws.root}"]
         if parent_jobs:
             cmd.append("--dependency=afterok:" + ":".join(parent_jobs))

@@ -22,8 +22,8 @@ from app.queue.settings import load_settings
 from app.queue.submit import submit
 from app.store.models import BLOCKED, FINISHED, LAUNCHED, Run, RunDependency, next_rev
 from app.workspace import Workspace
-from engine.config import job_class
-from engine.run import atomic_write_json, read_json
+from engine.core.config import job_class
+from engine.core.rundir import atomic_write_json, read_json
 
 PAUSE_FILE = "paused"  # in the workspace's .moe-tui/: no new launches while it exists
 

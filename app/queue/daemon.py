@@ -33,7 +33,8 @@ from app.queue.settings import Settings, load_settings
 from app.queue.slots import Occupancy, allocate, discover_gpus, slot_env
 from app.store.models import FINISHED, LAUNCHED, Run, RunDependency, next_rev
 from app.workspace import Workspace
-from engine.run import ProcessIdentity, atomic_write_json, read_json
+from engine.core.procs import ProcessIdentity
+from engine.core.rundir import atomic_write_json, read_json
 
 log = logging.getLogger("moe-tui.daemon")
 

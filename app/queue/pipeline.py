@@ -30,7 +30,8 @@ from app.queue.deps import check_acyclic, placeholders
 from app.queue.submit import capture_repro, check_gpus, submit, validate
 from app.store.models import Run
 from app.workspace import Workspace
-from engine.config import ConfigError, load_config_file
+from engine.core.config import load_config_file
+from engine.core.errors import ConfigError
 
 # The product's named pipelines ship as files beside this module.
 NAMED_DIR = Path(__file__).with_name("pipelines")

@@ -27,8 +27,11 @@ from app.queue.settings import BACKENDS, load_settings
 from app.queue.slots import discover_gpus
 from app.store.models import Run, RunDependency, next_rev
 from app.workspace import Workspace
-from engine.config import ConfigError, parse_argv
-from engine.run import SCHEMA_VERSION, RunDir, atomic_write_bytes, atomic_write_json, git_state
+from engine.core.config import parse_argv
+from engine.core.errors import ConfigError
+from engine.core.events import SCHEMA_VERSION
+from engine.core.recorder import git_state
+from engine.core.rundir import RunDir, atomic_write, atomic_write_json
 
 GIT_DIFF_ARTIFACT = "git.diff"
 
@@ -52,9 +55,9 @@ def capture_repro(command: list[str] | None = None) -> Repro:
     """Git commit, dirty flag and diff of the code the job will run, the command, the packages."""
     from importlib import metadata
 
-    import engine.run
+    import engine.core.rundir
 
-    src = Path(engine.run.__file__).resolve().parent  # where RunRecorder looks too
+    src = Path(engine.core.rundir.__file__).resolve().parent  # where RunRecorder looks too
     git = git_state(src)
     diff = None
     if git.get("dirty"):
@@ -173,7 +176,7 @@ def submit(
     }
     if repro.diff:
         rd.artifacts.mkdir(exist_ok=True)
-        atomic_write_bytes(rd.artifacts / GIT_DIFF_ARTIFACT, repro.diff.encode())
+        atomic_write(rd.artifacts / GIT_DIFF_ARTIFACT, repro.diff.encode())
     # The file first: if the database is lost, reindex finds the queued run here.
     atomic_write_json(rd.submit_json, record)
     with ws.store.write() as s:

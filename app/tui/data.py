@@ -18,7 +18,7 @@ from app.errors import UserError
 from app.queries import slot_label
 from app.store.models import ACTIVE, LAUNCHED, Metric, MetricSummary, Run, next_rev
 from app.workspace import Workspace
-from engine.run import parse_event_lines
+from engine.core.events import parse_event_lines
 
 EVENTS_CHUNK = 4 << 20  # events.jsonl bytes read per poll (a bounded read)
 LOG_TAIL = 64 << 10  # stdout.log bytes read per poll, and shown at first

@@ -33,7 +33,7 @@ from typing import Callable, Union, get_args, get_origin
 
 from app.names import UnknownName, resolve, uncut
 from app.tui.data import RunRow
-from engine.config import JOBS
+from engine.core.config import JOBS
 
 Predicate = Callable[[RunRow], bool]
 

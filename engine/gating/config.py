@@ -1,6 +1,6 @@
 """Configs of the gating jobs (``train-gating``, ``evaluate-gating``).
 
-Torch- and numpy-free: ``engine.config`` imports this module so the manager
+Torch- and numpy-free: ``engine.core.config.JOBS`` loads this module so the manager
 can build launch forms for it.
 """
 
@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from engine.config import JobConfig, register
+from engine.core.config import JobConfig, register
 
 # Data sets of the long-tail pipeline: where `engine recompute-logits` writes
 # their logits, how many classes they have and which experts the recipe trains.
@@ -31,6 +31,8 @@ class TrainGatingConfig(JobConfig):
     """Learn per-sample weights over E frozen experts from their logits (MAP routing)."""
 
     kind: ClassVar[str] = "train-gating"
+
+    job: ClassVar[str] = "engine.gating.train_gating"
     help: ClassVar[str] = "Train a gate that mixes frozen experts' logits per sample."
     primary_metric: ClassVar[str] = "val/balanced_acc"
     metric_goals: ClassVar[dict[str, str]] = {"eff_experts": "max"}
@@ -116,6 +118,8 @@ class EvaluateGatingConfig(JobConfig):
     """Score a trained gate on a split beside each expert, the uniform average and the oracle."""
 
     kind: ClassVar[str] = "evaluate-gating"
+
+    job: ClassVar[str] = "engine.gating.evaluate_gating"
     help: ClassVar[str] = "Evaluate a train-gating run on a split (final numbers)."
     positional: ClassVar[tuple[str, ...]] = ("run",)
     primary_metric: ClassVar[str] = "gate/balanced_acc"

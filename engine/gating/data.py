@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.run import RUNS_DIRNAME, JobError, RunDir, is_run_id, resolve_workspace
+from engine.core.errors import JobError
+from engine.core.rundir import RUNS_DIRNAME, RunDir, is_run_id, resolve_workspace
 
 LOGIT_SUFFIXES = (".npz", ".pt")
 _FINITE_CHUNK = 1 << 22  # elements per NaN/Inf check, so a 1.4 GB array needs no 1.4 GB mask

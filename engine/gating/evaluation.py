@@ -12,9 +12,11 @@ import math
 
 import torch
 
-from engine.data.longtail import ClassGroups
+from engine.common.groups import ClassGroups
+from engine.common.metrics import ece_from_confidence, per_class_recall
+from engine.core.recorder import RunRecorder
+from engine.core.rundir import atomic_write, atomic_write_json
 from engine.gating.features import PreparedSplit
-from engine.metrics import ece_from_confidence, per_class_recall
 
 MIX_CHUNK_ELEMS = 1 << 22  # floats of one (rows, C) mixture block
 # Mean total-variation distance of the gate's weights from 1/E under which the
@@ -142,3 +144,13 @@ def table_markdown(tables: dict[str, dict[str, dict[str, float]]], verdicts: dic
 
 def _fmt(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def save_results(rec: RunRecorder, tables: dict, verdicts: dict, info: dict, stem: str = "results") -> None:
+    """results.json (machine) and results.md (people), and the verdicts as events and printed lines."""
+    atomic_write_json(rec.run_dir.artifacts / f"{stem}.json", {**info, "tables": tables, "verdicts": verdicts})
+    md = table_markdown(tables, verdicts)
+    atomic_write(rec.run_dir.artifacts / f"{stem}.md", md.encode())
+    print(md, flush=True)
+    for split, text in verdicts.items():
+        rec.event("verdict", split=split, text=text)

@@ -111,3 +111,12 @@ def route(logits: torch.Tensor, kind: str, temperature: float, k: int = 1, noise
     if kind == "top_k":
         return top_k_route(logits, temperature, k, noise_std, generator, train)
     raise ValueError(f"unknown router {kind!r}")
+
+
+@torch.inference_mode()
+def gate_weights(model: GatingMLP, x: torch.Tensor, cfg, temperature: float, batch: int = 65536) -> torch.Tensor:
+    """Routing weights (n, E) on the CPU, in eval mode (no dropout, no router noise)."""
+    model.eval()
+    out = [route(model(x[s : s + batch]), cfg.router, temperature, cfg.top_k, 0.0, train=False).weights.float().cpu()
+           for s in range(0, len(x), batch)]
+    return torch.cat(out)

@@ -13,8 +13,9 @@ import json
 import sys
 from typing import Callable
 
-from engine.config import ConfigError, OneLineParser
-from engine.run import EXIT_BAD_INPUT, JobError
+from engine.core.config import OneLineParser
+from engine.core.errors import ConfigError, JobError
+from engine.core.procs import EXIT_BAD_INPUT
 
 VERBS = {
     "height": "exact h_m of given codes (JSON in, JSON out)",
@@ -79,7 +80,9 @@ def height_tool(argv: list[str]) -> int:
         raise JobError(f"input is not valid JSON ({e}); give an object or a list of objects with n, k, m, P") from None
     codes = data if isinstance(data, list) else [data]
     if args.method == "lp":
-        from engine.mheight.lp import heights_lp as solve  # one HiGHS model serves every m of a code
+        from engine.mheight.lp import (
+            heights_lp as solve,  # one HiGHS model serves every m of a code
+        )
     else:
         from engine.mheight.solver import height_enumerate
 

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from engine.run import JobError
+from engine.core.errors import JobError
 
 
 def check_code(n: int, k: int, m: int, P, where: str = "code") -> np.ndarray:

@@ -1,6 +1,6 @@
-"""Configs of the m-height jobs (registered into engine.config.JOBS on import).
+"""Configs of the m-height jobs (registered into engine.core.config.JOBS when it loads them).
 
-Torch- and numpy-free: the manager imports it (through engine.config) to
+Torch- and numpy-free: the manager imports it (through engine.core.config.JOBS) to
 build launch forms and validate submissions.
 """
 
@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from engine.config import JobConfig, register
+from engine.core.config import JobConfig, register
 
 # The course grid: n in {9, 10}, k in {4, 5, 6}, m = 2..n-k (21 groups).
 COURSE_N = [9, 10]
@@ -25,6 +25,8 @@ class MHeightGenerateConfig(JobConfig):
     """Exact m-height labels for random codes over an (n, k, m) grid, as resumable .npz shards."""
 
     kind: ClassVar[str] = "mheight-generate"
+
+    job: ClassVar[str] = "engine.mheight.generate"
     help: ClassVar[str] = "m-height data: random codes over an (n, k, m) grid, exact labels, .npz shards."
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "quick": {"codes_per_group": 96, "shard_size": 48, "workers": 1},
@@ -69,6 +71,8 @@ class MHeightImportConfig(JobConfig):
     """Convert the users' folders of pickled pandas DataFrames into shards."""
 
     kind: ClassVar[str] = "mheight-import"
+
+    job: ClassVar[str] = "engine.mheight.import_codes"
     help: ClassVar[str] = "m-height data: import pickled pandas DataFrames (n, k, m, result, P) into shards."
 
     source: str = Field(..., description="folder of pickled DataFrames (*.pkl, *.pickle), searched recursively")
@@ -129,6 +133,8 @@ class MHeightTrainConfig(_MHeightFitConfig):
     """Train one m-height regressor on padded P plus (n, k, m); loss = MSE of log2 h."""
 
     kind: ClassVar[str] = "mheight-train"
+
+    job: ClassVar[str] = "engine.mheight.train"
     help: ClassVar[str] = "m-height: train a regressor (fc, resnet2d, vit, hard_moe, sparse_moe) on log2 h."
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "quick": {"epochs": 3, "hidden": 32, "depth": 2, "channels": 8, "blocks": 1, "vit_dim": 16, "vit_depth": 1,
@@ -154,6 +160,8 @@ class MHeightFinetuneConfig(_MHeightFitConfig):
     """A sparse top-k MoE whose experts start from pretrained single-model checkpoints, trained together."""
 
     kind: ClassVar[str] = "mheight-finetune"
+
+    job: ClassVar[str] = "engine.mheight.finetune"
     help: ClassVar[str] = "m-height: sparse MoE from pretrained single-model checkpoints, then trained jointly."
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "quick": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "warmup_epochs": 0},
@@ -179,6 +187,8 @@ class MHeightEvaluateConfig(JobConfig):
     """Score a trained m-height checkpoint on a data set, overall and per (n, k, m) group."""
 
     kind: ClassVar[str] = "mheight-evaluate"
+
+    job: ClassVar[str] = "engine.mheight.evaluate"
     help: ClassVar[str] = "m-height: evaluate a checkpoint (Log2-MSE overall and per group, speed)."
     primary_metric: ClassVar[str] = "test/log2_mse"
 

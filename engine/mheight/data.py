@@ -15,11 +15,13 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from engine.core.errors import JobError
 from engine.mheight.config import PAD
 from engine.mheight.minors import FEATURE_VERSION as MINOR_FEATURE_VERSION
-from engine.mheight.minors import STATS as MINOR_STATS  # min, mean, std of log2 |minor| per size
+from engine.mheight.minors import (
+    STATS as MINOR_STATS,  # min, mean, std of log2 |minor| per size
+)
 from engine.mheight.shards import LabelSet
-from engine.run import JobError
 
 MAX_M = 2 * PAD  # outputs per code, one per m = 0..MAX_M-1 (m < n <= k + (n-k) <= 2 * PAD)
 MINOR_FEATURES = MINOR_STATS * PAD

@@ -11,13 +11,23 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.common.checkpoint import load_checkpoint, save_checkpoint
+from engine.core.errors import JobError
+from engine.core.recorder import RunRecorder
+from engine.core.rundir import CHECKPOINTS
 from engine.mheight.config import PAD
-from engine.mheight.data import (MODEL_FORMAT, CodeSet, augment, canonicalize, check_minor_features, check_model_format,
-                                 group_mse, mse_metrics)
+from engine.mheight.data import (
+    MODEL_FORMAT,
+    CodeSet,
+    augment,
+    canonicalize,
+    check_minor_features,
+    check_model_format,
+    group_mse,
+    mse_metrics,
+)
 from engine.mheight.models import HardMoE, Regressor, SparseMoE
 from engine.mheight.shards import LabelSet, load_labels
-from engine.run import CHECKPOINTS, JobError, RunRecorder
 
 BEST = "best.pth"
 LAST = "last.pth"

@@ -1,159 +1,103 @@
-"""Labelled m-height data over an (n, k, m) grid, fast.
+"""mheight-generate: random codes over an (n, k, m) grid with exact labels, as shards.
 
-Work is split into shards (one (n, k) and up to shard_size codes each). A
-shard is the unit of parallelism (one worker process per core on a CPU, each
-with one torch thread) and of resuming (each shard draws P from its own seed
-(seed, n, k, index), so a resumed or re-ordered run writes identical files).
-Within a shard, codes are labelled in vectorised batches by
-``solver.heights_batch``, every m of the code from one enumeration.
+Writes ``artifacts/shards/`` (manifest.json + .npz shards). Progress: one
+``epoch`` event per finished shard (phase "generate") so the TUI shows a bar.
 """
 
 from __future__ import annotations
 
-import math
-import os
+import shutil
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
-from multiprocessing import get_context
-from pathlib import Path
-from typing import Callable
 
-import numpy as np
-
-from engine.mheight.shards import read_shard, shard_name, write_shard
-
-
-@dataclass(frozen=True)
-class Source:
-    """How P's entries are drawn."""
-
-    dist: str = "int_uniform"
-    low: float = -100
-    high: float = 100
-    scale: float = 1.0
-
-    def as_json(self) -> dict:
-        if self.dist == "normal":
-            return {"dist": "normal", "scale": self.scale}
-        return {"dist": self.dist, "low": self.low, "high": self.high}
-
-    def draw(self, rng: np.random.Generator, count: int, k: int, r: int) -> np.ndarray:
-        if self.dist == "int_uniform":
-            return rng.integers(math.ceil(self.low), math.floor(self.high), endpoint=True, size=(count, k, r)).astype(np.float64)
-        if self.dist == "uniform":
-            return rng.uniform(self.low, self.high, size=(count, k, r))
-        return rng.normal(0.0, self.scale, size=(count, k, r))
+from engine.core.config import JobSpec
+from engine.core.errors import JobError
+from engine.core.recorder import RunRecorder
+from engine.mheight.config import MHeightGenerateConfig
+from engine.mheight.labeler import (
+    Source,
+    default_workers,
+    plan_shards,
+    progress_line,
+    reusable,
+    run_tasks,
+)
+from engine.mheight.shards import (
+    MANIFEST,
+    SHARDS_DIRNAME,
+    check_same_grid,
+    data_dir,
+    grid_groups,
+    read_manifest,
+    write_manifest,
+)
 
 
-@dataclass(frozen=True)
-class ShardTask:
-    path: str
-    n: int
-    k: int
-    index: int
-    count: int
-    ms: tuple[int, ...]
-    seed: int
-    source: Source
-    batch_size: int
-    device: str = "cpu"
+def run(spec: JobSpec, rec: RunRecorder) -> None:
+    cfg: MHeightGenerateConfig = spec.config  # type: ignore[assignment]
+    groups = grid_groups(cfg.n_values, cfg.k_values, cfg.m_min, cfg.m_max)
+    if not groups:
+        raise JobError(f"the grid n={cfg.n_values}, k={cfg.k_values}, m>={cfg.m_min} is empty; need k < n and m_min <= n-k")
+    source = Source(cfg.p_dist, cfg.p_low, cfg.p_high, cfg.p_scale)
+    if cfg.p_dist == "int_uniform" and int(cfg.p_high) - int(cfg.p_low) < 0:
+        raise JobError(f"no integer lies in [{cfg.p_low}, {cfg.p_high}]; widen --p-low/--p-high")
+    from engine.common.device import pick_device
 
+    device = pick_device(cfg.device)
+    gpu = device.type == "cuda"
+    workers = 1 if gpu else (cfg.workers or default_workers())
+    batch = cfg.gpu_batch_size if gpu else cfg.batch_size
 
-def label_codes(P: np.ndarray, ms: list[int], batch_size: int, device: str = "cpu") -> np.ndarray:
-    """Exact heights (N, len(ms)) of codes P (N, k, n-k), in batches."""
-    import torch
+    out = rec.run_dir.artifacts / SHARDS_DIRNAME
+    out.mkdir(parents=True, exist_ok=True)
+    man = {"grid": [[n, k, ms] for n, k, ms in groups], "source": source.as_json(), "seed": cfg.seed,
+           "codes_per_group": cfg.codes_per_group, "shard_size": cfg.shard_size, "complete": False, "shards": []}
+    tasks = plan_shards(groups, cfg.codes_per_group, cfg.shard_size, out, cfg.seed, source, batch, str(device))
 
-    from engine.mheight.solver import heights_batch
-
-    out = np.empty((len(P), len(ms)))
-    for s in range(0, len(P), batch_size):
-        chunk = torch.as_tensor(P[s:s + batch_size], device=device)
-        out[s:s + batch_size] = heights_batch(chunk, list(ms)).cpu().numpy()
-    return out
-
-
-def make_shard(task: ShardTask) -> dict:
-    """Draw and label one shard, write it atomically; a summary for progress."""
-    t0 = time.perf_counter()
-    rng = np.random.default_rng([task.seed, task.n, task.k, task.index])
-    P = task.source.draw(rng, task.count, task.k, task.n - task.k)
-    H = label_codes(P, list(task.ms), task.batch_size, task.device)
-    write_shard(Path(task.path), task.n, task.k, P, list(task.ms), H)
-    return {"file": Path(task.path).name, "n": task.n, "k": task.k, "index": task.index, "codes": task.count,
-            "labels": H.size, "infinite": int(np.isinf(H).sum()), "seconds": time.perf_counter() - t0}
-
-
-def _worker_init() -> None:
-    import torch
-
-    # One thread per process: the cores are used by processes, not by BLAS threads.
-    torch.set_num_threads(1)
-
-
-def plan_shards(groups, codes_per_group: int, shard_size: int, out_dir: Path, seed: int, source: Source,
-                batch_size: int, device: str = "cpu") -> list[ShardTask]:
-    tasks = []
-    for n, k, ms in groups:
-        for index, start in enumerate(range(0, codes_per_group, shard_size)):
-            count = min(shard_size, codes_per_group - start)
-            tasks.append(ShardTask(str(out_dir / shard_name(n, k, index)), n, k, index, count, tuple(ms), seed,
-                                   source, batch_size, device))
-    return tasks
-
-
-def reusable(task: ShardTask, directory: Path) -> dict | None:
-    """A finished shard of ``task`` in ``directory`` (a previous run), or None."""
-    path = directory / Path(task.path).name
-    if not path.is_file():
-        return None
-    try:
-        sh = read_shard(path)
-    except Exception:
-        return None  # half-written or damaged: make it again
-    if (sh.n, sh.k, sh.P.shape[0], tuple(sh.m.tolist())) != (task.n, task.k, task.count, task.ms):
-        return None
-    return {"file": path.name, "n": sh.n, "k": sh.k, "index": task.index, "codes": task.count,
-            "labels": sh.labels, "infinite": int(np.isinf(sh.height).sum()), "seconds": 0.0, "reused": True}
-
-
-def run_tasks(tasks: list[ShardTask], workers: int, on_done: Callable[[dict], None],
-              should_stop: Callable[[], bool] = lambda: False) -> None:
-    """Run shard tasks: in-process for one worker or a GPU, else a spawn pool."""
-    if workers <= 1 or tasks and tasks[0].device != "cpu":
-        if tasks and tasks[0].device == "cpu":
-            _worker_init()
+    done: list[dict] = []
+    if cfg.resume_from:
+        prev_dir = data_dir(cfg.resume_from)
+        prev = read_manifest(prev_dir)
+        check_same_grid(prev, man, prev_dir)
+        if (prev.get("seed"), prev.get("shard_size")) != (cfg.seed, cfg.shard_size):
+            raise JobError(f"{prev_dir} used seed {prev.get('seed')} and shard size {prev.get('shard_size')}; "
+                           f"resume with the same --seed and --shard-size")
+        left = []
         for t in tasks:
-            if should_stop():
-                return
-            on_done(make_shard(t))
-        return
-    # spawn, not fork: the parent may hold torch/OpenMP state that does not survive a fork.
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
-        pending = {pool.submit(make_shard, t) for t in tasks}
-        try:
-            while pending:
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for f in done:
-                    on_done(f.result())
-                if should_stop():
-                    return
-        finally:
-            for f in pending:
-                f.cancel()
+            found = reusable(t, prev_dir)
+            if found:
+                shutil.copy2(prev_dir / found["file"], out / found["file"])
+                done.append(found)
+            else:
+                left.append(t)
+        print(f"resuming from {prev_dir}: {len(done)} of {len(tasks)} shards reused", flush=True)
+        tasks = left
+    write_manifest(out, man)
 
+    total = len(tasks) + len(done)
+    rec.set_total_epochs(total)
+    print(f"{len(groups)} (n, k) pairs, {sum(len(ms) for *_, ms in groups)} (n, k, m) groups, "
+          f"{cfg.codes_per_group} codes each; {total} shards on {device} with {workers} worker(s)", flush=True)
+    t0 = time.perf_counter()
+    made_labels = 0
 
-def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    def on_done(info: dict) -> None:
+        nonlocal made_labels
+        done.append(info)
+        made_labels += info["labels"]
+        elapsed = time.perf_counter() - t0
+        rec.log_epoch(len(done), {"labels": float(made_labels), "labels_per_s": made_labels / max(elapsed, 1e-9)},
+                      phase="generate")
+        print(progress_line(len(done), total, made_labels, elapsed), flush=True)
+        # the manifest lists finished shards as they land, so an interrupted run can be resumed
+        write_manifest(out, {**man, "shards": sorted(done, key=lambda d: d["file"])})
 
-
-def progress_line(done: int, total: int, labels: int, elapsed: float, width: int = 24) -> str:
-    frac = done / total if total else 1.0
-    bar = "#" * int(frac * width) + "." * (width - int(frac * width))
-    rate = labels / elapsed if elapsed > 0 else 0.0
-    eta = (elapsed / frac - elapsed) if frac > 0 else math.nan
-    eta_s = f"{eta:.0f}s" if eta == eta else "?"
-    return f"[{bar}] {done}/{total} shards  {labels:,} labels  {rate:,.0f} labels/s  eta {eta_s}"
+    run_tasks(tasks, workers, on_done, should_stop=lambda: rec.cancel_requested)
+    rec.check_cancelled()
+    elapsed = time.perf_counter() - t0
+    labels = sum(d["labels"] for d in done)
+    infinite = sum(d["infinite"] for d in done)
+    write_manifest(out, {**man, "complete": True, "labels": labels, "infinite": infinite,
+                         "shards": sorted(done, key=lambda d: d["file"])})
+    rec.log_summary({"labels": labels, "labels_per_s": made_labels / max(elapsed, 1e-9),
+                     "infinite_fraction": infinite / max(labels, 1), "seconds": elapsed})
+    print(f"wrote {len(done)} shards to {out} ({MANIFEST} lists them)", flush=True)

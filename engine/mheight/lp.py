@@ -22,8 +22,8 @@ import math
 
 import numpy as np
 
+from engine.core.errors import JobError
 from engine.mheight.codes import generator_matrix
-from engine.run import JobError
 
 # Feasibility tolerances of HiGHS (defaults 1e-7). A vertex whose coordinate
 # is 1 + 1e-8 must count as infeasible, as it does for the enumeration (1e-9):

@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
+from engine.core.errors import JobError
 from engine.mheight.codes import generator_matrix
-from engine.run import JobError
 
 
 def _solve_one(c: np.ndarray, A_ub: np.ndarray, b_ub: np.ndarray) -> float:

@@ -23,10 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.core.errors import JobError
 from engine.mheight.config import PAD
 from engine.mheight.data import MAX_M, MINOR_FEATURES, feature_dim
-from engine.run import JobError
-
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": lambda: nn.ReLU(inplace=True)}
 

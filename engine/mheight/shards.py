@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.run import ARTIFACTS, JobError, atomic_write_bytes, atomic_write_json, read_json
+from engine.core.errors import JobError
+from engine.core.rundir import ARTIFACTS, atomic_write, atomic_write_json, read_json
 
 FORMAT = "moe-tui/mheight-shards"
 VERSION = 1
@@ -75,7 +76,7 @@ def write_shard(path: Path, n: int, k: int, P: np.ndarray, ms: list[int], height
     buf = io.BytesIO()
     np.savez(buf, n=np.int64(n), k=np.int64(k), P=P.astype(np.float64), m=np.asarray(ms, dtype=np.int64),
              height=heights.astype(np.float64), infinite=np.isinf(heights))
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 @dataclass

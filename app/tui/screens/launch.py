@@ -22,9 +22,22 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
 from app.errors import UserError
-from app.queue.submit import BACKENDS, capture_repro, check_gpus, resolve_parents, submit
+from app.queue.submit import (
+    BACKENDS,
+    capture_repro,
+    check_gpus,
+    resolve_parents,
+    submit,
+)
 from app.tui.markup import markup
-from engine.config import JOBS, ConfigError, field_error, form_defaults, literal_choices, resolve
+from engine.core.config import (
+    JOBS,
+    field_error,
+    form_defaults,
+    literal_choices,
+    resolve,
+)
+from engine.core.errors import ConfigError
 
 SWEEP_SEP = "|"
 MAX_SWEEP = 64  # runs one submit may queue: a typo like 0|1|...|999 should not flood the queue

@@ -13,9 +13,9 @@ from textual.widgets import DataTable, Footer, Header, Static
 from app.errors import UserError
 from app.tui.actions import QueueActions
 from app.tui.cells import cut
-from app.tui.data import QueueState, QueuedRun, RunRow
+from app.tui.data import QueuedRun, QueueState, RunRow
 from app.tui.markup import cell, markup
-from app.tui.screens.runs import STATUS_STYLE
+from app.tui.styles import STATUS_STYLE
 from app.tui.widgets.row_table import RowTable
 
 POLL_S = 1.0  # the queue is read again this often (and after every action)
@@ -180,7 +180,8 @@ class QueueScreen(QueueActions, Screen):
 
     @work(thread=True, group="queue-pause", exit_on_error=False)
     def pause_or_resume(self, pause: bool) -> None:
-        from app.queue.control import pause as do_pause, resume as do_resume
+        from app.queue.control import pause as do_pause
+        from app.queue.control import resume as do_resume
         from app.queue.daemon import ensure_daemon
 
         ws = self.app.ws

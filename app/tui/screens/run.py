@@ -15,14 +15,22 @@ from textual.content import Content
 from textual.lazy import Lazy
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, RichLog, Static, TabbedContent, TabPane
+from textual.widgets import (
+    DataTable,
+    Footer,
+    Header,
+    RichLog,
+    Static,
+    TabbedContent,
+    TabPane,
+)
 
 from app.errors import UserError
 from app.queries import fmt_duration
 from app.tui.cells import cut
 from app.tui.data import Linked, MetricPoint, RunRow
 from app.tui.markup import cell, markup
-from app.tui.screens.runs import STATUS_STYLE
+from app.tui.styles import STATUS_STYLE
 from app.tui.widgets.curves import Bars, Curves
 from app.tui.widgets.row_table import RowTable
 

@@ -8,9 +8,9 @@ from datetime import datetime
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.geometry import Size
 from textual.binding import Binding
 from textual.content import Content
+from textual.geometry import Size
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
@@ -22,18 +22,9 @@ from app.tui.cells import cut
 from app.tui.data import RunRow, parse_tags
 from app.tui.markup import cell, markup
 from app.tui.query import QueryError, compile_query
+from app.tui.styles import STATUS_STYLE
 from app.tui.widgets.row_table import RowTable
 
-STATUS_STYLE = {
-    "queued": "dim",
-    "pending": "cyan",  # submitted to Slurm, waiting in its queue (the Slot says why)
-    "running": "bold cyan",
-    "succeeded": "green",
-    "failed": "bold red",
-    "cancelled": "yellow",
-    "lost": "magenta",
-    "blocked": "bold dark_orange reverse",  # waits on a failed dependency: needs a person (retry the parent)
-}
 STATUS_ORDER = {s: i for i, s in enumerate(("running", "pending", "queued", "blocked", "failed", "lost", "cancelled", "succeeded"))}
 MARK = "●"
 NAME_WIDTH = 18  # longer names are cut in the table (the detail line shows them whole)

@@ -1,0 +1,1 @@
+"""What several jobs share: device, seeding, schedules, checkpoint I/O, metrics, calibration."""

@@ -1,0 +1,209 @@
+"""The run-directory contract: the only interface between a job and the manager.
+
+A job writes nothing but its run directory:
+
+    runs/<run_id>/
+        run.json       what ran: kind, resolved config, command, git, host, versions
+        events.jsonl   append-only, one JSON object per line, flushed per event
+        status.json    replaced atomically: state, pid, times, exit code, error
+        stdout.log     everything the job printed
+        checkpoints/   model state
+        artifacts/     tables, plots, anything a person looks at afterwards
+
+The manager adds three files of its own, never touched by the job:
+``submit.json`` (the queued request), ``launch.json`` (who started it, where)
+and ``exit_code`` (written by the launcher when the process ends). Together
+they let the database be rebuilt from the directories alone.
+
+Torch-free and stdlib-only: the manager imports this module to read runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator
+
+from engine.core.errors import JobError
+
+RUN_JSON = "run.json"
+EVENTS = "events.jsonl"
+STATUS = "status.json"
+STDOUT = "stdout.log"
+SUBMIT = "submit.json"
+LAUNCH = "launch.json"
+EXIT_CODE = "exit_code"
+CHECKPOINTS = "checkpoints"
+ARTIFACTS = "artifacts"
+
+RUNS_DIRNAME = "runs"
+WORKSPACE_ENV = "MOE_TUI_WORKSPACE"
+
+_RUN_ID_RE = re.compile(r"^[0-9]{6}-[0-9]{6}-[0-9a-f]{4}$")
+
+
+# --------------------------------------------------------------------------- #
+# Workspace and ids
+
+
+def resolve_workspace(explicit: str | os.PathLike | None = None) -> Path:
+    """The workspace: ``--workspace``, else ``$MOE_TUI_WORKSPACE``, else the cwd."""
+    chosen = explicit or os.environ.get(WORKSPACE_ENV) or os.getcwd()
+    return Path(chosen).expanduser().absolute()
+
+
+def new_run_id(now: float | None = None, seq: int = 0) -> str:
+    """``YYMMDD-HHMMSS-mmms``: sorts by creation time, readable, unique.
+
+    ``mmm`` is the millisecond in hex (000-3e7), so runs created in the same
+    second still sort in creation order; ``s`` (0-f) tells apart runs of the
+    same millisecond. ``RunDir.create`` makes it unique with ``mkdir``.
+    """
+    now = time.time() if now is None else now
+    stamp = time.strftime("%y%m%d-%H%M%S", time.localtime(now))
+    return f"{stamp}-{int(now % 1 * 1000):03x}{seq:x}"
+
+
+def is_run_id(name: str) -> bool:
+    return bool(_RUN_ID_RE.match(name))
+
+
+# --------------------------------------------------------------------------- #
+# Atomic files
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO], Any]) -> None:
+    """Replace ``path`` so that readers see the old content or the new, never a mix.
+
+    ``data`` is the content, or a function that writes it to a binary file
+    (``torch.save``, ``PIL.Image.save``). The bytes go to a temporary file beside
+    ``path`` (same filesystem, so the rename is atomic), are flushed to disk, and
+    renamed over ``path``; if anything fails, the temporary file is removed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``, or None if the file does not exist."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
+
+
+
+class RunDir:
+    """Paths of one run directory, and readers that never raise on a missing file."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    run_json = property(lambda self: self.path / RUN_JSON)
+    events = property(lambda self: self.path / EVENTS)
+    status = property(lambda self: self.path / STATUS)
+    stdout_log = property(lambda self: self.path / STDOUT)
+    submit_json = property(lambda self: self.path / SUBMIT)
+    launch_json = property(lambda self: self.path / LAUNCH)
+    exit_code_file = property(lambda self: self.path / EXIT_CODE)
+    checkpoints = property(lambda self: self.path / CHECKPOINTS)
+    artifacts = property(lambda self: self.path / ARTIFACTS)
+
+    @classmethod
+    def create(cls, runs_root: Path, run_id: str | None = None) -> "RunDir":
+        """Make a new, empty run directory under ``runs_root`` with a fresh id."""
+        runs_root = Path(runs_root)
+        runs_root.mkdir(parents=True, exist_ok=True)
+        if run_id:
+            try:
+                (runs_root / run_id).mkdir()
+            except FileExistsError:
+                raise JobError(f"run directory {runs_root / run_id} already exists; pick another id") from None
+            return cls(runs_root / run_id)
+        # mkdir is the arbiter between processes; within a millisecond the
+        # sequence digit goes up, so creation order stays name order.
+        for _ in range(100):
+            now = time.time()
+            for seq in range(16):
+                rid = new_run_id(now, seq)
+                try:
+                    (runs_root / rid).mkdir()
+                except FileExistsError:
+                    continue
+                return cls(runs_root / rid)
+            time.sleep(0.001)
+        raise JobError(f"could not create a fresh run directory under {runs_root}")
+
+    def read_run(self) -> dict | None:
+        return read_json(self.run_json)
+
+    def read_status(self) -> dict | None:
+        return read_json(self.status)
+
+    def read_submit(self) -> dict | None:
+        return read_json(self.submit_json)
+
+    def read_launch(self) -> dict | None:
+        return read_json(self.launch_json)
+
+    def read_exit_code(self) -> int | None:
+        try:
+            return int(self.exit_code_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def tail_log(self, max_bytes: int = 4096) -> str:
+        """The end of stdout.log, for error messages."""
+        try:
+            with open(self.stdout_log, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - max_bytes))
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def last_log_line(self) -> str:
+        lines = [ln.strip() for ln in self.tail_log().splitlines() if ln.strip()]
+        return lines[-1][:200] if lines else ""
+
+
+
+def iter_run_dirs(runs_root: Path) -> Iterator[RunDir]:
+    """Run directories under ``runs_root`` (names that look like run ids), oldest first."""
+    try:
+        names = sorted(e.name for e in os.scandir(runs_root) if e.is_dir() and is_run_id(e.name))
+    except FileNotFoundError:
+        return
+    for name in names:
+        yield RunDir(Path(runs_root) / name)

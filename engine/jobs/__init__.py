@@ -1,1 +1,0 @@
-"""One module per engine job kind; each exposes ``run(spec, recorder)``."""
