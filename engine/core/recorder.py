@@ -229,6 +229,21 @@ class RunRecorder:
         shown = "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
         print(f"epoch {epoch}{total}  {shown}", flush=True)
 
+    def log_expert_load(self, epoch: int, experts: list[str], load: list[float],
+                        top1_share: list[float] | None = None) -> None:
+        """How a router spread one epoch's samples over its experts: the one ``expert_load`` event
+        of every MoE job (train-expert's moe_head, train-gating, the m-height MoEs).
+
+        ``load`` is the mean routing weight per expert (sums to 1); ``top1_share`` the share of
+        samples whose largest weight is that expert's, where the job knows it.
+        """
+        if len(load) != len(experts) or (top1_share is not None and len(top1_share) != len(experts)):
+            raise ValueError(f"expert_load: {len(experts)} experts but {len(load)} loads")
+        fields = {"epoch": epoch, "experts": list(experts), "load": [float(v) for v in load]}
+        if top1_share is not None:
+            fields["top1_share"] = [float(v) for v in top1_share]
+        self.event("expert_load", **fields)
+
     def log_summary(self, metrics: dict[str, float]) -> None:
         """Metrics that belong to the run rather than an epoch (final test scores)."""
         clean = {k: (None if v != v else float(v)) for k, v in metrics.items()}
