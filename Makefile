@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test bench install clean-venv
 
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+		echo "error: moe-tui needs Python 3.11 or newer ($(PYTHON) is $$($(PYTHON) -V 2>&1)); run make PYTHON=python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
 # Re-installs only when the dependencies change; torch comes from the constraints pin.
