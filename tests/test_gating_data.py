@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.common.groups import ClassGroups
 from engine.gating.data import check_logits_dir, load_class_counts, load_class_weights, load_split
 from engine.core.errors import JobError
 from tests.gating_synth import write_npz
@@ -145,10 +146,50 @@ def test_class_weights_are_normalised_to_sum_to_c(tmp_path):
 def test_class_counts_from_file_or_estimated_from_the_train_split(tmp_path):
     f = tmp_path / "class_groups.json"
     f.write_text(json.dumps({"class_counts": [90, 40, 9]}))
-    counts, _ = load_class_counts(str(f), np.array([0]), 3, 0.1)
+    counts, _ = load_class_counts(str(f), tmp_path, ["a"], np.array([0]), 3, 0.1)
     assert counts.tolist() == [90, 40, 9]
-    counts, note = load_class_counts(None, np.array([0] * 9 + [1] * 4 + [2]), 3, 0.1)
+    counts, note = load_class_counts(None, tmp_path, ["a"], np.array([0] * 9 + [1] * 4 + [2]), 3, 0.1)
     assert counts.tolist() == [90, 40, 10] and "estimated" in note
+
+
+def _manifest(folder, experts: dict, version=2):
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"num_classes": 3, "experts": {e: {"splits": {}, **extra} for e, extra in experts.items()}}
+    if version is not None:
+        data["version"] = version
+    (folder / "manifest.json").write_text(json.dumps(data))
+
+
+def test_class_counts_come_from_the_experts_train_split_not_the_gating_split(tmp_path, capsys):
+    """Class 1 has 30 train-LT images (head) but none in the gating split: an estimate from the
+    gating split calls it tail (0 images); the manifest's train split keeps it head."""
+    gating_targets = np.array([0] * 9 + [2])
+    split = {"fingerprint": "f1", "class_counts": [90, 30, 10], "file": "/x/splits/class_counts.json"}
+    _manifest(tmp_path, {"a": {"train_split": split}, "b": {"train_split": split}})
+    counts, note = load_class_counts(None, tmp_path, ["a", "b"], gating_targets, 3, 0.1)
+    assert counts.tolist() == [90, 30, 10] and "/x/splits/class_counts.json" in note
+    assert ClassGroups(tuple(counts)).mask("head").tolist() == [True, True, False]
+    estimated, _ = load_class_counts(None, tmp_path / "none", ["a"], gating_targets, 3, 0.1)
+    assert ClassGroups(tuple(estimated)).mask("head").tolist() == [True, False, False]  # the boundary moved
+    assert capsys.readouterr().out == ""  # no warning when the manifest has the counts
+
+
+def test_an_older_manifest_falls_back_with_one_warning_and_a_bad_one_fails_in_one_line(tmp_path, capsys):
+    _manifest(tmp_path / "v1", {"a": {}}, version=None)
+    counts, note = load_class_counts(None, tmp_path / "v1", ["a"], np.array([0] * 9 + [1]), 3, 0.1)
+    assert counts.tolist() == [90, 10, 0] and "estimated" in note
+    warning = capsys.readouterr().out.strip().splitlines()
+    assert len(warning) == 1 and warning[0].startswith("warning: ") and "records no train split" in warning[0]
+    other = {"fingerprint": "f2", "class_counts": [1, 2, 3]}
+    _manifest(tmp_path / "mixed", {"a": {"train_split": {"fingerprint": "f1", "class_counts": [1, 2, 3]}},
+                                   "b": {"train_split": other}})
+    assert "trained on different splits" in _error(load_class_counts, None, tmp_path / "mixed", ["a", "b"],
+                                                    np.array([0]), 3, 0.1)
+    _manifest(tmp_path / "bad", {"a": {"train_split": {"fingerprint": "f1", "class_counts": "many"}}})
+    msg = _error(load_class_counts, None, tmp_path / "bad", ["a"], np.array([0]), 3, 0.1)
+    assert "manifest.json: experts.a.train_split.class_counts:" in msg
+    _manifest(tmp_path / "new", {"a": {}}, version=99)
+    assert "newer than this engine reads" in _error(load_class_counts, None, tmp_path / "new", ["a"], np.array([0]), 3, 0.1)
 
 
 def test_cli_fails_in_one_line_with_exit_code_2(tmp_path):

@@ -131,6 +131,31 @@ def test_every_term_has_finite_gradients_through_the_top_k_mask(batch):
     assert torch.isfinite(total) and torch.isfinite(r.grad).all() and r.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("router,k", [("dense", 1), ("top_k", 2), ("top_k", 1)])
+def test_the_training_loss_passes_gradcheck(router, k):
+    """gating_loss in float64: autograd's gradient against finite differences (training differentiates
+    this function; there is no other gradient of it). The terms whose targets are detached by design
+    (responsibility KL's q, load balance's f) have no finite-difference counterpart: they are off here,
+    and test_responsibility_target_is_detached covers the detaching."""
+    from engine.gating.config import TrainGatingConfig
+
+    cfg = TrainGatingConfig(logits_dir="x", experts=["a", "b", "c"], router=router, top_k=k,
+                            lambda_entropy=0.3, lambda_resp=0.0, lambda_prior=0.4, lambda_lb=0.0)
+    g = torch.Generator().manual_seed(3)
+    n = 8
+    logits = 2 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    logp = torch.randn(n, 3, 5, generator=g, dtype=torch.float64).log_softmax(-1)[..., 0]
+    sw = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+    onehot = torch.nn.functional.one_hot(torch.arange(n) % 2, 2).double()
+    log_prior = torch.randn(2, 3, generator=g, dtype=torch.float64).log_softmax(-1)
+    noise = torch.randn(n, 3, generator=g, dtype=torch.float64)
+
+    def total(z):
+        return losses.gating_loss(z, logp, sw, onehot, cfg, 1.3, log_prior, noise=noise)[0]
+
+    assert torch.autograd.gradcheck(total, logits.requires_grad_(), eps=1e-6, atol=1e-6)
+
+
 def test_dense_router_is_a_tempered_softmax(batch):
     r, _, _ = batch
     out = route(r, "dense", 2.0)

@@ -1,7 +1,8 @@
 """Exported logits on disk: writing them atomically and checking them before the gating stage.
 
     logits/
-        manifest.json                 experts, splits, shapes, sha256, accuracy, source checkpoints
+        manifest.json                 experts, splits, shapes, sha256, accuracy, source checkpoints,
+                                      and the train-LT split each expert was trained on (version 2)
         <expert>/<split>_logits.npz   logits (N, C) float32, targets (N,), predictions (N,)
         <expert>/<split>_logits.pt    the logits tensor [N, C], the layout the original gating scripts read
 """
@@ -15,11 +16,63 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.core.errors import JobError
 from engine.core.rundir import atomic_write, read_json
 
 MANIFEST = "manifest.json"
+# 2: each expert's entry records its train split (``train_split``), so the gating stage takes the
+# class counts that define head and tail from the split the experts were trained on.
+MANIFEST_VERSION = 2
+
+
+class TrainSplit(BaseModel):
+    """The train-LT split an expert was trained on: its identity and its class counts."""
+
+    model_config = ConfigDict(extra="allow")
+
+    fingerprint: str  # of the split index files (engine.longtail.data.splits)
+    class_counts: list[int] = Field(min_length=2)  # train-LT images per class (expert + gating splits)
+    file: str | None = None  # the class_counts.json these came from, where one was on disk
+
+
+class ManifestExpert(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    splits: dict[str, dict]
+    train_split: TrainSplit | None = None  # absent in version 1
+
+
+class LogitsManifest(BaseModel):
+    """What manifest.json must hold for the gating stage to trust it (other fields pass through)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: int = 1  # version 1 wrote no version
+    num_classes: int = Field(ge=2)
+    experts: dict[str, ManifestExpert]
+
+
+def read_manifest(folder: Path) -> LogitsManifest | None:
+    """``folder``'s manifest.json, validated; None when there is none (a folder not written by recompute-logits)."""
+    path = Path(folder) / MANIFEST
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as e:
+        raise JobError(f"{path} cannot be read ({e}); run `engine recompute-logits` again") from None
+    if data is None:
+        return None
+    try:
+        manifest = LogitsManifest.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "top level"
+        raise JobError(f"{path}: {where}: {err['msg']}; run `engine recompute-logits` again") from None
+    if manifest.version > MANIFEST_VERSION:
+        raise JobError(f"{path} is version {manifest.version}, newer than this engine reads ({MANIFEST_VERSION}); "
+                       "update moe-tui")
+    return manifest
 
 
 def sha256_file(path: Path) -> str:

@@ -58,10 +58,11 @@ class TrainGatingConfig(JobConfig):
                           "uniform when absent")
     class_counts: str | None = Field(
         None, description="JSON with the train-LT class counts (a list, or {'class_counts': [...]}, e.g. train-expert's "
-                          "artifacts/class_groups.json) defining head/tail; default: train-split counts / --train-share")
+                          "artifacts/class_groups.json) defining head/tail; default: the experts' train split as the "
+                          "recompute-logits manifest records it, else train-split counts / --train-share")
     train_share: float = Field(
         0.1, gt=0, le=1, description="share of the train-LT set held in --train-split (the gating split is 10%), used to "
-                                     "estimate train-LT counts when --class-counts is absent")
+                                     "estimate train-LT counts when neither --class-counts nor the manifest gives them")
     dataset: str | None = Field(None, description="data set the logits come from (set by the data-set presets; names errors)")
     num_classes: int | None = Field(None, ge=2, description="expected class count; a mismatch with the logits is an error")
     # model (the original train_gating_map.py)
@@ -96,10 +97,6 @@ class TrainGatingConfig(JobConfig):
                                                        "bounds peak memory at large C (iNaturalist: C=8142)")
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda' or 'cuda:N'")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice")
-    cpu_step: Literal["auto", "c", "torch"] = Field(
-        "auto", description="the training step's small kernels on the CPU: 'c' builds engine/gating/kernels.c with "
-                            "the system C compiler (once per machine; ~2x faster), 'torch' uses torch ops, 'auto' C "
-                            "when a compiler works; the GPU always runs the torch step")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainGatingConfig":

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.common.logit_files import MANIFEST, read_manifest
 from engine.core.errors import JobError
 from engine.core.rundir import RUNS_DIRNAME, RunDir, is_run_id, resolve_workspace
 
@@ -254,13 +255,42 @@ def load_class_weights(path: str | None, num_classes: int) -> tuple[np.ndarray, 
     return w * (num_classes / w.sum()), f"class weights from {path} (normalised to sum to {num_classes})"
 
 
-def load_class_counts(path: str | None, train_targets: np.ndarray, num_classes: int, train_share: float) -> tuple[np.ndarray, str]:
-    """Train-LT class counts, which define the head/tail groups."""
+def load_class_counts(path: str | None, logits_dir: Path, experts: list[str], train_targets: np.ndarray,
+                      num_classes: int, train_share: float) -> tuple[np.ndarray, str]:
+    """Train-LT class counts, which define the head/tail groups, and where they came from.
+
+    In order: ``--class-counts``; the train split the experts were trained on, as the
+    recompute-logits manifest records it; else estimated from the gating split, which is
+    only a tenth of train-LT: a tail class with no gating image reads as 0 images and
+    a head class with few reads low, so the boundary moves (64 head classes instead of 69
+    on CIFAR-100-LT).
+    """
     if path:
         counts = np.asarray(_json_list(Path(path), ("class_counts", "train_lt"), "class counts"), dtype=np.int64)
         if len(counts) != num_classes:
             raise JobError(f"class counts file {path} has {len(counts)} classes but the logits have {num_classes}")
         return counts, f"class counts from {path}"
-    seen = np.bincount(train_targets, minlength=num_classes)
-    return np.round(seen / train_share).astype(np.int64), (
-        f"class counts estimated as train-split counts / {train_share} (pass --class-counts for the exact ones)")
+    manifest = read_manifest(logits_dir)
+    estimate = f"class counts estimated as {len(train_targets)} train-split samples / {train_share}"
+    if manifest is None:
+        return _estimate(train_targets, num_classes, train_share), (
+            f"{estimate} (no {MANIFEST} in {logits_dir}; pass --class-counts for the exact ones)")
+    recorded = {e: manifest.experts[e].train_split for e in experts if e in manifest.experts}
+    if not recorded or any(r is None for r in recorded.values()):
+        print(f"warning: {logits_dir / MANIFEST} is from an older recompute-logits (version {manifest.version}) and "
+              f"records no train split: {estimate}; run recompute-logits again or pass --class-counts", flush=True)
+        return _estimate(train_targets, num_classes, train_share), f"{estimate} (manifest version {manifest.version})"
+    fingerprints = {r.fingerprint for r in recorded.values()}
+    if len(fingerprints) > 1:
+        raise JobError(f"experts {', '.join(recorded)} were trained on different splits (fingerprints "
+                       f"{', '.join(sorted(fingerprints))} in {logits_dir / MANIFEST}); pass --class-counts")
+    train_split = next(iter(recorded.values()))
+    if len(train_split.class_counts) != num_classes:
+        raise JobError(f"{logits_dir / MANIFEST} records {len(train_split.class_counts)} class counts but the logits "
+                       f"have {num_classes} classes; run recompute-logits again")
+    source = train_split.file or f"splits {train_split.fingerprint}"
+    return np.asarray(train_split.class_counts, dtype=np.int64), f"class counts of the experts' train split ({source})"
+
+
+def _estimate(train_targets: np.ndarray, num_classes: int, train_share: float) -> np.ndarray:
+    return np.round(np.bincount(train_targets, minlength=num_classes) / train_share).astype(np.int64)

@@ -75,8 +75,6 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
                  stem=f"results_{cfg.split}")
     summary = {f"{row}/{k}": v for row, metrics in table.items() for k, v in metrics.items()}
     summary.update({"gate/eff_experts": stats["eff_experts"], "gate/tv_from_uniform": stats["tv_from_uniform"]})
-    for i, e in enumerate(experts):
-        summary[f"load/{e}"] = stats["mean_weight"][i]
-    rec.event("expert_load", epoch=None, split=cfg.split, experts=experts,
-              mean_weight=stats["mean_weight"], top1_share=stats["top1_share"])
+    # The gate's load on this split: the one expert_load shape, with no epoch (an evaluation, not training).
+    rec.log_expert_load(None, experts, stats["mean_weight"], stats["top1_share"])
     rec.log_summary(summary)

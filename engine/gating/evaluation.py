@@ -2,8 +2,11 @@
 
 A mixture is given by per-sample weights (n, E): one-hot for a single expert,
 1/E for the uniform average, the gate's output, or one-hot on the expert that
-gives the true class the highest probability (the per-sample oracle, an upper
-bound no gate can beat without the label).
+gives the true class the highest probability (the per-sample oracle). The oracle
+bounds the mixture NLL from below (no weights give y more probability than the
+best expert's p_e(y)) but not accuracy: a mixture can put the top class right
+where every single expert, the oracle's choice included, has it wrong, so a gate
+can beat the oracle on accuracy.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ def mixture_metrics(prep: PreparedSplit, weights: torch.Tensor, groups: ClassGro
 
 
 def reference_weights(prep: PreparedSplit) -> dict[str, torch.Tensor]:
-    """Weights of each single expert, the uniform average and the per-sample oracle."""
+    """Weights of each single expert, the uniform average and the per-sample oracle (the expert with the
+    highest p_e(y): the lowest NLL any weights reach, not the highest accuracy)."""
     n, E = prep.logp_target.shape
     out = {e: torch.nn.functional.one_hot(torch.full((n,), i), E).float() for i, e in enumerate(prep.experts)}
     out["uniform"] = torch.full((n, E), 1.0 / E)

@@ -1,7 +1,7 @@
 """The gating loss, one function per term; each returns a scalar averaged over the batch.
 
-:func:`gating_loss` puts them together: the definition the closed-form
-training step (engine.gating.loss_grad) is tested against.
+:func:`gating_loss` puts them together; training differentiates it with autograd
+(a new term is one function here, and nothing else to derive).
 
 Notation: w (n, E) routing weights, log w their logs (-inf where top-k drops an
 expert), log p_e(y) (n, E) each expert's log-probability of the true class.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.gating.model import route
+from engine.gating.model import Routing, route
 
 # log w is -inf where top-k drops an expert; where it multiplies a zero weight,
 # a finite floor keeps 0 * log 0 at 0 in both the value and the gradient.
@@ -81,20 +81,24 @@ def group_prior_kl(w: torch.Tensor, group_onehot: torch.Tensor, log_prior: torch
     return (kl * present).sum() / present.sum().clamp_min(1)
 
 
-def gating_loss(model_out: torch.Tensor, batch: tuple[torch.Tensor, ...], cfg, temperature: float,
-                log_prior: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Total loss and the raw value of each term (nll, lb, entropy, resp_kl, prior_kl; 0 for one switched off).
+TERMS = ("nll", "lb", "entropy", "resp_kl", "prior_kl")
 
-    The definition, term by term; training uses :class:`engine.gating.loss_grad.EpochLoss`,
-    its closed form, and tests hold the two together. ``batch``: (x, log p(y), class weight, group one-hot).
+
+def gating_loss(logits: torch.Tensor, logp_target: torch.Tensor, sample_weight: torch.Tensor | None,
+                group_onehot: torch.Tensor, cfg, temperature: float, log_prior: torch.Tensor,
+                noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, Routing]:
+    """Total loss, the raw value of each of TERMS (0 for one switched off) and the routing the loss saw.
+
+    ``logits`` (n, E) the router's output in train mode; ``noise`` (n, E) the top-k router's
+    standard normal draws (else drawn from ``generator``); ``group_onehot`` (n, G) float.
     """
-    _, logp, sw, gh = batch
-    r = route(model_out, cfg.router, temperature, cfg.top_k, cfg.noise_std, gen, train=True)
-    zero = model_out.new_zeros(())
-    nll = mixture_nll(r.log_weights, logp, sw)
+    r = route(logits, cfg.router, temperature, cfg.top_k, cfg.noise_std, generator, train=True, noise=noise)
+    zero = logits.new_zeros(())
+    nll = mixture_nll(r.log_weights, logp_target, sample_weight)
     lb = load_balance(r.dense_probs, r.kept) if cfg.router == "top_k" and cfg.lambda_lb > 0 else zero
     ent = routing_entropy(r.weights, r.log_weights) if cfg.lambda_entropy > 0 else zero
-    resp = responsibility_kl(r.log_weights, logp, cfg.resp_temperature) if cfg.lambda_resp > 0 else zero
-    prior = group_prior_kl(r.weights, gh, log_prior) if cfg.lambda_prior > 0 else zero
+    resp = responsibility_kl(r.log_weights, logp_target, cfg.resp_temperature) if cfg.lambda_resp > 0 else zero
+    prior = group_prior_kl(r.weights, group_onehot, log_prior) if cfg.lambda_prior > 0 else zero
     total = nll + cfg.lambda_lb * lb + cfg.lambda_entropy * ent + cfg.lambda_resp * resp + cfg.lambda_prior * prior
-    return total, torch.stack([nll, lb, ent, resp, prior]).detach()
+    return total, torch.stack([nll, lb, ent, resp, prior]).detach(), r

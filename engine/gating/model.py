@@ -31,44 +31,23 @@ class GatingMLP(nn.Module):
         return self.out(x)
 
 
-@dataclass
-class KeepMasks:
-    """Which hidden units dropout keeps, per hidden layer (uint8 0/1 (n, width)), and the 1 / (1 - p) a kept unit is scaled by."""
-
-    keep: list[torch.Tensor]
-    scale: float
-
-    def split(self, sizes: list[int]) -> list["KeepMasks"]:
-        """Consecutive row blocks of these sizes (one batch each), as views."""
-        return [KeepMasks(list(block), self.scale) for block in zip(*(k.split(sizes) for k in self.keep))]
-
-    def as_float(self) -> list[torch.Tensor]:
-        """The inverted-dropout multipliers (0 or 1 / (1 - p)) that GatingMLP.forward takes."""
-        return [k.float() * self.scale for k in self.keep]
-
-
-def keep_masks(rng: np.random.Generator, n: int, widths: list[int], p: float, device: torch.device | str = "cpu") -> KeepMasks:
-    """Dropout's masks for n samples and each hidden width, drawn at once.
+def dropout_masks(rng: np.random.Generator, n: int, widths: list[int], p: float,
+                  device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """Inverted-dropout multipliers (0 or 1 / (1 - p)), float32 (n, width), for n samples and each hidden width.
 
     Why not F.dropout per batch: torch's CPU Bernoulli sampler was the largest
     single cost of a gating step (about 0.3 ms for a 128 x 256 batch), while
-    raw 64-bit PCG64 output cut into 16-bit uniforms costs a few microseconds.
-    The masks are uint8 (the bool comparison's bytes, no copy): multiplying by them
-    costs what multiplying by floats does, while bool masks (masked_fill_, or
-    multiplying by bool) were 6-10x slower; the training step folds the scale into
-    its matrix products.
+    raw 64-bit PCG64 output cut into 16-bit uniforms costs a few microseconds
+    for a whole epoch's masks, drawn at once (one epoch ahead, on the worker thread).
     """
     drop_level = round(p * _MASK_LEVELS)
-    keep = []
+    scale = 1.0 / (1.0 - drop_level / _MASK_LEVELS)
+    masks = []
     for w in widths:
         words = rng.bit_generator.random_raw((n * w + 3) // 4).view(np.uint16)[: n * w]
-        keep.append(torch.from_numpy((words >= drop_level).view(np.uint8).reshape(n, w)).to(device))
-    return KeepMasks(keep, 1.0 / (1.0 - drop_level / _MASK_LEVELS))
-
-
-def dropout_masks(rng: np.random.Generator, n: int, widths: list[int], p: float, device: torch.device | str = "cpu") -> list[torch.Tensor]:
-    """Inverted-dropout multipliers (0 or 1/(1-p)) for n samples and each hidden width (see keep_masks)."""
-    return keep_masks(rng, n, widths, p, device).as_float()
+        keep = torch.from_numpy((words >= drop_level).view(np.uint8).reshape(n, w)).to(device)
+        masks.append(keep.float().mul_(scale))
+    return masks
 
 
 @dataclass
@@ -92,11 +71,17 @@ def dense_route(logits: torch.Tensor, temperature: float) -> Routing:
 
 
 def top_k_route(logits: torch.Tensor, temperature: float, k: int, noise_std: float,
-                generator: torch.Generator | None = None, train: bool = True) -> Routing:
-    """Noisy top-k (Shazeer et al. 2017): noise only while training, softmax over the k kept, others 0."""
+                generator: torch.Generator | None = None, train: bool = True,
+                noise: torch.Tensor | None = None) -> Routing:
+    """Noisy top-k (Shazeer et al. 2017): noise only while training, softmax over the k kept, others 0.
+
+    ``noise``: standard normal draws shaped as ``logits`` (training draws an epoch's at once);
+    without it they are drawn here from ``generator``.
+    """
     noisy = logits
     if train and noise_std > 0:
-        noise = torch.randn(logits.shape, generator=generator, dtype=logits.dtype, device="cpu").to(logits.device)
+        if noise is None:
+            noise = torch.randn(logits.shape, generator=generator, dtype=logits.dtype, device="cpu").to(logits.device)
         noisy = logits + noise_std * noise
     idx = noisy.topk(k, dim=-1).indices
     kept = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, idx, True)
@@ -105,11 +90,11 @@ def top_k_route(logits: torch.Tensor, temperature: float, k: int, noise_std: flo
 
 
 def route(logits: torch.Tensor, kind: str, temperature: float, k: int = 1, noise_std: float = 0.0,
-          generator: torch.Generator | None = None, train: bool = True) -> Routing:
+          generator: torch.Generator | None = None, train: bool = True, noise: torch.Tensor | None = None) -> Routing:
     if kind == "dense":
         return dense_route(logits, temperature)
     if kind == "top_k":
-        return top_k_route(logits, temperature, k, noise_std, generator, train)
+        return top_k_route(logits, temperature, k, noise_std, generator, train, noise)
     raise ValueError(f"unknown router {kind!r}")
 
 

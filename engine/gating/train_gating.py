@@ -1,19 +1,22 @@
 """train-gating: MAP routing over frozen experts, one phase per function.
 
 Features of the experts' posteriors are built once per split (the experts
-are frozen); each epoch then only runs the small MLP. ``train_one_epoch``
-and ``evaluate`` are the phases; ``run`` wires them to the run directory and
-ends with the results table (each expert, uniform average, gate, oracle).
+are frozen); each epoch then only runs the small MLP, with plain autograd through
+:func:`engine.gating.losses.gating_loss`, ``clip_grad_norm_`` and ``torch.optim.AdamW``.
+``train_one_epoch`` and ``evaluate`` are the phases; ``run`` wires them to the run
+directory and ends with the results table (each expert, uniform average, gate, oracle).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn.utils import clip_grad_norm_, parameters_to_vector, vector_to_parameters
 
 from engine.common.checkpoint import load_checkpoint, save_checkpoint
 from engine.common.groups import ClassGroups
@@ -23,7 +26,6 @@ from engine.core.errors import JobError
 from engine.core.recorder import RunRecorder
 from engine.core.rundir import atomic_write_json
 from engine.gating import losses
-from engine.gating.backprop import AdamW, FlatParams, Step, clip_scale
 from engine.gating.config import TrainGatingConfig
 from engine.gating.data import (
     check_logits_dir,
@@ -47,16 +49,13 @@ from engine.gating.features import (
     feature_names,
     prepare_split,
 )
-from engine.gating.loss_grad import TERMS, EpochLoss
+from engine.gating.losses import TERMS
 from engine.gating.model import (
     GatingMLP,
-    KeepMasks,
+    dropout_masks,
     gate_weights,
-    keep_masks,
     router_temperature,
 )
-from engine.gating.native import NativeUnavailable
-from engine.gating.native_step import NativeStep
 
 GROUPS = ("head", "tail")  # the prior's groups, from ClassGroups (tail: at most 20 train-LT images)
 
@@ -68,7 +67,7 @@ class TrainTensors:
     x: torch.Tensor  # normalised features (n, D)
     logp_target: torch.Tensor  # (n, E)
     sample_weight: torch.Tensor  # class weight of each sample's target (n,)
-    group: torch.Tensor  # (n,) int64 index into GROUPS
+    group_onehot: torch.Tensor  # (n, len(GROUPS)) float
 
     def __len__(self) -> int:
         return len(self.x)
@@ -88,88 +87,80 @@ def linear_warmup_cosine(warmup_epochs: int, epochs: int):
 
 @dataclass
 class EpochPlan:
-    """One epoch's batches, drawn and gathered before it starts (on the worker, while the
-    epoch before it trains): its order, dropout masks, router noise, per-batch loss constants."""
+    """One epoch's batches, drawn and gathered before it starts (on the worker, while the epoch
+    before it trains): its order, the train tensors in that order, dropout masks, router noise;
+    and the buffers the training step fills (loss terms, the routing weights each sample got)."""
 
     epoch: int
     temperature: float
     order: torch.Tensor  # (n,) the split's samples in the epoch's order
-    features: torch.Tensor  # (n, D) in that order
-    keep: KeepMasks | None  # dropout's keep masks (n, width) per hidden layer, in that order
-    loss: EpochLoss  # gradients per batch, and the buffers the epoch's loss values come from
-
-    @property
-    def batches(self) -> list[tuple[torch.Tensor, KeepMasks | None]]:
-        """Each batch's features and keep masks (views)."""
-        sizes = [stop - start for start, stop in self.loss.bounds]
-        masks = self.keep.split(sizes) if self.keep is not None else [None] * len(sizes)
-        return list(zip(self.features.split(sizes), masks))
+    data: TrainTensors  # gathered in that order
+    masks: list[torch.Tensor] | None  # dropout multipliers (n, width) per hidden layer
+    noise: torch.Tensor | None  # (n, E) standard normal draws of the top-k router
+    bounds: list[tuple[int, int]]
+    sums: torch.Tensor  # (1 + len(TERMS),) size-weighted sums of each batch's total loss and terms
+    weights: torch.Tensor  # (n, E) the routing weights in training mode, in the epoch's order
 
 
-def plan_epoch(epoch: int, data: TrainTensors, cfg: TrainGatingConfig, log_prior: torch.Tensor,
-               gen: torch.Generator, mask_rng: np.random.Generator) -> EpochPlan:
-    """Everything random or per-sample, drawn and gathered once per epoch.
-    Draws from ``gen`` (order, then router noise) and ``mask_rng`` in a fixed order per epoch."""
+def plan_epoch(epoch: int, data: TrainTensors, cfg: TrainGatingConfig, gen: torch.Generator,
+               mask_rng: np.random.Generator) -> EpochPlan:
+    """Everything random or per-sample, drawn and gathered once per epoch: one randperm indexes the
+    on-device tensors. Draws from ``gen`` (order, then router noise) and ``mask_rng`` in a fixed order."""
     n, dev = len(data), data.x.device
+    E = data.logp_target.shape[1]
     temperature = router_temperature(epoch, cfg.epochs, cfg.temperature_start, cfg.temperature_end)
     order = torch.randperm(n, generator=gen).to(dev)
-    noise = (torch.randn(n, data.logp_target.shape[1], generator=gen).to(dev)
+    noise = (torch.randn(n, E, generator=gen).to(dev)
              if cfg.router == "top_k" and cfg.noise_std > 0 else None)
-    keep = keep_masks(mask_rng, n, cfg.hidden, cfg.dropout, dev) if cfg.dropout > 0 else None
-    loss = EpochLoss(cfg, data.logp_target[order], data.sample_weight[order], data.group[order], len(GROUPS),
-                     batch_bounds(n, cfg.batch_size), log_prior, temperature, noise)
-    return EpochPlan(epoch, temperature, order, data.x[order], keep, loss)
+    masks = dropout_masks(mask_rng, n, cfg.hidden, cfg.dropout, dev) if cfg.dropout > 0 else None
+    gathered = TrainTensors(data.x[order], data.logp_target[order], data.sample_weight[order], data.group_onehot[order])
+    return EpochPlan(epoch, temperature, order, gathered, masks, noise, batch_bounds(n, cfg.batch_size),
+                     torch.zeros(1 + len(TERMS), device=dev), torch.empty(n, E, device=dev))
 
 
-NATIVE_BATCHES_PER_CALL = 16  # C steps between cancel checks: ~4 ms at batch 128 on a 2-core CPU
-
-
-def train_one_epoch(step: Step | NativeStep, opt: AdamW, plan: EpochPlan, cfg: TrainGatingConfig,
-                    rec: RunRecorder) -> None:
-    """One pass over the train split: forward, closed-form loss gradient, backward, clipped AdamW."""
-    if isinstance(step, NativeStep):
-        keep = plan.keep
-        step.begin_epoch(plan.loss, plan.features, keep.keep if keep else None, keep.scale if keep else 1.0)
-        nb = len(plan.loss.bounds)
-        for b0 in range(0, nb, NATIVE_BATCHES_PER_CALL):
-            step.batches(b0, min(b0 + NATIVE_BATCHES_PER_CALL, nb))
-            rec.check_cancelled()
-        step.end_epoch()
-        return
-    for b, (xb, mb) in enumerate(plan.batches):
-        step.backward(plan.loss.grad(b, step.forward(xb, mb)))
-        opt.step(clip_scale(opt.p.grad, cfg.grad_clip))
+def train_one_epoch(model: GatingMLP, opt: torch.optim.Optimizer, plan: EpochPlan, cfg: TrainGatingConfig,
+                    log_prior: torch.Tensor, rec: RunRecorder) -> None:
+    """One pass over the train split: forward, loss, autograd backward, clipped AdamW step per batch.
+    Nothing here waits for the device: the loss values and weights stay in the plan's buffers."""
+    model.train()
+    params = list(model.parameters())
+    d = plan.data
+    for start, stop in plan.bounds:
+        masks = [m[start:stop] for m in plan.masks] if plan.masks is not None else None
+        noise = plan.noise[start:stop] if plan.noise is not None else None
+        total, terms, routing = losses.gating_loss(
+            model(d.x[start:stop], masks), d.logp_target[start:stop], d.sample_weight[start:stop],
+            d.group_onehot[start:stop], cfg, plan.temperature, log_prior, noise=noise)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        size = stop - start
+        plan.sums[0].add_(total.detach(), alpha=size)
+        plan.sums[1:].add_(terms, alpha=size)
+        plan.weights[start:stop] = routing.weights.detach()
         rec.check_cancelled()
 
 
-def pick_step(step: Step, opt: AdamW, cfg: TrainGatingConfig, device: torch.device) -> Step | NativeStep:
-    """The C kernels' step on the CPU when --cpu-step allows and they build, else the torch step; says which."""
-    if device.type != "cpu" or cfg.cpu_step == "torch":
-        print(f"step: torch ops ({'--cpu-step torch' if device.type == 'cpu' else device.type})", flush=True)
-        return step
+def make_optimizer(model: GatingMLP, cfg: TrainGatingConfig) -> torch.optim.AdamW:
+    """AdamW as one fused kernel where torch has one for the device, else its multi-tensor (foreach) form:
+    the gate's steps are tiny, so per-parameter kernels would be most of their cost."""
     try:
-        native_step = NativeStep(step, opt, cfg.grad_clip, max_rows=cfg.batch_size + 1)
-    except NativeUnavailable as exc:
-        if cfg.cpu_step == "c":
-            raise JobError(f"--cpu-step c: {exc}; or run with --cpu-step torch") from exc
-        print(f"step: torch ops, about 2x slower on the CPU ({exc}; --cpu-step torch hides this note)", flush=True)
-        return step
-    print("step: C kernels (engine/gating/kernels.c; matrix products by torch's BLAS)", flush=True)
-    return native_step
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except RuntimeError:  # "`fused=True` requires all the params to be ... on a supported device"
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def epoch_stats(plan: EpochPlan, cfg: TrainGatingConfig) -> tuple[dict[str, float], torch.Tensor]:
-    """A trained epoch's mean loss terms, and the routing weights each sample got in it (n, E)
-    in the split's order."""
-    loss = plan.loss
-    terms = loss.terms()
-    sums = torch.cat([loss.total(terms)[None], terms]).tolist()
+    """A trained epoch's mean loss terms (each batch weighted by its size), and the routing weights
+    each sample got in it (n, E) in the split's order."""
+    sums = (plan.sums / len(plan.order)).tolist()
     stats = {"train/loss": sums[0]}
     on = {"nll": True, "lb": cfg.router == "top_k" and cfg.lambda_lb > 0, "entropy": cfg.lambda_entropy > 0,
           "resp_kl": cfg.lambda_resp > 0, "prior_kl": cfg.lambda_prior > 0}
     stats.update({f"train/{t}": v for t, v in zip(TERMS, sums[1:]) if on[t]})
-    in_order = torch.empty_like(loss.weights)
-    in_order[plan.order] = loss.weights
+    in_order = torch.empty_like(plan.weights)
+    in_order[plan.order] = plan.weights
     return stats, in_order
 
 
@@ -182,7 +173,6 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(starts, starts[1:] + [n])]
 
 
-
 def evaluate(model: GatingMLP, x: torch.Tensor, prep: PreparedSplit, groups: ClassGroups, cfg,
              temperature: float, prefix: str) -> tuple[dict[str, float], dict]:
     """The gated mixture's scores on a split, and its routing statistics."""
@@ -190,30 +180,42 @@ def evaluate(model: GatingMLP, x: torch.Tensor, prep: PreparedSplit, groups: Cla
     return mixture_metrics(prep, w, groups, prefix), routing_stats(w, prep)
 
 
+@dataclass
+class EpochEnd:
+    """What a report needs of the training state at the end of its epoch, copied there (training
+    goes on meanwhile): the flat parameters, and the optimiser's and scheduler's state for checkpoints."""
+
+    plan: EpochPlan
+    weights: torch.Tensor
+    optimizer: dict
+    scheduler: dict
+    lr: float
+
+
 class EpochWorker:
     """The epoch loop's second thread: it prepares the next epoch and reports the last one.
 
-    Why: at N=10,000 an epoch trains in ~31 ms on one core, while drawing and gathering
-    its batches takes ~4 ms and its report (mixtures over every class on train and val,
-    the log line and events, checkpoints) ~11 ms; on two cores both run beside training.
-    A report evaluates its own model holding a copy of the weights from the end of its
-    epoch, so nothing depends on how the threads interleave. The worker runs its tasks
-    in the order they are given (the random draws of each epoch's plan happen in epoch
-    order); at most one report is in flight: :meth:`report` first waits for the previous
-    one, so an error in a report stops training at the next epoch.
+    Why: an epoch's report (mixtures over every class on train and val, the log line
+    and events, checkpoints) and its plan (order, masks, gathered batches) need not
+    wait for training; on two cores both run beside it. A report evaluates its own
+    model holding a copy of the weights from the end of its epoch, so nothing depends
+    on how the threads interleave. The worker runs its tasks in the order they are
+    given (the random draws of each epoch's plan happen in epoch order); at most one
+    report is in flight: :meth:`report` first waits for the previous one, so an error
+    in a report stops training at the next epoch.
     The train/ metrics are those of the weights the loss saw during the epoch (dropout
     and router noise on), as a training accuracy is everywhere; val/ metrics are of the
     eval-mode gate.
     """
 
-    def __init__(self, cfg: TrainGatingConfig, data: TrainTensors, log_prior: torch.Tensor, gen: torch.Generator,
+    def __init__(self, cfg: TrainGatingConfig, data: TrainTensors, gen: torch.Generator,
                  mask_rng: np.random.Generator, train: PreparedSplit, val: PreparedSplit, val_x: torch.Tensor,
                  groups: ClassGroups, meta: dict, history: list[dict], rec: RunRecorder, threads: int):
-        self.cfg, self.data, self.log_prior, self.gen, self.mask_rng = cfg, data, log_prior, gen, mask_rng
+        self.cfg, self.data, self.gen, self.mask_rng = cfg, data, gen, mask_rng
         self.train, self.val, self.val_x, self.groups = train, val, val_x, groups
         self.meta, self.history, self.rec = meta, history, rec
         self.model = GatingMLP(meta["num_features"], len(train.experts), cfg.hidden, cfg.dropout).to(val_x.device)
-        self.weights = FlatParams(self.model).data
+        self.model.requires_grad_(False)
         self.best, self.best_epoch = float("-inf"), 0
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="gating-epochs", initializer=_worker_settings,
                                        initargs=(threads,))
@@ -221,12 +223,12 @@ class EpochWorker:
 
     def plan(self, epoch: int) -> Future:
         """:func:`plan_epoch` for ``epoch``, as a future."""
-        return self.pool.submit(plan_epoch, epoch, self.data, self.cfg, self.log_prior, self.gen, self.mask_rng)
+        return self.pool.submit(plan_epoch, epoch, self.data, self.cfg, self.gen, self.mask_rng)
 
-    def report(self, plan: EpochPlan, weights: torch.Tensor, lr: float) -> None:
-        """Hand over a trained epoch (``weights``: the flat parameters at its end, copied here)."""
+    def report(self, end: EpochEnd) -> None:
+        """Hand over a trained epoch (its state already copied)."""
         self.wait()
-        self.pending = self.pool.submit(self._report, plan, weights.clone(), lr)
+        self.pending = self.pool.submit(self._report, end)
 
     def wait(self) -> None:
         if self.pending is not None:
@@ -240,33 +242,32 @@ class EpochWorker:
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def _report(self, plan: EpochPlan, weights: torch.Tensor, lr: float) -> None:
-        cfg, rec, experts, epoch, temperature = self.cfg, self.rec, self.train.experts, plan.epoch, plan.temperature
-        self.weights.copy_(weights)
+    def _report(self, end: EpochEnd) -> None:
+        cfg, rec, experts, plan = self.cfg, self.rec, self.train.experts, end.plan
+        epoch, temperature = plan.epoch, plan.temperature
+        vector_to_parameters(end.weights, self.model.parameters())
         stats, train_w = epoch_stats(plan, cfg)
         routing = routing_stats(train_w, self.train)
         _, pred = mixture_predict(self.train, train_w)
         stats["train/mix_acc"] = float((pred == self.train.targets).float().mean())
         stats["train/eff_experts"] = routing["eff_experts"]
         for i, e in enumerate(experts):
-            stats[f"load/{e}"] = routing["mean_weight"][i]
-            stats[f"top1/{e}"] = routing["top1_share"][i]
             stats[f"routed_acc/{e}"] = routing["routed_acc"][i]
         val_metrics, val_routing = evaluate(self.model, self.val_x, self.val, self.groups, cfg, temperature, "val")
         stats.update(val_metrics)
         stats["val/eff_experts"] = val_routing["eff_experts"]
-        stats.update({"temperature": temperature, "lr": lr})
+        stats.update({"temperature": temperature, "lr": end.lr})
         rec.log_epoch(epoch, stats)
-        rec.event("expert_load", epoch=epoch, split=cfg.train_split, experts=experts,
-                  mean_weight=routing["mean_weight"], top1_share=routing["top1_share"])
+        rec.log_expert_load(epoch, experts, routing["mean_weight"], routing["top1_share"])
         self.history.append({"epoch": epoch, **stats})
-        state = {**self.meta, "model": self.model.state_dict(), "epoch": epoch, "temperature": temperature}
+        state = {**self.meta, "model": self.model.state_dict(), "optimizer": end.optimizer,
+                 "scheduler": end.scheduler, "epoch": epoch, "temperature": temperature, "metrics": stats}
         score = stats[TrainGatingConfig.primary_metric]
         if score > self.best:
             self.best, self.best_epoch = score, epoch
-            save_checkpoint({**state, "metrics": stats}, rec.run_dir.checkpoints / "best_gating.pth")
+            save_checkpoint(state, rec.run_dir.checkpoints / "best_gating.pth")
         if epoch == cfg.epochs:
-            save_checkpoint({**state, "metrics": stats}, rec.run_dir.checkpoints / "final_gating.pth")
+            save_checkpoint(state, rec.run_dir.checkpoints / "final_gating.pth")
 
 
 def _worker_settings(threads: int) -> None:
@@ -289,11 +290,9 @@ def train_epochs(model: GatingMLP, data: TrainTensors, cfg: TrainGatingConfig, t
     """
     total = torch.get_num_threads()
     train_threads = max(1, total // 2)
-    params = FlatParams(model)
-    opt = AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step = pick_step(Step(model, params), opt, cfg, params.data.device)
-    lr_factor = linear_warmup_cosine(cfg.warmup_epochs, cfg.epochs)
-    worker = EpochWorker(cfg, data, log_prior, gen, mask_rng, train, val, val_x, groups, meta, history, rec,
+    opt = make_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup_cosine(cfg.warmup_epochs, cfg.epochs))
+    worker = EpochWorker(cfg, data, gen, mask_rng, train, val, val_x, groups, meta, history, rec,
                          threads=max(1, total - train_threads))
     torch.set_num_threads(train_threads)
     try:
@@ -302,9 +301,11 @@ def train_epochs(model: GatingMLP, data: TrainTensors, cfg: TrainGatingConfig, t
             plan = next_plan.result()
             if epoch < cfg.epochs:
                 next_plan = worker.plan(epoch + 1)
-            opt.lr = lr = cfg.lr * lr_factor(epoch - 1)
-            train_one_epoch(step, opt, plan, cfg, rec)
-            worker.report(plan, params.data, lr)
+            lr = opt.param_groups[0]["lr"]
+            train_one_epoch(model, opt, plan, cfg, log_prior, rec)
+            sched.step()
+            worker.report(EpochEnd(plan, parameters_to_vector(model.parameters()).detach().clone(),
+                                   copy.deepcopy(opt.state_dict()), sched.state_dict(), lr))
     finally:
         worker.close()
         torch.set_num_threads(total)
@@ -313,7 +314,7 @@ def train_epochs(model: GatingMLP, data: TrainTensors, cfg: TrainGatingConfig, t
 
 def _group_index(targets: torch.Tensor, groups: ClassGroups) -> torch.Tensor:
     tail = torch.from_numpy(groups.mask("tail"))
-    return tail[targets].long()  # 0 head, 1 tail
+    return tail[targets].long()  # 0 head, 1 tail (GROUPS)
 
 
 def run(spec: JobSpec, rec: RunRecorder) -> None:
@@ -334,7 +335,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     C = train_logits.num_classes
     val_logits = load_split(root, experts, cfg.val_split, num_classes=C, **kw)
     class_w, w_note = load_class_weights(cfg.class_weights, C)
-    counts, c_note = load_class_counts(cfg.class_counts, train_logits.targets, C, cfg.train_share)
+    counts, c_note = load_class_counts(cfg.class_counts, root, experts, train_logits.targets, C, cfg.train_share)
     groups = ClassGroups(tuple(int(c) for c in counts))
     print(f"{w_note}; {c_note}", flush=True)
     test_split = cfg.test_split if cfg.test_split and has_split(root, experts, cfg.test_split) else None
@@ -360,7 +361,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
         x=norm(train.features).to(device),
         logp_target=train.logp_target.to(device),
         sample_weight=torch.from_numpy(class_w).float()[train.targets].to(device),
-        group=group.to(device),
+        group_onehot=torch.nn.functional.one_hot(group, len(GROUPS)).float().to(device),
     )
     val_x = norm(val.features).to(device)
     log_prior = log_prior.to(device)

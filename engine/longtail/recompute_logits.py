@@ -6,10 +6,12 @@ a second; the manifest is written last, so a folder with a manifest is complete.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from engine.common.device import pick_device, uses_channels_last
-from engine.common.logit_files import MANIFEST, sha256_file, write_split_logits
+from engine.common.logit_files import MANIFEST, MANIFEST_VERSION, sha256_file, write_split_logits
 from engine.common.metrics import classification_metrics
 from engine.core.config import JobSpec
 from engine.core.errors import JobError
@@ -38,6 +40,18 @@ def predict_with_backoff(model, feed, batch_size: int, amp: bool) -> tuple[torch
             batch_size //= 2
 
 
+def train_split_record(index, checkpoint: Path, splits_dir: str | None) -> dict:
+    """The train-LT split the expert was trained on (engine.common.logit_files.TrainSplit): the
+    gating stage's head/tail groups come from its counts, not from the smaller gating split, where
+    a class with no gating image would move the boundary. ``file``: its class_counts.json, from
+    --splits-dir or the expert's own run directory, where one is on disk."""
+    candidates = [Path(splits_dir) / "class_counts.json"] if splits_dir else []
+    candidates.append(checkpoint.parent.parent / "artifacts" / "splits" / "class_counts.json")
+    found = next((f for f in candidates if f.is_file()), None)
+    return {"fingerprint": index.fingerprint, "class_counts": [int(c) for c in index.lt_counts],
+            "file": str(found.resolve()) if found else None}
+
+
 def run(spec: JobSpec, rec: RunRecorder) -> None:
     cfg: RecomputeLogitsConfig = spec.config  # type: ignore[assignment]
     unknown = [s for s in cfg.splits if s not in SPLIT_NAMES]
@@ -51,8 +65,8 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
         raise JobError(f"the experts have different numbers of classes ({sorted(classes)}); export them separately")
 
     out = rec.run_dir.artifacts / "logits"
-    manifest = {"checkpoint_prefix": cfg.checkpoint_prefix, "num_classes": classes.pop(), "splits": cfg.splits,
-                "experts": {}}
+    manifest = {"version": MANIFEST_VERSION, "checkpoint_prefix": cfg.checkpoint_prefix, "num_classes": classes.pop(),
+                "splits": cfg.splits, "experts": {}}
     data_cache: dict = {}
     batch = cfg.batch_size or (512 if device.type == "cuda" else 64)
     cl = uses_channels_last(device, cfg.amp)
@@ -78,7 +92,8 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
             name, n = f"{base}_{n}", n + 1
         entry = {"source": str(path.resolve()), "source_sha256": sha256_file(path), "arch": tcfg.arch,
                  "loss": tcfg.loss, "temperature": temperature, "dataset": data.name,
-                 "splits_fingerprint": data.index.fingerprint, "splits": {}}
+                 "splits_fingerprint": data.index.fingerprint,
+                 "train_split": train_split_record(data.index, path, tcfg.splits_dir), "splits": {}}
         scores = {}
         for split in cfg.splits:
             feed = make_feed(data, split, device, cl, tcfg.image_size, tcfg.workers)
