@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from engine.gating import train_gating
 from engine.core.procs import EXIT_CRASH, EXIT_OK
 from engine.core.recorder import RunRecorder
 from engine.core.rundir import RunDir
-from tests.gating_synth import write_head_tail_experts
+from tests.gating_synth import COUNTS, write_head_tail_experts, write_npz
 from tests.helpers import read_events
 
 EPOCHS = 8
@@ -113,3 +114,30 @@ def test_the_jobs_threads_are_split_between_training_and_the_worker(tmp_path, mo
     finally:
         torch.set_num_threads(before)
     assert seen == {"train": [train, train], "worker": [worker, worker]}
+
+
+def test_a_class_with_no_gating_image_keeps_its_group_from_the_experts_train_split(tmp_path):
+    """Class 4 has 40 train-LT images (head) but none in the gating split: the job takes the
+    boundary from the train split the manifest records, not from the gating split's counts."""
+    logits = write_head_tail_experts(tmp_path / "logits", scale=2)
+    for expert in ("head_expert", "tail_expert"):
+        path = logits / expert / "gating_logits.npz"
+        with np.load(path) as f:
+            keep = f["targets"] != 4
+            z, y = f["logits"][keep], f["targets"][keep]
+        write_npz(path, z, y)
+    split = {"fingerprint": "synthetic", "class_counts": COUNTS, "file": None}
+    (logits / "manifest.json").write_text(json.dumps({"version": 2, "num_classes": 10, "experts": {
+        e: {"splits": {}, "train_split": split} for e in ("head_expert", "tail_expert")}}))
+    spec = parse_argv(["train-gating", "--logits-dir", str(logits), "--experts", "head_expert,tail_expert",
+                       "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "16", "--threads", "1",
+                       "--test-split", "none"])
+    rec = RunRecorder(RunDir.create(tmp_path / "runs"), kind=spec.kind, config=spec.config.model_dump(mode="json"),
+                      argv=spec.argv, total_epochs=1)
+    rec._tee_output = lambda: None
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), rec:
+        train_gating.run(spec, rec)
+    assert rec.exit_code == EXIT_OK
+    inputs = json.loads((rec.run_dir.artifacts / "inputs.json").read_text())
+    assert inputs["groups"]["head"] == [0, 1, 2, 3, 4] and inputs["class_counts"].startswith("class counts of the experts'")
+    assert load_checkpoint(rec.run_dir.checkpoints / "final_gating.pth")["class_counts"] == COUNTS
