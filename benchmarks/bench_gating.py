@@ -255,7 +255,7 @@ def inat_peak_rss(tmp: Path) -> tuple[float, float, float, float]:
 def c_build_seconds(cache: Path) -> float:
     """Seconds to build the C step from its source into an empty ``cache``; the user's cached build is
     then loaded again for the jobs (in-process, they share this process's ``native.load``)."""
-    from engine import native as builds
+    from engine.fast import builder as builds
     from engine.gating import native
 
     def forget():

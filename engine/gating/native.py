@@ -1,4 +1,4 @@
-"""The gating step's C kernels (kernels.c), built by :mod:`engine.native`, and the structs they take."""
+"""The gating step's C kernels (kernels.c), built by :mod:`engine.fast.builder`, and the structs they take."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import platform
 from functools import cache
 from pathlib import Path
 
-from engine.native import NativeUnavailable, build
+from engine.fast.builder import KernelUnavailable as NativeUnavailable
+from engine.fast.builder import build
 
 SOURCE = Path(__file__).with_name("kernels.c")
 
