@@ -9,7 +9,7 @@ computes it now, version 2) with models of rising size, all built for throughput
 
 - one model per (n, k) (routing by the code's own (n, k), a hard MoE), each
   with one output per m: a code's features and forward pass serve all its labels;
-- features computed once per code, batched (``engine/mheight/minors.py``).
+- features computed once per code, batched (``engine/mheight/minors.py``, in C ``engine/fast/minors.c``).
 
 Same run, same CPU, one thread: the generator labels the held-out codes
 (its labels/s is the reference), then each pair is trained briefly and timed
@@ -41,12 +41,13 @@ V2_NUMPY = "minors v2 (engine, numpy)"
 def _features(P: np.ndarray, kind: str) -> np.ndarray:
     """(B, F) float32 features of codes P (B, k, n-k) of one (n, k)."""
     from benchmarks.mheight_features_v1 import minor_stats as minor_stats_v1
-    from engine.mheight.minors import minor_stats
+    from engine.fast.minors import minor_stats_c
+    from engine.mheight.minors import minor_stats_numpy
 
-    if kind == V2:  # the very function engine/mheight/data.py trains and predicts with, nothing added
-        return minor_stats(P, "c")
-    if kind == V2_NUMPY:  # its numpy twin, what runs without a C compiler
-        return minor_stats(P, "numpy")
+    if kind == V2:  # what engine/mheight/data.py trains and predicts with (--cpu-kernels auto), nothing added
+        return minor_stats_c(P)
+    if kind == V2_NUMPY:  # its numpy definition, what runs with --cpu-kernels off or without a C compiler
+        return minor_stats_numpy(P)
     absP = np.abs(P)
     # sorted log2 row and column L1 norms: invariant to signed permutations, cheap
     norms = [np.sort(np.log2(np.maximum(absP.sum(a), 0.5)), 1) for a in (2, 1)]
@@ -249,11 +250,11 @@ Features: "no minors" = sorted |P| entries and sorted log2 row/column L1 norms; 
 min, 10%, median, max, mean of log2 |det| over the 1 x 1 and 2 x 2 submatrices, plus the norms;
 "all minors" = the same statistics for every square size (version 1 of the `--minor-features`
 inputs, `benchmarks/mheight_features_v1.py`), in float64 (exact for integer P) or float32.
-"{V2}" = `engine.mheight.minors.minor_stats`, what `--minor-features` computes now: min, mean, std
+"{V2}" = `engine.fast.minors.minor_stats`, what `--minor-features` computes now: min, mean, std
 of log2 |det| per size and nothing else, P's square minors computed directly in float32, log2 from the
-float's bits (within 0.086), no sort; in C (`engine/mheight/minors.c`, 16 codes per vector, built with
-the system compiler), or as "{V2_NUMPY}", the same numbers from numpy's whole-array passes, which runs
-where no C compiler does.
+float's bits (within 0.086), no sort; in C (`engine/fast/minors.c`, 16 codes per vector, built with
+the system compiler), or as "{V2_NUMPY}" (`engine.mheight.minors.minor_stats_numpy`, the definition), the
+same numbers from numpy's whole-array passes, which runs with `--cpu-kernels off` or where no C compiler does.
 
 - {verdict}. Fastest overall: {fastest[0]} + {fastest[1]}, {fastest[4]:,.0f}x at {fastest[2]:.3f}.
 - Issue target (>= 1,000x at <= 0.40): {'met' if best_ok and best_ok[4] >= 1000 else '**not met**'} on this CPU by the

@@ -134,8 +134,8 @@ def run() -> str:
             rows.append(f"| {name} | {ev['test/log2_mse']:.3f} | {timings[name]:.0f} | {path} | {rate:,.0f} | "
                         f"{rate / gen_rate:,.0f}x |")
         torch_ev = _summary(_engine(ws, "mheight", "evaluate", str(runs[FAST_MOE]), "--data", str(held), "--threads", "1",
-                                    "--cpu-forward", "torch"))
-        rows.append(f"| {FAST_MOE}, `--cpu-forward torch` | {torch_ev['test/log2_mse']:.3f} | - | torch | "
+                                    "--cpu-kernels", "off"))
+        rows.append(f"| {FAST_MOE}, `--cpu-kernels off` (numpy features, torch forward) | {torch_ev['test/log2_mse']:.3f} | - | torch | "
                     f"{torch_ev['predict_per_s']:,.0f} | {torch_ev['predict_per_s'] / gen_rate:,.0f}x |")
         moe = results[FAST_MOE]
         met = moe["test/log2_mse"] <= 0.40 and moe["predict_per_s"] >= 1000 * gen_rate
@@ -160,7 +160,7 @@ then `mheight finetune --top-k 2 --gate-hidden 0`. One torch thread per job. Log
   {moe['forward_seconds'] * 1e3:.2f} ms of forward pass (forward.c) for the {held_labels:,} held-out labels' codes.
 - predictions/s is the `evaluate` job's: finite held-out labels per second from raw P to predictions, features
   included, the best timed pass after a warm-up ({moe['timed_passes']:.0f} passes for the fast MoE); "forward" says which path ran
-  (`--cpu-forward auto` picks C where it applies). The generator's is the exact labelling of the same codes in
+  (`--cpu-kernels auto`, the default, picks C where it applies). The generator's is the exact labelling of the same codes in
   this process, one thread, best of 3 (the held-out `generate` job itself, job start and shard writes
   included, made {job_rate:,.0f} labels/s).
 - Data generation took {gen_s:.0f} s.

@@ -124,6 +124,21 @@ def test_no_job_module_imports_another():
     assert not bad, bad
 
 
+def test_the_fast_kernels_import_no_job_and_their_switch_only_the_stdlib():
+    """engine/fast serves the jobs (they import it), never the other way; its switch is read by the
+    job configs, which the manager loads without torch or numpy."""
+    from engine.core.config import JOBS
+
+    jobs = {cls.job for cls in JOBS.values()}
+    graph = _internal_graph()
+    fast = [m for m in graph if m.startswith("engine.fast")]
+    assert "engine.fast.switch" in fast
+    bad = [f"{m} imports {dep}" for m in sorted(fast) for dep in sorted(graph[m] & jobs)]
+    assert not bad, bad
+    switch = [mod for mod, _ in imports(ROOT / "engine" / "fast" / "switch.py")]
+    assert all(mod.split(".")[0] in sys.stdlib_module_names for mod in switch), switch
+
+
 def test_every_job_module_lives_in_its_workload_package():
     from engine.core.config import JOBS
 

@@ -1,4 +1,5 @@
-"""Minor statistics (the models' fast features) against determinants computed one by one."""
+"""Minor statistics (the models' fast features) against determinants computed one by one, and
+the C kernel (engine/fast/minors.c) against the numpy definition."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import itertools
 import numpy as np
 import pytest
 
+from engine.fast.minors import minor_stats, minor_stats_c
 from engine.mheight import minors
-from engine.mheight.minors import STATS, minor_stats, plan, square_minors
+from engine.mheight.minors import STATS, minor_stats_numpy, plan, square_minors
+
+IMPLS = {"numpy": minor_stats_numpy, "c": minor_stats_c}
 
 MITCHELL = 0.0861  # max error of log2 from a float's bits: max over f in [0, 1) of log2(1 + f) - f
 
@@ -45,7 +49,7 @@ def test_minor_stats_are_the_statistics_of_the_determinants(n, k, impl):
     # entries in [-10, 10]: every minor of these sizes is an exact integer in float32 too, so the only
     # difference from the exact statistics is the approximated log2
     P = _codes(n, k, 300, 10, n * 10 + k + 1)
-    got = minor_stats(P, impl)
+    got = IMPLS[impl](P)
     assert got.shape == (300, STATS * min(k, n - k)) and got.dtype == np.float32
     worst = 0.0
     for b in (0, 1, 4, 5, 100, 299):  # the brute force is slow: a few codes, the singular ones included
@@ -62,12 +66,12 @@ def test_minor_stats_are_the_statistics_of_the_determinants(n, k, impl):
 def test_chunks_and_reused_buffers_do_not_mix_codes(monkeypatch):
     monkeypatch.setattr(minors, "CHUNK", 64)
     P = _codes(10, 5, 150, 100, 3)  # 64 + 64 + 22: the last chunk has another shape
-    together = minor_stats(P, "numpy")
+    together = minor_stats_numpy(P)
     square_minors(P[:7].astype(np.float32))  # overwrite the shared buffers in between
-    alone = np.concatenate([minor_stats(P[i:i + 1], "numpy") for i in range(len(P))])
+    alone = np.concatenate([minor_stats_numpy(P[i:i + 1]) for i in range(len(P))])
     # float32 sums over a batch of one and of 64 round differently (~1e-4 on a std); a mixed-up code is off by units
     np.testing.assert_allclose(together, alone, atol=1e-3)
-    np.testing.assert_array_equal(minor_stats(P[:64], "numpy"), together[:64])
+    np.testing.assert_array_equal(minor_stats_numpy(P[:64]), together[:64])
 
 
 @pytest.mark.parametrize("impl", ["numpy", "c"])
@@ -76,10 +80,10 @@ def test_threads_computing_features_at_once_get_the_same_results(impl):
     from concurrent.futures import ThreadPoolExecutor
 
     codes = [_codes(10, 5, 300, 100, seed) for seed in range(8)]
-    alone = [minor_stats(P, impl).copy() for P in codes]
+    alone = [IMPLS[impl](P).copy() for P in codes]
     with ThreadPoolExecutor(4) as pool:
         for _ in range(3):
-            together = list(pool.map(lambda P: minor_stats(P, impl), codes))
+            together = list(pool.map(lambda P: IMPLS[impl](P), codes))
             for a, b in zip(alone, together):
                 np.testing.assert_array_equal(a, b)
 
@@ -94,32 +98,43 @@ def test_the_c_kernel_is_the_numpy_definition(n, k):
     for count in (1, 15, 16, 17, 300):
         for P in (_codes(n, k, count, 100, count), rng.normal(0, 50, (count, k, n - k)),
                   rng.integers(-10**6, 10**6, (count, k, n - k)).astype(np.float64)):
-            got, want = minor_stats(P, "c"), minor_stats(P, "numpy")
+            got, want = minor_stats_c(P), minor_stats_numpy(P)
             stat = np.arange(got.shape[1]) % STATS
             np.testing.assert_array_equal(got[:, stat == 0], want[:, stat == 0])
             np.testing.assert_allclose(got[:, stat == 1], want[:, stat == 1], rtol=1e-6)
             np.testing.assert_allclose(got[:, stat == 2], want[:, stat == 2], atol=1e-3)
 
 
-def test_without_a_compiler_c_is_an_error_and_auto_is_numpy_said_once(monkeypatch, tmp_path, capsys):
-    from engine import native
+def test_the_switch_picks_c_or_numpy_and_a_missing_compiler_is_said_once(monkeypatch, tmp_path, capsys):
+    from engine.fast import builder, switch
+    from engine.fast import minors as fast
+
+    P = _codes(10, 5, 20, 100, 5)
+    calls = []
+    real = fast.minor_stats_c
+    monkeypatch.setattr(fast, "minor_stats_c", lambda *a: calls.append(1) or real(*a))
+    np.testing.assert_array_equal(minor_stats(P, "off"), minor_stats_numpy(P))
+    assert calls == []  # off: the kernel is not even tried
+    np.testing.assert_array_equal(minor_stats(P, "auto"), real(P))
+    assert calls == [1]
 
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setenv("MOE_TUI_CACHE", str(tmp_path))
-    monkeypatch.setattr(minors, "_fallback_said", False)
-    P = _codes(10, 5, 20, 100, 5)
-    minors._kernel.cache_clear()
-    native.build.cache_clear()
+    monkeypatch.setattr(switch, "_said", set())
+    fast._kernel.cache_clear()
+    builder.build.cache_clear()
     try:
-        with pytest.raises(native.NativeUnavailable, match="/nonexistent/cc"):
-            minor_stats(P, "c")
-        np.testing.assert_array_equal(minor_stats(P), minor_stats(P, "numpy"))
+        with pytest.raises(builder.KernelUnavailable, match="/nonexistent/cc"):
+            real(P)
+        np.testing.assert_array_equal(minor_stats(P), minor_stats_numpy(P))
         minor_stats(P)
     finally:
-        minors._kernel.cache_clear()
-        native.build.cache_clear()
+        fast._kernel.cache_clear()
+        builder.build.cache_clear()
     said = capsys.readouterr().out.splitlines()
     assert len(said) == 1 and said[0].startswith("note: minor features in numpy") and "/nonexistent/cc" in said[0]
+    with pytest.raises(ValueError, match="choose auto or off"):
+        minor_stats(P, "c")
 
 
 def test_version_1_reference_matches_determinants_one_by_one():

@@ -13,7 +13,7 @@ import torch
 from engine.mheight.codes import check_code
 from engine.mheight.lp import height_lp, heights_lp, heights_lp_codes
 from engine.mheight.lp_baselines import height_lp_scipy
-from engine.mheight.solver import height_enumerate, heights_batch
+from engine.mheight.solver import height_enumerate, heights_batch, heights_enumerate
 from engine.core.errors import JobError
 from tests.helpers import BIN
 
@@ -173,6 +173,19 @@ def test_bad_codes_are_refused_in_one_line(n, k, m, P, msg):
 def _height_cli(payload: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "engine"), "mheight", "height", *args], input=payload,
                           capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("n,k,integer", [(5, 2, False), (7, 3, True), (9, 4, True), (10, 5, True), (10, 6, False)])
+def test_one_enumeration_for_every_m_is_the_per_m_results(n, k, integer):
+    """heights_enumerate (what `engine mheight height` runs per code) equals one height_enumerate
+    per m, for every m from 0 to n (finite and infinite ones), in any order, with repeats."""
+    rng = np.random.default_rng(n * 100 + k)
+    ms = [n, 0, *range(1, n), 2]
+    for P in _random_codes(rng, n, k, 4, integer):
+        together = heights_enumerate(n, k, ms, P)
+        alone = [height_enumerate(n, k, m, P) for m in ms]
+        assert together == alone
+        assert math.isinf(together[0]) and together[1] == 1.0 and math.isfinite(together[2])
 
 
 def test_height_cli_json_in_json_out_with_inf():

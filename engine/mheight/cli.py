@@ -79,15 +79,11 @@ def height_tool(argv: list[str]) -> int:
     except json.JSONDecodeError as e:
         raise JobError(f"input is not valid JSON ({e}); give an object or a list of objects with n, k, m, P") from None
     codes = data if isinstance(data, list) else [data]
+    # both serve every m of a code at once: one HiGHS model, or one vertex enumeration
     if args.method == "lp":
-        from engine.mheight.lp import (
-            heights_lp as solve,  # one HiGHS model serves every m of a code
-        )
+        from engine.mheight.lp import heights_lp as solve
     else:
-        from engine.mheight.solver import height_enumerate
-
-        def solve(n, k, ms, P):
-            return [height_enumerate(n, k, m, P) for m in ms]
+        from engine.mheight.solver import heights_enumerate as solve
     out = []
     for i, code in enumerate(codes):
         where = f"code {i}"

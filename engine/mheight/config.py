@@ -11,6 +11,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from engine.core.config import JobConfig, register
+from engine.fast.switch import HELP as CPU_KERNELS_HELP
+from engine.fast.switch import CpuKernels
 
 # The course grid: n in {9, 10}, k in {4, 5, 6}, m = 2..n-k (21 groups).
 COURSE_N = [9, 10]
@@ -118,6 +120,7 @@ class _MHeightFitConfig(JobConfig):
     seed: int = Field(0, description="seed of initialisation, batch order and augmentation")
     device: str = Field("auto", description=DEVICE_HELP)
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice")
+    cpu_kernels: CpuKernels = Field("auto", description=CPU_KERNELS_HELP)
 
     primary_metric: ClassVar[str] = "val/log2_mse"
 
@@ -195,9 +198,7 @@ class MHeightEvaluateConfig(JobConfig):
     checkpoint: str = Field(..., description="a checkpoint file, or a train/finetune run directory (its best.pth)")
     data: str = Field(..., description="a generate/import run directory or its shards/ folder")
     batch_size: int = Field(16384, ge=1, description="codes per forward pass")
-    cpu_forward: Literal["auto", "c", "torch"] = Field(
-        "auto", description="forward pass on a CPU: 'c' (engine/mheight/forward.c; fc with --no-norm --act relu and sparse MoEs of them "
-                            "with --gate-hidden 0), 'torch', or 'auto' (c where it applies and a C compiler works)")
+    cpu_kernels: CpuKernels = Field("auto", description=CPU_KERNELS_HELP)
     device: str = Field("auto", description=DEVICE_HELP)
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice")
 

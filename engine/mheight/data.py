@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from engine.core.errors import JobError
+from engine.fast.switch import CpuKernels
 from engine.mheight.config import PAD
 from engine.mheight.minors import FEATURE_VERSION as MINOR_FEATURE_VERSION
 from engine.mheight.minors import (
@@ -56,18 +57,18 @@ def by_pair(n: np.ndarray, k: np.ndarray) -> list[tuple[int, int, slice | np.nda
     return [(nn, kk, np.flatnonzero((n == nn) & (k == kk))) for nn, kk in sorted(set(zip(n.tolist(), k.tolist())))]
 
 
-def input_features(P: np.ndarray, n: np.ndarray, k: np.ndarray, minors: bool) -> np.ndarray:
+def input_features(P: np.ndarray, n: np.ndarray, k: np.ndarray, minors: bool, kernels: CpuKernels = "auto") -> np.ndarray:
     """(N, F) float32 features of codes P (N, pad, pad): ``pair_features``, then with ``minors`` the
     statistics of log2 |det| of P's square submatrices per size 1..PAD (version MINOR_FEATURE_VERSION:
     checkpoints record it, ``check_minor_features`` refuses a model trained on others).
 
     Every entry of a vertex codeword is a ratio of two such minors (Cramer), so
     their magnitudes say most of what the height depends on; a net given raw P
-    would have to learn determinants. ``minors.minor_stats`` computes them, the function the
-    prediction-speed benchmark times; singular minors count as |det| = 0.5 (log2 = -1); sizes a
-    code does not have are 0.
+    would have to learn determinants. ``engine.fast.minors.minor_stats`` computes them (in C unless
+    ``kernels`` is "off"), the function the prediction-speed benchmark times; singular minors count
+    as |det| = 0.5 (log2 = -1); sizes a code does not have are 0.
     """
-    from engine.mheight.minors import minor_stats
+    from engine.fast.minors import minor_stats
 
     F0 = feature_dim()
     out = np.zeros((len(P), F0 + (MINOR_FEATURES if minors else 0)), dtype=np.float32)
@@ -76,9 +77,9 @@ def input_features(P: np.ndarray, n: np.ndarray, k: np.ndarray, minors: bool) ->
         if minors:
             width = MINOR_STATS * min(kk, nn - kk)
             if isinstance(rows, slice):  # views on both sides: the kernel reads and writes in place
-                minor_stats(P[rows, :kk, :nn - kk], out=out[rows, F0:F0 + width], scale=0.1)
+                minor_stats(P[rows, :kk, :nn - kk], kernels, out=out[rows, F0:F0 + width], scale=0.1)
             else:
-                out[rows, F0:F0 + width] = minor_stats(P[rows, :kk, :nn - kk], scale=0.1)
+                out[rows, F0:F0 + width] = minor_stats(P[rows, :kk, :nn - kk], kernels, scale=0.1)
     return out
 
 
@@ -132,16 +133,17 @@ def augment(P: torch.Tensor, k: torch.Tensor, r: torch.Tensor, gen: torch.Genera
 
 
 def model_inputs(P: np.ndarray, n: np.ndarray, k: np.ndarray, scale: float, canonical: bool, minors: bool,
-                 p_input: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                 p_input: bool, device: torch.device, kernels: CpuKernels = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """What a model reads about codes P (N, pad, pad) (raw, zero-padded): P scaled (and canonicalised),
     and the features. The whole cost of turning a code into a model input, so evaluate times it.
-    Without ``p_input`` the model reads no entry of P: it is neither scaled nor canonicalised."""
+    Without ``p_input`` the model reads no entry of P: it is neither scaled nor canonicalised.
+    ``kernels``: --cpu-kernels, for the minor features (computed on the CPU whatever the device)."""
     Pt = torch.from_numpy(np.ascontiguousarray(P, dtype=np.float32))
     if p_input:
         Pt = Pt / scale
         if canonical:
             Pt = canonicalize(Pt)
-    return Pt.to(device), torch.from_numpy(input_features(P, n, k, minors)).to(device)
+    return Pt.to(device), torch.from_numpy(input_features(P, n, k, minors, kernels)).to(device)
 
 
 @dataclass
@@ -171,15 +173,17 @@ class CodeSet:
 
     @classmethod
     def from_labels(cls, labels: LabelSet, groups: list[tuple[int, int, int]], scale: float, canonical: bool,
-                    device: torch.device, minors: bool = False, p_input: bool = True) -> "CodeSet":
+                    device: torch.device, minors: bool = False, p_input: bool = True,
+                    kernels: CpuKernels = "auto") -> "CodeSet":
         """The codes of ``labels`` that have at least one finite label."""
-        return cls.from_codes(codes_of(labels), groups, scale, canonical, device, minors, p_input)
+        return cls.from_codes(codes_of(labels), groups, scale, canonical, device, minors, p_input, kernels)
 
     @classmethod
     def from_codes(cls, codes: "Codes", groups: list[tuple[int, int, int]], scale: float, canonical: bool,
-                   device: torch.device, minors: bool = False, p_input: bool = True) -> "CodeSet":
+                   device: torch.device, minors: bool = False, p_input: bool = True,
+                   kernels: CpuKernels = "auto") -> "CodeSet":
         t0 = time.perf_counter()
-        P, feats = model_inputs(codes.P, codes.n, codes.k, scale, canonical, minors, p_input, device)
+        P, feats = model_inputs(codes.P, codes.n, codes.k, scale, canonical, minors, p_input, device, kernels)
         seconds = time.perf_counter() - t0
         index = {g: i for i, g in enumerate(groups)}
         gid = np.full(codes.log2h.shape, -1, dtype=np.int64)

@@ -3,7 +3,7 @@
 Writes artifacts/predictions.npz (n, k, m, target, prediction for every finite label).
 predict_per_s is finite labels per second from raw P to predictions (input features included),
 the best timed pass after a warm-up one (see below); on a CPU the forward pass runs in C where it applies
-(``--cpu-forward``, engine/mheight/native_forward.py).
+(``--cpu-kernels``, engine/fast/forward.py), and so do the minor features.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from engine.common.device import pick_device
 from engine.core.config import JobSpec
 from engine.core.recorder import RunRecorder
 from engine.core.rundir import atomic_write
+from engine.fast.forward import forward_for
 from engine.mheight.config import PAD, MHeightEvaluateConfig
 from engine.mheight.data import MAX_M, CodeSet, codes_of, model_inputs, mse_metrics
-from engine.mheight.fit import cpu_forward, load_model, predict
+from engine.mheight.fit import load_model, predict
 from engine.mheight.shards import load_labels
 
 TIMED_PASSES = 3
@@ -37,9 +38,9 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     labels, _ = load_labels(cfg.data, state.get("pad", PAD))
     codes = codes_of(labels)
     how = dict(scale=state["scale"], canonical=state["canonicalize"], minors=state.get("minor_features", False),
-               p_input=state["p_input"], device=device)
+               p_input=state["p_input"], device=device, kernels=cfg.cpu_kernels)
     data = CodeSet.from_codes(codes, labels.finite_groups(), **how)
-    forward = cpu_forward(model, cfg.cpu_forward) if device.type == "cpu" else None
+    forward = forward_for(model, cfg.cpu_kernels, device.type)
     predict(model, data, cfg.batch_size, forward)  # warm-up: the first call of each path builds and caches
     # Timed: everything from the codes' raw P to the predictions, as the generator is timed from P to
     # labels. The best pass, as the benchmarks time the generator: at least TIMED_PASSES, and more

@@ -81,8 +81,10 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     p_input = expert["p_input"]
     if p_input != cfg.p_input:
         print(f"note: using p_input={p_input}, as the experts were trained", flush=True)
-    train = CodeSet.from_labels(train_l, train_l.finite_groups(), scale, canonical, device, minors, p_input)
-    val = CodeSet.from_labels(val_l, val_l.finite_groups(), scale, canonical, device, minors, p_input)
+    train = CodeSet.from_labels(train_l, train_l.finite_groups(), scale, canonical, device, minors, p_input,
+                                cfg.cpu_kernels)
+    val = CodeSet.from_labels(val_l, val_l.finite_groups(), scale, canonical, device, minors, p_input,
+                              cfg.cpu_kernels)
     moe.gate_inputs.set(net_input(train.P, train.feats, p_input))  # the experts keep their own
     gate_params = list(moe.gate.parameters()) + [moe.log_temp]
     opt = torch.optim.AdamW([

@@ -145,30 +145,6 @@ def predict(model: Regressor, data: CodeSet, batch_size: int = 16384, forward=No
     return torch.cat(outs) if outs else data.y.new_zeros(data.y.shape)
 
 
-def cpu_forward(model: Regressor, choice: str):
-    """The forward pass ``predict`` should use on a CPU: forward.c's (``native_forward``) or the model's own (None)."""
-    if choice == "torch":
-        return None
-    from engine.mheight.native_forward import NativeForward, unsupported
-    from engine.native import NativeUnavailable
-
-    why = unsupported(model)
-    if why is not None:
-        if choice == "c":
-            raise JobError(f"--cpu-forward c does not cover {why}; use --cpu-forward torch")
-        print(f"forward: torch (forward.c does not cover {why})", flush=True)
-        return None
-    try:
-        forward = NativeForward(model)
-    except NativeUnavailable as exc:
-        if choice == "c":
-            raise JobError(f"--cpu-forward c: {exc}") from None
-        print(f"note: forward pass in torch ({exc})", flush=True)
-        return None
-    print("forward: C (engine/mheight/forward.c)", flush=True)
-    return forward
-
-
 def evaluate(model: Regressor, data: CodeSet, prefix: str) -> dict[str, float]:
     return mse_metrics(predict(model, data), data, prefix)
 

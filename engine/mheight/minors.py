@@ -20,27 +20,23 @@ below was measured, one thread (docs/mheight.md; `python -m benchmarks mheight_f
 - sort-free statistics per size (min, mean, std): version 1's 10% and median quantiles
   needed a sort per size.
 
-FEATURE_VERSION names what ``minor_stats`` returns; checkpoints record it, and a model
+FEATURE_VERSION names what ``minor_stats_numpy`` (and its C twin) returns; checkpoints record it, and a model
 trained on other features is refused (``engine.mheight.data.check_minor_features``).
 
-The same arithmetic in C (minors.c, built by engine/native.py on first use) runs
-instead where a C compiler works: LANES codes at a time in L1 instead of whole-array
-passes, several times faster; the numpy version below stays the definition and the
-fallback, and tests hold the two together.
+The same arithmetic in C (engine/fast/minors.c, built on first use; ``engine.fast.minors.minor_stats``
+chooses, by ``--cpu-kernels``) runs instead where a C compiler works: LANES codes at a time in L1
+instead of whole-array passes, several times faster; the numpy version here stays the definition
+and the fallback, and tests hold the two together.
 """
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import threading
 from dataclasses import dataclass
-from functools import cache, lru_cache
-from pathlib import Path
+from functools import lru_cache
 
 import numpy as np
-
-from engine.native import NativeUnavailable, build
 
 FEATURE_VERSION = 2  # 1: min, 10%, median, max, mean of exact log2 |minor| (Laplace pass over G)
 STATS = 3  # min, mean, std of log2 |minor|, per size
@@ -161,77 +157,13 @@ def log2_bits(A: np.ndarray) -> np.ndarray:
     return bits
 
 
-SOURCE = Path(__file__).with_name("minors.c")
-
-
-@cache
-def _kernel() -> ctypes.CDLL:
-    lib = build(SOURCE)
-    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.minor_stats.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, i64, ptr, i64, ctypes.c_float]
-    lib.minor_stats.restype = None
-    return lib
-
-
-@lru_cache(maxsize=None)
-def _c_plan(k: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``plan(k, r)`` as minors.c reads it: each size's entry and sub tables in one int32 array, starts, counts."""
-    p = plan(k, r)
-    tables = np.concatenate([np.concatenate([e.ravel(), s.ravel()]) for e, s in p.steps] or [np.empty(0)])
-    return tables.astype(np.int32), p.starts.astype(np.int64), p.counts.astype(np.int64)
-
-
-_fallback_said = False
-
-
-def minor_stats(P: np.ndarray, impl: str = "auto", out: np.ndarray | None = None, scale: float = 1.0) -> np.ndarray:
+def minor_stats_numpy(P: np.ndarray) -> np.ndarray:
     """(B, STATS * min(k, n-k)) float32: per size s, min, mean, std of log2 |det| over P's s x s submatrices.
 
     P: (B, k, n-k), one (n, k). Singular minors count as |det| = 0.5 (log2 = -1); log2 is
-    Mitchell's approximation (``log2_bits``). ``impl``: "c" (minors.c; NativeUnavailable when it
-    cannot be built), "numpy" (:func:`minor_stats_numpy`), "auto" (C, else numpy, said once).
-    ``out`` (a float32 (B, STATS * sizes) view, rows may be strided) receives the statistics
-    times ``scale``: the C kernel reads a view of padded codes and writes into a wider feature
-    array in place, with no copy on either side.
+    Mitchell's approximation (``log2_bits``). The definition, and what runs without a C compiler;
+    models read it through ``engine.fast.minors.minor_stats`` (C where it runs, else this).
     """
-    global _fallback_said
-    if impl != "numpy":
-        try:
-            lib = _kernel()
-        except NativeUnavailable as exc:
-            if impl == "c":
-                raise
-            if not _fallback_said:
-                _fallback_said = True
-                print(f"note: minor features in numpy, several times slower ({exc})", flush=True)
-        else:
-            B, k, r = P.shape
-            if P.dtype != np.float32 or P.strides[2] != 4:
-                P = np.ascontiguousarray(P, dtype=np.float32)
-            tables, starts, counts = _c_plan(k, r)
-            if out is None:
-                out = np.empty((B, STATS * len(counts)), dtype=np.float32)
-            _check_out(out, B, STATS * len(counts))
-            lib.minor_stats(P.ctypes.data, B, k, r, P.strides[0] // 4, P.strides[1] // 4, tables.ctypes.data,
-                            starts.ctypes.data, counts.ctypes.data, len(counts), out.ctypes.data, out.strides[0] // 4, scale)
-            return out
-    stats = minor_stats_numpy(P)
-    if out is None and scale == 1.0:
-        return stats
-    if out is None:
-        out = np.empty(stats.shape, dtype=np.float32)
-    _check_out(out, *stats.shape)
-    np.multiply(stats, np.float32(scale), out=out)
-    return out
-
-
-def _check_out(out: np.ndarray, rows: int, cols: int) -> None:
-    if out.dtype != np.float32 or out.shape != (rows, cols) or out.strides[1] != 4:
-        raise ValueError(f"out must be float32 ({rows}, {cols}) with contiguous rows, not {out.dtype} {out.shape}")
-
-
-def minor_stats_numpy(P: np.ndarray) -> np.ndarray:
-    """:func:`minor_stats` in numpy: the definition, and what runs without a C compiler."""
     P = np.asarray(P, dtype=np.float32)
     B, k, r = P.shape
     p = plan(k, r)

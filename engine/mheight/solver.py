@@ -150,7 +150,13 @@ def heights_batch(P: torch.Tensor, ms: list[int]) -> torch.Tensor:
     return out
 
 
+def heights_enumerate(n: int, k: int, ms: list[int], P) -> list[float]:
+    """h_m of one code for every m in ``ms`` (any order, repeats allowed), from one enumeration of its
+    vertices (P already validated, k x (n-k)): the pass is the cost, each further m is a lookup."""
+    Pt = torch.as_tensor(np.asarray(P, dtype=np.float64)).reshape(1, k, n - k)
+    return heights_batch(Pt, list(ms))[0].tolist()
+
+
 def height_enumerate(n: int, k: int, m: int, P) -> float:
     """h_m of one code by vertex enumeration (P already validated, k x (n-k))."""
-    Pt = torch.as_tensor(np.asarray(P, dtype=np.float64)).reshape(1, k, n - k)
-    return float(heights_batch(Pt, [m])[0, 0])
+    return heights_enumerate(n, k, [m], P)[0]

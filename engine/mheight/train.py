@@ -18,7 +18,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
     device, gen = prepare_job(cfg)
     train_l, val_l = load_split(cfg)
     scale = data_scale(train_l)
-    inputs = (scale, cfg.canonicalize, device, cfg.minor_features, cfg.p_input)
+    inputs = (scale, cfg.canonicalize, device, cfg.minor_features, cfg.p_input, cfg.cpu_kernels)
     train = CodeSet.from_labels(train_l, train_l.finite_groups(), *inputs)
     val = CodeSet.from_labels(val_l, val_l.finite_groups(), *inputs)
     print(f"infinite labels left out: train {int((~train_l.finite).sum())}, val {int((~val_l.finite).sum())}", flush=True)

@@ -1,4 +1,4 @@
-/* minor_stats of engine/mheight/minors.py in C: per size s, min, mean and std of log2 |det|
+/* minor_stats_numpy of engine/mheight/minors.py in C: per size s, min, mean and std of log2 |det|
    over P's s x s submatrices, for LANES codes at a time.
 
    Why C: the features are paid on every prediction, and numpy's whole-array passes stream a
@@ -7,7 +7,7 @@
    vector registers). The arithmetic is the numpy version's, in its order and roundings
    (multiply, then add: -std=c11 keeps gcc from fusing them), so the minors and minima are the
    same floats and the means and stds agree within float32 rounding (numpy orders its sums by
-   the batch's shape); tests/test_mheight_minors.py holds them together. Built by engine/native.py. */
+   the batch's shape); tests/test_mheight_minors.py holds them together. Built by engine/fast/builder.py. */
 
 #include <math.h>
 #include <stdint.h>

@@ -1,5 +1,5 @@
 /* Prediction of the m-height fast models in C: fc nets with ReLU and no LayerNorm, alone or as
-   the experts of a sparse top-k MoE with a linear gate (engine/mheight/native_forward.py packs
+   the experts of a sparse top-k MoE with a linear gate (engine/fast/forward.py packs
    them; the torch modules stay the definition, the fallback and the GPU path).
 
    Why C: such a net does ~2,000 multiply-adds per code, less than torch spends dispatching the
@@ -12,7 +12,7 @@
    through ReLU and add nothing), the inputs' standardisation folded into the first layers and
    the gate's temperature into the gate. Rounding differs from torch's (fused multiply-adds, sum
    order): tests/test_mheight_forward.py holds the two within float32 tolerance. Built by
-   engine/native.py. */
+   engine/fast/builder.py. */
 
 #pragma GCC optimize("fp-contract=fast") /* a*b+c as one FMA: ~2x, and MKL rounds so too */
 

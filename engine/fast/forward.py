@@ -2,8 +2,9 @@
 
 It covers fc nets with ReLU and no LayerNorm (``--act relu --no-norm``), alone or as the
 experts of a sparse MoE with a linear gate (``--gate-hidden 0``); ``unsupported`` says why
-any other model is not. The torch modules stay the definition and run everywhere else;
-tests/test_mheight_forward.py holds the two together.
+any other model is not, and ``forward_for`` picks the path a job predicts with. The torch
+modules stay the definition and run everywhere else; tests/test_mheight_forward.py holds
+the two together.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from engine.fast.builder import KernelUnavailable, build
+from engine.fast.switch import CpuKernels, use_c
 from engine.mheight.data import MAX_M
 from engine.mheight.models import FC, Regressor, SparseMoE, Standardize, net_input
-from engine.native import build
 
 SOURCE = Path(__file__).with_name("forward.c")
 V = 16  # forward.c's vector width: every layer's output is padded to a multiple of it
@@ -82,7 +84,7 @@ def _fold(layer: nn.Linear, inputs: Standardize | None, in_width: int, scale: fl
     return [W.ravel(), B]
 
 
-class NativeForward:
+class CForward:
     """``model``'s forward pass through forward.c: same inputs, same (N, MAX_M) output."""
 
     def __init__(self, model: Regressor):
@@ -132,3 +134,22 @@ class NativeForward:
                              ptr(self.widths), ptr(self.params), self.stride, ptr(self.base), self.base_cols, ptr(k),
                              ptr(r), ptr(out), ptr(counts), ptr(self.iscratch), ptr(self.fscratch))
         return torch.from_numpy(out)[:, :MAX_M]
+
+
+def forward_for(model: Regressor, kernels: CpuKernels, device_type: str) -> CForward | None:
+    """The forward pass ``predict`` should use: forward.c's where ``kernels`` and the device allow it and
+    it covers ``model``, else None (the model's own); it says which in one line."""
+    if not use_c(kernels, device_type):
+        print(f"forward: torch (--cpu-kernels {kernels}, device {device_type})", flush=True)
+        return None
+    why = unsupported(model)
+    if why is not None:
+        print(f"forward: torch (forward.c does not cover {why})", flush=True)
+        return None
+    try:
+        forward = CForward(model)
+    except KernelUnavailable as exc:
+        print(f"forward: torch ({exc})", flush=True)
+        return None
+    print("forward: C (engine/fast/forward.c)", flush=True)
+    return forward
