@@ -108,6 +108,32 @@ def _read_json(rd: RunDir, name: str) -> dict | None:
     return data
 
 
+def expert_load_rows(ev: dict, run_pk: int, rows: list[dict], goals: dict) -> str | None:
+    """An ``expert_load`` event as Metric rows at its epoch: ``expert_load/<expert>`` (mean routing
+    weight) and ``top1_share/<expert>``; beside the epoch's metrics, so the TUI plots it from SQLite.
+    Returns what is wrong with an event that gives no rows.
+
+    An event without an epoch is skipped: the plot is over epochs, and a load measured at
+    evaluation has no epoch to stand at (storing it at the last one would draw it as training).
+    """
+    epoch, experts = ev.get("epoch"), ev.get("experts") or []
+    if epoch is None:
+        return "expert_load without an epoch"
+    series = {"expert_load": ev.get("load"), "top1_share": ev.get("top1_share")}
+    for prefix, values in series.items():
+        if values is not None and len(values) != len(experts):
+            return f"expert_load has {len(experts)} experts but {len(values)} {prefix} values"
+    for prefix, values in series.items():
+        for name, value in zip(experts, values or []):
+            if isinstance(value, (int, float)) and value == value:
+                key = f"{prefix}/{name}"
+                # a share has no better direction; the expert's name (e.g. "mse_expert") must not pick one
+                goals.setdefault(key, "max")
+                rows.append({"run": run_pk, "epoch": epoch, "step": None, "key": key,
+                             "value": float(value), "time": ev.get("t", 0.0)})
+    return None
+
+
 class Ingester:
     def __init__(self, ws: Workspace):
         self.ws = ws
@@ -259,7 +285,7 @@ class Ingester:
             used = len(chunk)  # one line longer than a chunk: not an event we can use
             lines = []
             self._warn(state, report, f"{rd.events} line {state.events_lines + 1}: longer than {CHUNK_BYTES} bytes; skipped")
-        goals = (run_json or {}).get("metric_goals") or {}
+        goals = dict((run_json or {}).get("metric_goals") or {})
         rows = []
         for ln in lines:
             if ln.event is None:
@@ -274,6 +300,10 @@ class Ingester:
                                      "value": float(value), "time": ev.get("t", 0.0)})
                 if epoch is not None:
                     run.epoch = max(run.epoch or 0, int(epoch))
+            elif ev["type"] == "expert_load":
+                warning = expert_load_rows(ev, run.id, rows, goals)
+                if warning:
+                    self._warn(state, report, f"{rd.events} line {ln.lineno}: {warning}; skipped")
         if rows:
             s.execute(insert(Metric), rows)
             self._update_summaries(s, run.id, rows, goals)

@@ -105,7 +105,9 @@ def test_moe_head_logs_expert_load(experts):
     loads = [e for e in read_events(experts["moe_head"]) if e["type"] == "expert_load"]
     assert [e["epoch"] for e in loads] == [1, 2, 3, 4, 5]
     for e in loads:
-        assert len(e["load"]) == 4 and abs(sum(e["load"]) - 1) < 1e-3
+        assert e["experts"] == ["e0", "e1", "e2", "e3"]
+        assert abs(sum(e["load"]) - 1) < 1e-3 and abs(sum(e["top1_share"]) - 1) < 1e-3
+    assert not [k for k in epoch_events(experts["moe_head"])[0]["metrics"] if k.startswith("load/")]
     assert "train/moe_balance" in epoch_events(experts["moe_head"])[0]["metrics"]
 
 

@@ -127,3 +127,27 @@ def test_directories_without_files_are_left_for_later(ws):
     assert Ingester(ws).run_pass().runs_updated == 0
     with ws.store.read() as s:
         assert s.exec(select(func.count()).select_from(Run)).one() == 0
+
+
+def test_expert_load_becomes_metric_rows_at_its_epoch(ws):
+    rd = RunDir.create(ws.runs)
+    with RunRecorder(rd, kind="train-expert", config={"loss": "moe_head"}, argv=["train-expert"], total_epochs=2) as rec:
+        for e in (1, 2):
+            rec.log_epoch(e, {"train/loss": 1.0 / e})
+            # names that read as metrics ("mse", "loss") must not give the shares a goal
+            rec.log_expert_load(e, ["mse_expert", "loss_e1"], [0.25 * e, 1 - 0.25 * e],
+                                top1_share=[0.5, 0.5] if e == 2 else None)
+        rec.event("expert_load", epoch=None, experts=["mse_expert", "loss_e1"], load=[0.5, 0.5])
+    report = Ingester(ws).run_pass()
+    with ws.store.read() as s:
+        rows = sorted((m.epoch, m.key, m.value) for m in s.exec(select(Metric)) if "/" in m.key
+                      and not m.key.startswith("train/"))
+        summ = {m.key: m for m in s.exec(select(MetricSummary))}
+    assert rows == [(1, "expert_load/loss_e1", 0.75), (1, "expert_load/mse_expert", 0.25),
+                    (2, "expert_load/loss_e1", 0.5), (2, "expert_load/mse_expert", 0.5),
+                    (2, "top1_share/loss_e1", 0.5), (2, "top1_share/mse_expert", 0.5)]
+    assert {summ[k].goal for k in summ if not k.startswith("train/")} == {"max"}
+    assert summ["expert_load/mse_expert"].last_epoch == 2
+    # the evaluation-time event (no epoch) is skipped with its line, the run indexed whole
+    assert any("expert_load without an epoch" in w for w in report.warnings)
+    assert the_run(ws, rd.run_id).status == "succeeded"

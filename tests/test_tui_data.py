@@ -25,27 +25,23 @@ def test_runs_since_reads_only_changed_runs_and_carries_summaries(ws, copy_run):
     assert rev2 > rev and [r.tags for r in rows] == [("baseline",)]
 
 
-def test_metrics_events_and_log_are_read_incrementally(ws):
+def test_metrics_and_log_are_read_incrementally(ws):
     rd = RunDir.create(ws.runs)
     with RunRecorder(rd, kind="train-expert", config={}, argv=["train-expert"], total_epochs=2) as rec:
         rec.log_epoch(1, {"train/loss": 1.0})
-        rec.event("expert_load", epoch=1, load=[0.6, 0.4])
+        rec.log_expert_load(1, ["e0", "e1"], [0.6, 0.4])
         Ingester(ws).run_pass()
         data = TuiData(ws)
         (row,), _ = data.runs_since(0)
         first = data.metrics_since(row.pk, 0)
-        events, offset = data.read_events(rd.run_id, 0, ("expert_load",))
         text, log_offset = data.read_log(rd.run_id, None)
-        assert [(p.key, p.value) for p in first] == [("train/loss", 1.0)]
-        assert len(events) == 1 and events[0]["load"] == [0.6, 0.4]
+        assert [(p.key, p.value) for p in first] == [("train/loss", 1.0), ("expert_load/e0", 0.6),
+                                                     ("expert_load/e1", 0.4)]
         assert "epoch 1/2" in text
         rec.log_epoch(2, {"train/loss": 0.5})
-        rec.event("expert_load", epoch=2, load=[0.5, 0.5])
     Ingester(ws).run_pass()
     new = data.metrics_since(row.pk, first[-1].id)
     assert [(p.epoch, p.value) for p in new] == [(2, 0.5)]
-    events, _ = data.read_events(rd.run_id, offset, ("expert_load",))
-    assert [e["epoch"] for e in events] == [2]
     more, _ = data.read_log(rd.run_id, log_offset)
     assert "epoch 2/2" in more and "epoch 1/2" not in more
 

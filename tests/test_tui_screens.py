@@ -22,7 +22,7 @@ from app.tui.screens.compare import CompareScreen, group_by_config, mean_std
 from app.tui.screens.dialogs import Confirm, Prompt
 from app.tui.screens.help import HelpScreen
 from app.tui.screens.run import RunScreen
-from app.tui.widgets.curves import Bars, Curves, ema
+from app.tui.widgets.curves import Curves, ema
 from benchmarks.bench_tui import seed_runs
 from engine.core.recorder import RunRecorder
 from engine.core.rundir import RunDir
@@ -362,18 +362,15 @@ async def test_run_screen_tabs_log_config_artifacts(ws, copy_run):
         assert first == "class_groups.json" and "{" in preview
 
 
-async def test_expert_load_and_log2_mse_plots(ws):
-    """A MoE run's expert_load events and m-height Log2-MSE keys get their own plots."""
+async def test_log2_mse_plot(ws):
+    """m-height Log2-MSE keys, overall and per (n, k, m), get their own plot (expert load: test_tui_expert_load)."""
     from app.ingest import Ingester
 
     rd = RunDir.create(ws.runs)
-    rec = RunRecorder(rd, kind="train-expert", config={"loss": "moe_head"}, argv=["train-expert"], total_epochs=3)
+    rec = RunRecorder(rd, kind="mheight-train", config={"model": "fc"}, argv=["mheight", "train"], total_epochs=3)
     with rec:
         for e in range(1, 4):
-            # load/expert_{e} metrics beside the events, as the m-height jobs log them
-            rec.log_epoch(e, {"train/loss": 1.0 / e, "val/log2_mse": 0.5 / e, "val/log2_mse/n9_k4_m2": 0.7 / e,
-                              "load/expert_0": 0.5})
-            rec.event("expert_load", epoch=e, load=[0.5, 0.3 - 0.05 * e, 0.2 + 0.05 * e])
+            rec.log_epoch(e, {"train/loss": 1.0 / e, "val/log2_mse": 0.5 / e, "val/log2_mse/n9_k4_m2": 0.7 / e})
     Ingester(ws).run_pass()
     app = MoeTuiApp(ws, poll_s=0.2)
     async with app.run_test(size=(100, 40)) as pilot:
@@ -381,19 +378,10 @@ async def test_expert_load_and_log2_mse_plots(ws):
         await pilot.press("enter")
         await settle(app, pilot, 1.2)
         screen = app.screen
-        assert screen.query_one("#load-row").display and screen.query_one("#mse-row").display
-        bars = screen.query_one("#load-bars", Bars)
-        assert bars.values == pytest.approx([0.5, 0.15, 0.35]) and "epoch 3" in bars.caption
-        over = screen.query_one("#load-plot", Curves)
-        assert sorted(over.points) == ["load/e0", "load/e1", "load/e2"] and len(over.points["load/e1"]) == 3
+        assert screen.query_one("#mse-row").display and not screen.query_one("#load-row").display
         mse = screen.query_one("#mse-plot", Curves)
         assert sorted(mse.series_labels.values()) == ["log2_mse", "log2_mse/n9_k4_m2"]
-        # Three rows of plots do not fit in 40 lines: page down reaches the last one.
-        grid = screen.query_one("#plot-grid")
-        assert grid.max_scroll_y > 0
-        await pilot.press("pagedown", "pagedown")
-        await settle(app, pilot)
-        assert grid.scroll_y == grid.max_scroll_y
+        assert [x for x, _ in mse.points["val/log2_mse"]] == [1, 2, 3]
 
 
 def test_ema_is_bias_corrected_like_tensorboard():

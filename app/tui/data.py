@@ -18,9 +18,7 @@ from app.errors import UserError
 from app.queries import slot_label
 from app.store.models import ACTIVE, LAUNCHED, Metric, MetricSummary, Run, next_rev
 from app.workspace import Workspace
-from engine.core.events import parse_event_lines
 
-EVENTS_CHUNK = 4 << 20  # events.jsonl bytes read per poll (a bounded read)
 LOG_TAIL = 64 << 10  # stdout.log bytes read per poll, and shown at first
 PREVIEW_BYTES = 64 << 10  # artifact preview size
 INGEST_EVERY_S = 1.0  # when no daemon runs, the TUI tails run directories itself
@@ -358,18 +356,6 @@ class TuiData:
                           tuple(queued))
 
     # -- run directory reads (bounded)
-
-    def read_events(self, run_id: str, offset: int, types: tuple[str, ...]) -> tuple[list[dict], int]:
-        """Events of the given types appended to events.jsonl after byte ``offset``."""
-        path = self.ws.run_dir(run_id).events
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                chunk = f.read(EVENTS_CHUNK)
-        except FileNotFoundError:
-            return [], offset
-        lines, used = parse_event_lines(chunk, 1)
-        return [ln.event for ln in lines if ln.event and ln.event.get("type") in types], offset + used
 
     def read_log(self, run_id: str, offset: int | None) -> tuple[str, int]:
         """New text of stdout.log after ``offset`` (None: start with its last LOG_TAIL bytes)."""

@@ -111,6 +111,7 @@ def train_one_epoch(model: nn.Module, forward, feed, opt: torch.optim.Optimizer,
     correct = torch.zeros((), device=device)
     moe = getattr(model, "fc", None) if cfg.loss == "moe_head" else None
     load_sum = torch.zeros(cfg.moe_experts, device=device) if moe is not None else None
+    top1_sum = torch.zeros(cfg.moe_experts, device=device) if moe is not None else None
     balance_sum = torch.zeros((), device=device)
     seen = steps = 0
     for xb, yb in feed.train_batches(cfg.batch_size, gen, cfg.augment, hflip, balanced=frozen):
@@ -132,6 +133,7 @@ def train_one_epoch(model: nn.Module, forward, feed, opt: torch.optim.Optimizer,
         correct += (logits.argmax(1) == yb).sum()
         if moe is not None:
             load_sum += moe.last_load
+            top1_sum += moe.last_top1
             balance_sum += moe.aux_loss.detach()
         seen += len(yb)
         steps += 1
@@ -144,7 +146,8 @@ def train_one_epoch(model: nn.Module, forward, feed, opt: torch.optim.Optimizer,
     }
     if moe is not None:
         stats["train/moe_balance"] = float(balance_sum) / max(steps, 1)
-        stats["_load"] = (load_sum / max(steps, 1)).tolist()
+        # (names, mean routing weight, top-1 share) of the epoch: the expert_load event's fields
+        stats["_load"] = moe.expert_names, (load_sum / max(steps, 1)).tolist(), (top1_sum / max(steps, 1)).tolist()
     return stats
 
 
@@ -283,7 +286,7 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
             stats.update(evaluate(model, val, data.groups, "val", cfg.amp))
             stats["lr"] = lr
             if load is not None:
-                rec.event("expert_load", epoch=epoch, load=[round(v, 5) for v in load])
+                rec.log_expert_load(epoch, *load)
             rec.log_epoch(epoch, stats, phase=stage.name)
             check_finite(stats, epoch, cfg, train.device)  # before any checkpoint: a NaN model is never saved
             score = stats[TrainExpertConfig.primary_metric]

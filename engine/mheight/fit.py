@@ -125,7 +125,7 @@ def train_one_epoch(model: Regressor, data: CodeSet, opt, sched, cfg, gen: torch
     out: dict[str, Any] = {"train/log2_mse": float(mse[cnt > 0].mean()),
                            "train/samples_per_s": float(cnt.sum()) / max(time.perf_counter() - t0, 1e-9)}
     if load_sum is not None:
-        out["load"] = (load_sum / max(batches, 1)).tolist()
+        out["load"] = (load_sum / max(batches, 1)).tolist()  # mean routing weight per expert over the epoch
     if isinstance(moe, SparseMoE):
         out["train/balance_loss"] = aux_sum / max(batches, 1)
         out["gate_temperature"] = moe.temperature
@@ -185,8 +185,7 @@ def fit(model: Regressor, meta: dict[str, Any], train: CodeSet, val: CodeSet, op
         stats.update(evaluate(model, val, "val"))
         stats["lr"] = lr
         if load is not None:
-            rec.event("expert_load", epoch=epoch, split="train", load=load)
-            stats.update({f"load/expert_{e}": v for e, v in enumerate(load)})
+            rec.log_expert_load(epoch, moe_part(model).expert_names, load)
         rec.log_epoch(epoch, stats)
         if stats["val/log2_mse"] < best:
             best, best_epoch = stats["val/log2_mse"], epoch

@@ -164,6 +164,11 @@ class HardMoE(nn.Module):
         self.experts = nn.ModuleList(single(expert) for _ in self.pairs)
         self.register_buffer("pair_code", torch.tensor([n * 100 + k for n, k in self.pairs]))
 
+    @property
+    def expert_names(self) -> list[str]:
+        """Each expert by the (n, k) it serves, e.g. ``n6k3``: the expert_load event's names."""
+        return [f"n{n}k{k}" for n, k in self.pairs]
+
     def route(self, n, k):
         code = n * 100 + k
         hit = code[:, None] == self.pair_code[None]
@@ -201,6 +206,11 @@ class SparseMoE(nn.Module):
         self.log_temp = nn.Parameter(torch.zeros(()))  # temperature exp(log_temp), starts at 1
         self.aux_loss = torch.zeros(())
         self.last_load = torch.zeros(num_experts)
+
+    @property
+    def expert_names(self) -> list[str]:
+        """The expert_load event's names: a learned gate's experts have only their index."""
+        return [f"e{i}" for i in range(len(self.experts))]
 
     def forward(self, P, feats, k, r):
         logits = first_layer(net_input(P, feats, self.p_input), self.gate_inputs, self.gate) / self.log_temp.exp()

@@ -34,10 +34,9 @@ from app.tui.styles import STATUS_STYLE
 from app.tui.widgets.curves import Bars, Curves
 from app.tui.widgets.row_table import RowTable
 
-POLL_S = 1.0  # new metric rows, events and log lines are read at most this often
+POLL_S = 1.0  # new metric rows and log lines are read at most this often
 REDRAW_S = 0.5  # plots redraw at most twice a second
 LOG_LINES = 2000  # lines the log tab keeps
-LOAD_EPOCHS = 1000  # expert-load vectors kept (a bounded buffer)
 # Lineage columns: 80 in all with the cell padding. Name and kind are cut with "…"; the line
 # below the table shows the highlighted run whole.
 LINEAGE_NAME, LINEAGE_KIND = 11, 12
@@ -53,28 +52,15 @@ ACCURACY = {
 }
 # m-height runs log Log2-MSE overall and per (n, k, m); any key naming log2_mse is plotted.
 LOG2_MSE = re.compile(r"log2_?mse", re.I)
-LOAD_SERIES = re.compile(r"load/e\d+")  # the keys on_load_arrived gives the expert_load events' series
-EXPERT_LOAD = "expert_load"  # events.jsonl type: {"type": "expert_load", "epoch": E, "load": [f_0, ..., f_E-1]}
-
-
-def load_vector(event: dict) -> list[float] | None:
-    """The per-expert load fractions of an expert_load event (``load`` or ``loads``)."""
-    vec = event.get("load", event.get("loads"))
-    if isinstance(vec, list) and vec and all(isinstance(v, (int, float)) for v in vec):
-        return [float(v) for v in vec]
-    return None
+# ingest stores each expert_load event as Metric rows expert_load/<expert> (mean routing weight)
+# and top1_share/<expert>; the load plots read the first, one series per expert name
+LOAD_PREFIX = "expert_load/"
 
 
 class MetricsArrived(Message):
     def __init__(self, points: list[MetricPoint]):
         super().__init__()
         self.points = points
-
-
-class LoadArrived(Message):
-    def __init__(self, loads: list[tuple[int, list[float]]]):
-        super().__init__()
-        self.loads = loads
 
 
 class LogArrived(Message):
@@ -102,12 +88,11 @@ class RunScreen(Screen):
         super().__init__()
         self.run_pk = run_pk
         self.last_id = 0
-        self.events_offset = 0
         self.log_offset: int | None = None
         self.log_wanted = False  # the log is read only once its tab was opened
         self.smooth = False
         self.log_y = False
-        self.loads: list[tuple[int, list[float]]] = []
+        self.load_at: tuple[int, dict[str, float]] = (0, {})  # the latest epoch's load per expert (the bars)
         self._artifacts: list[tuple[str, int]] | None = None
         self.lineage: list[tuple[str, Linked]] | None = None
         self._config_rows: list[tuple[str, str]] | None = None  # what the Config tab shows
@@ -129,10 +114,8 @@ class RunScreen(Screen):
                         yield Curves("accuracy (val)", ACCURACY, id="acc-plot")
                     with Horizontal(classes="plot-row", id="load-row"):
                         yield Bars("expert load", id="load-bars")
-                        # the expert_load events' series only: m-height jobs also log load/expert_{e} metrics,
-                        # the same numbers, which a prefix match drew twice under two names
-                        yield Curves("expert load over epochs", match=lambda k: bool(LOAD_SERIES.fullmatch(k)),
-                                     label_of=lambda k: k.split("/")[-1], id="load-plot")
+                        yield Curves("expert load over epochs", match=lambda k: k.startswith(LOAD_PREFIX),
+                                     label_of=lambda k: k[len(LOAD_PREFIX):], id="load-plot")
                     with Horizontal(classes="plot-row", id="mse-row"):
                         yield Curves("Log2-MSE", match=lambda k: bool(LOG2_MSE.search(k)),
                                      label_of=lambda k: k.split("/", 1)[-1], id="mse-plot")
@@ -168,7 +151,7 @@ class RunScreen(Screen):
         if self.row is not None and self.row.status == "running":
             self._show_info()
 
-    # -- polling: one worker reads metrics, expert loads and the log ----------
+    # -- polling: one worker reads metric rows (every plot) and the log -------
 
     def poll(self) -> None:
         row = self.row
@@ -193,10 +176,6 @@ class RunScreen(Screen):
         if points:
             self.last_id = points[-1].id
             self.post_message(MetricsArrived(points))
-        events, self.events_offset = data.read_events(run_id, self.events_offset, (EXPERT_LOAD,))
-        loads = [(int(e.get("epoch") or 0), vec) for e in events if (vec := load_vector(e)) is not None]
-        if loads:
-            self.post_message(LoadArrived(loads))
         if self.log_wanted:
             text, self.log_offset = data.read_log(run_id, self.log_offset)
             if text:
@@ -211,6 +190,8 @@ class RunScreen(Screen):
                 continue
             for plot in plots:
                 plot.add(p.key, p.epoch, p.value)
+            if p.key.startswith(LOAD_PREFIX):
+                self._add_load(p.epoch, p.key[len(LOAD_PREFIX):], p.value)
         if mse.has_data():
             self.query_one("#mse-row").display = True
             self.query_one("#plot-hint", Static).display = True
@@ -219,14 +200,16 @@ class RunScreen(Screen):
                 plot.set_options(self.smooth, self.log_y)
                 plot.redraw()
 
-    def on_load_arrived(self, msg: LoadArrived) -> None:
-        self.loads = (self.loads + msg.loads)[-LOAD_EPOCHS:]
-        over = self.query_one("#load-plot", Curves)
-        for epoch, vec in msg.loads:
-            for i, v in enumerate(vec):
-                over.add(f"load/e{i}", epoch, v)
-        epoch, vec = self.loads[-1]
-        self.query_one("#load-bars", Bars).set(vec, f"(epoch {epoch})")
+    def _add_load(self, epoch: int, expert: str, value: float) -> None:
+        """The bars show the latest epoch's load; the curves every epoch's."""
+        at, loads = self.load_at
+        if epoch < at:
+            return
+        if epoch > at:
+            loads = {}
+            self.load_at = epoch, loads
+        loads[expert] = value
+        self.query_one("#load-bars", Bars).set(list(loads), list(loads.values()), f"(epoch {epoch})")
         self.query_one("#load-row").display = True
         self.query_one("#plot-hint", Static).display = True
 

@@ -139,20 +139,21 @@ class Curves(_LivePlot):
 
 
 class Bars(_LivePlot):
-    """One bar per expert: the latest routing load."""
+    """One bar per expert, labelled by its name: the latest routing load."""
 
     def __init__(self, title: str, **kwargs):
         super().__init__(**kwargs)
         self.title_text = title
+        self.labels: list[str] = []
         self.values: list[float] = []
         self.caption = ""
         self._dirty = True
 
-    def set(self, values: list[float], caption: str) -> None:
-        self.values, self.caption = list(values), caption
+    def set(self, labels: list[str], values: list[float], caption: str) -> None:
+        self.labels, self.values, self.caption = list(labels), list(values), caption
         self._dirty = True
 
     def draw(self, plt) -> None:
         plt.title(f"{self.title_text} {self.caption}".strip())
         if self.values:
-            plt.bar([f"e{i}" for i in range(len(self.values))], self.values, color="cyan")
+            plt.bar(self.labels, self.values, color="cyan")

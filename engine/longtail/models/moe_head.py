@@ -28,7 +28,13 @@ class MoEHead(nn.Module):
         )
         # Default (random) gate init: a zero gate would tie every score and top-k would route all to experts 0..k-1.
         self.aux_loss = torch.zeros(())
-        self.last_load = torch.zeros(experts)
+        self.last_load = torch.zeros(experts)  # mean routing weight per expert in the last batch
+        self.last_top1 = torch.zeros(experts)  # share of the last batch's images whose largest weight is that expert's
+
+    @property
+    def expert_names(self) -> list[str]:
+        """The names the expert_load event and the TUI's plot give the experts."""
+        return [f"e{i}" for i in range(len(self.experts))]
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         probs = F.softmax(self.gate(feats).float(), dim=1)  # (N, E)
@@ -40,7 +46,8 @@ class MoEHead(nn.Module):
         dispatch = torch.zeros_like(probs).scatter_(1, top_i, 1.0)
         frac = dispatch.mean(0) / self.top_k  # f_e: share of routing slots, sums to 1
         self.aux_loss = len(self.experts) * (frac * probs.mean(0)).sum()
-        self.last_load = frac.detach()
+        self.last_load = weights.detach().mean(0)
+        self.last_top1 = F.one_hot(top_i[:, 0], len(self.experts)).float().mean(0)
         return logits
 
 
