@@ -11,7 +11,7 @@ from app.lifecycle import settle
 from app.queue.deps import check_acyclic, resolve_placeholders, rewrite_placeholders
 from app.queue.settings import load_settings
 from app.queue.slots import Gpu, Occupancy, allocate, slot_env
-from app.queue.submit import expand_sweep
+from app.queue import sweep
 from engine.core.procs import ProcessIdentity
 from engine.core.rundir import RunDir
 
@@ -47,14 +47,21 @@ def test_slot_env_pins_devices_in_bus_order():
 
 
 def test_sweep_grid():
-    assert expand_sweep(["lr=0.1,0.05", "seed=0,1"]) == [
-        [("lr", "0.1"), ("seed", "0")], [("lr", "0.1"), ("seed", "1")],
-        [("lr", "0.05"), ("seed", "0")], [("lr", "0.05"), ("seed", "1")]]
+    expand = lambda items: sweep.expand(sweep.parse_cli(items))  # noqa: E731
+    grid = [[("lr", "0.1"), ("seed", "0")], [("lr", "0.1"), ("seed", "1")],
+            [("lr", "0.05"), ("seed", "0")], [("lr", "0.05"), ("seed", "1")]]
+    assert expand(["lr=0.1,0.05", "seed=0,1"]) == grid
+    assert expand(["seed=0,1", "lr=0.1,0.05"]) == grid, "the order axes are typed in does not change the runs"
+    assert sweep.expand(sweep.parse_form({"seed": "0 | 1", "lr": "0.1|0.05"})) == grid
+    assert sweep.run_name("la", grid[1]) == "la lr=0.1 seed=1"
     for bad in (["lr"], ["lr="], ["=1,2"]):
         with pytest.raises(UserError, match="--sweep expects key=v1,v2"):
-            expand_sweep(bad)
+            expand(bad)
     with pytest.raises(UserError, match="twice"):
-        expand_sweep(["lr=1", "lr=2"])
+        expand(["lr=1", "lr=2"])
+    assert len(expand(["a=" + ",".join(map(str, range(8))), "b=" + ",".join(map(str, range(8)))])) == 64
+    with pytest.raises(UserError, match=r"this sweep makes 65 runs \(5 x 13\); at most 64"):
+        expand(["a=" + ",".join(map(str, range(5))), "b=" + ",".join(map(str, range(13)))])
 
 
 def test_cycles_are_named():

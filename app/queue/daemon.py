@@ -29,6 +29,7 @@ from app.lifecycle import CANCEL_FILE
 from app.locks import FileLock
 from app.queue.control import is_paused
 from app.queue.deps import parents_of, resolve_placeholders, settle_dependencies
+from app.queue.order import start_key
 from app.queue.settings import Settings, load_settings
 from app.queue.slots import Occupancy, allocate, discover_gpus, slot_env
 from app.store.models import FINISHED, LAUNCHED, Run, RunDependency, next_rev
@@ -172,23 +173,14 @@ class Daemon:
 
     # -- launching -------------------------------------------------------------
     def launch_ready(self, ready_with_parents: list[int]) -> None:
-        """Start what fits, highest priority first; smaller runs may pass a big one that waits for GPUs."""
+        """Start what fits, in start order; smaller runs may pass a big one that waits for GPUs."""
         q = self.settings.queue
         with self.ws.store.read() as s:
             occ = Occupancy()
             for slots in s.exec(select(Run.slots).where(Run.status == "running", Run.backend == "local")):
                 occ.take(slots)
-            cols = (Run.id, Run.gpus, Run.backend, Run.priority)
-            rows = list(s.exec(select(*cols).where(Run.status == "queued", col(Run.id).not_in(select(RunDependency.run)))))
-            if ready_with_parents:
-                rows += list(s.exec(select(*cols).where(col(Run.id).in_(ready_with_parents))))
-            seen = {r[0] for r in rows}
-            chained = [pk for pk in self._slurm_chainable(s) if pk not in seen]
-            if chained:
-                rows += list(s.exec(select(*cols).where(col(Run.id).in_(chained))))
-        rows.sort(key=lambda r: (-r[3], r[0]))
         devices = discover_gpus()
-        for pk, gpus, backend, _ in rows:
+        for pk, gpus, backend, _ in self.startable(ready_with_parents):
             if backend == "slurm":
                 self.launch_slurm(pk)
                 continue
@@ -197,6 +189,19 @@ class Daemon:
             slots = allocate(gpus, devices, occ, q.cpu_slots, q.runs_per_gpu)
             if slots is not None:
                 self.launch(pk, slots)
+
+    def startable(self, ready_with_parents: list[int]) -> list[tuple[int, int | None, str, int]]:
+        """(pk, gpus, backend, priority) of every run that may start now, in start order."""
+        with self.ws.store.read() as s:
+            cols = (Run.id, Run.gpus, Run.backend, Run.priority)
+            rows = list(s.exec(select(*cols).where(Run.status == "queued", col(Run.id).not_in(select(RunDependency.run)))))
+            if ready_with_parents:
+                rows += list(s.exec(select(*cols).where(col(Run.id).in_(ready_with_parents))))
+            seen = {r[0] for r in rows}
+            chained = [pk for pk in self._slurm_chainable(s) if pk not in seen]
+            if chained:
+                rows += list(s.exec(select(*cols).where(col(Run.id).in_(chained))))
+        return sorted(rows, key=lambda r: start_key(r[3], r[0]))
 
     def _slurm_chainable(self, s) -> list[int]:
         """Queued Slurm runs whose unfinished parents are all submitted Slurm jobs, pending or running (afterok chains them)."""

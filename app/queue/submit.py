@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from sqlmodel import Session, select
 from app.errors import UserError
 from app.queries import find_run
 from app.queue.deps import placeholders, rewrite_placeholders
+from app.queue import sweep
 from app.queue.settings import BACKENDS, load_settings
 from app.queue.slots import discover_gpus
 from app.store.models import Run, RunDependency, next_rev
@@ -255,19 +255,12 @@ def parse_slurm_overrides(items, backend: str, base: dict | None = None) -> dict
 # Sweeps
 
 
-def expand_sweep(sweeps: list[str]) -> list[list[tuple[str, str]]]:
-    """``["lr=0.1,0.05", "seed=0,1"]`` -> every combination as (key, value) pairs, in grid order."""
-    axes = []
-    for item in sweeps:
-        key, sep, values = item.partition("=")
-        key = key.strip()
-        vals = [v.strip() for v in values.split(",") if v.strip()]
-        if not sep or not key or not vals:
-            raise UserError(f"--sweep expects key=v1,v2,..., got {item!r}")
-        if key in (k for k, _ in axes):
-            raise UserError(f"--sweep names '{key}' twice; give all its values in one --sweep")
-        axes.append((key, vals))
-    return [list(zip([k for k, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
+def sweep_base(name: str | None, argv: list[str]) -> str:
+    """What a sweep's run names start with: the name given, else the first run's own name."""
+    if name:
+        return name
+    spec = validate(argv)
+    return spec.name or spec.config.run_name()
 
 
 def submit_sweep(ws: Workspace, argv: list[str], sweeps: list[str], name: str | None = None, **kw) -> list[Run]:
@@ -276,14 +269,12 @@ def submit_sweep(ws: Workspace, argv: list[str], sweeps: list[str], name: str | 
     Every combination is validated before any is queued, so a bad value
     queues nothing.
     """
-    combos = expand_sweep(sweeps)
+    combos = sweep.expand(sweep.parse_cli(sweeps))
     argvs = [[*argv, *itertools.chain.from_iterable(("--set", f"{k}={v}") for k, v in combo)] for combo in combos]
-    specs = [validate(a) for a in argvs]
-    base = name or specs[0].name or specs[0].config.run_name()
-    group = f"sweep-{uuid.uuid4().hex[:8]}"
+    for a in argvs:
+        validate(a)
+    base = sweep_base(name, argvs[0])
+    group = sweep.new_group_id()
     repro = kw.pop("repro", None) or capture_repro()
-    runs = []
-    for combo, a in zip(combos, argvs):
-        label = " ".join(f"{k}={v}" for k, v in combo)
-        runs.append(submit(ws, a, name=f"{base} {label}", group_id=group, repro=repro, **kw))
-    return runs
+    return [submit(ws, a, name=sweep.run_name(base, combo), group_id=group, repro=repro, **kw)
+            for combo, a in zip(combos, argvs)]

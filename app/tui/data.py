@@ -311,6 +311,7 @@ class TuiData:
         from app.queue.control import is_paused
         from app.queue.daemon import daemon_info
         from app.queue.deps import parents_of
+        from app.queue.order import start_key
         from app.queue.settings import load_settings
         from app.queue.slots import Occupancy, discover_gpus
         from app.store.models import BLOCKED
@@ -343,8 +344,8 @@ class TuiData:
         slots += [SlotUse(f"cpu {i}", 1, tuple(on_slot.pop(f"cpu {i}", []))) for i in range(q.cpu_slots)]
         # Runs on slots the settings no longer list (cpu_slots lowered while they ran) still show.
         slots += [SlotUse(k, 0, tuple(v)) for k, v in sorted(on_slot.items())]
-        # The daemon's order: highest priority first, then oldest; blocked runs last.
-        waiting.sort(key=lambda w: (w[4] == BLOCKED, -w[5], w[0]))
+        # The daemon's start order (app/queue/order.py); blocked runs, which it will not start, last.
+        waiting.sort(key=lambda w: (w[4] == BLOCKED, *start_key(w[5], w[0])))
         queued, position = [], 0
         for pk, run_id, name, kind, status, priority, g, backend, error, waits in waiting:
             if status != BLOCKED:

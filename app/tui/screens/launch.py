@@ -9,9 +9,7 @@ several fields sweep.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import shlex
-import uuid
 
 from textual import work
 from textual.app import ComposeResult
@@ -22,12 +20,14 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
 from app.errors import UserError
+from app.queue import sweep
 from app.queue.submit import (
     BACKENDS,
     capture_repro,
     check_gpus,
     resolve_parents,
     submit,
+    sweep_base,
 )
 from app.tui.markup import markup
 from engine.core.config import (
@@ -39,8 +39,6 @@ from engine.core.config import (
 )
 from engine.core.errors import ConfigError
 
-SWEEP_SEP = "|"
-MAX_SWEEP = 64  # runs one submit may queue: a typo like 0|1|...|999 should not flood the queue
 NO_PRESET = "(recipe defaults)"
 DEFAULT_KIND = "train-expert"
 
@@ -53,10 +51,6 @@ def show_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def sweep_values(text: str) -> list[str]:
-    return [v.strip() for v in text.split(SWEEP_SEP)] if SWEEP_SEP in text else [text]
 
 
 def option_args(name: str, value: str, annotation) -> list[str]:
@@ -183,7 +177,7 @@ class LaunchScreen(Screen[list[str]]):
         return {i.id.removeprefix("field-"): i.value for i in self.query(".field-input").results(Input)}
 
     def check_field(self, name: str, text: str) -> str | None:
-        for value in sweep_values(text):
+        for value in sweep.form_values(text):
             error = field_error(self.kind, name, value, preset=self.preset)
             if error:
                 return error
@@ -224,33 +218,32 @@ class LaunchScreen(Screen[list[str]]):
         label.display = bool(message)
         self.query_one("#after", Input).set_class(bool(message), "-invalid-field")
 
-    def combinations(self) -> list[dict[str, str]]:
-        """One dict of changed fields per run to queue."""
+    def axes(self) -> list[sweep.Axis]:
+        """The changed fields, each with its values (``a | b`` sweeps it)."""
         changed = {n: v for n, v in self.field_values().items() if v.strip() != self.defaults.get(n)}
-        axes = [[(n, v) for v in sweep_values(text)] for n, text in changed.items()]
-        return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
+        return sweep.parse_form(changed)
 
     def _update_sweep_info(self) -> None:
-        n = len(self.combinations())
-        self.query_one("#sweep-info", Static).update(
-            f"ctrl+s queues {n} runs (a sweep)" if n > 1 else "ctrl+s queues 1 run · a|b|c in a field sweeps it")
+        n = sweep.count(self.axes())
+        if n > sweep.MAX_RUNS:
+            text = f"{n} runs: more than a sweep may queue ({sweep.MAX_RUNS})"
+        else:
+            text = f"ctrl+s queues {n} runs (a sweep)" if n > 1 else "ctrl+s queues 1 run · a|b|c in a field sweeps it"
+        self.query_one("#sweep-info", Static).update(text)
 
     # -- submit ----------------------------------------------------------------
 
     def build_argvs(self) -> list[tuple[list[str], dict[str, str]]]:
         """The engine argv of every run to queue, validated; raises UserError in one line."""
         cls = JOBS[self.kind]
-        combos = self.combinations()
-        if len(combos) > MAX_SWEEP:
-            raise UserError(f"this sweep makes {len(combos)} runs; at most {MAX_SWEEP} per submit")
         out = []
-        for combo in combos:
+        for combo in sweep.expand(self.axes()):
             try:
-                resolve(self.kind, preset=self.preset, fields=combo)
+                resolve(self.kind, preset=self.preset, fields=dict(combo))
             except ConfigError as e:
                 raise UserError(str(e)) from None
             argv = [self.kind] + (["--preset", self.preset] if self.preset else [])
-            for name, value in combo.items():
+            for name, value in combo:
                 argv += option_args(name, value, cls.model_fields[name].annotation)
             out.append((argv, combo))
         return out
@@ -290,7 +283,7 @@ class LaunchScreen(Screen[list[str]]):
         ws = self.app.ws
         queued = []
         # The runs of one sweep share a group id, as `moe-tui submit --sweep` gives them (Compare groups by it).
-        group = f"sweep-{uuid.uuid4().hex[:8]}" if len(argvs) > 1 else None
+        group = sweep.new_group_id() if len(argvs) > 1 else None
         try:
             # Checked before any run is queued, so a bad value queues nothing.
             if gpus is not None:
@@ -298,9 +291,9 @@ class LaunchScreen(Screen[list[str]]):
             with ws.store.read() as s:
                 resolve_parents(s, after or [])
             repro = capture_repro([])  # git state and packages: once for every run of the sweep
+            base = sweep_base(name, argvs[0][0]) if group else name
             for argv, combo in argvs:
-                suffix = "-".join(f"{k}={v}" for k, v in combo.items()) if len(argvs) > 1 else ""
-                run_name = f"{name}-{suffix}" if name and suffix else name
+                run_name = sweep.run_name(base, combo) if group else name
                 # The command a person would type for the same run, so the record stays reproducible.
                 cli = ["moe-tui", "submit", "--backend", backend, "--priority", str(priority)]
                 cli += (["--gpus", str(gpus)] if gpus is not None else []) + [f"--after={a}" for a in after or []]
