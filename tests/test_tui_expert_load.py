@@ -76,7 +76,6 @@ async def test_mheight_sparse_moe_expert_load_and_log2_mse_plots(ws, data_run):
         assert grid.scroll_y == grid.max_scroll_y
 
 
-@pytest.mark.xfail(strict=True, reason="train-gating emits expert_load after wt-b")
 async def test_train_gating_expert_load_plot(ws):
     logits = write_head_tail_experts(ws.root / "logits")
     _train(ws, "train-gating", "--logits-dir", str(logits), "--experts", "head_expert,tail_expert",

@@ -226,7 +226,7 @@ class SparseMoE(nn.Module):
         dispatched = torch.zeros_like(logits).scatter(1, top_idx, 1.0)
         frac = dispatched.mean(0) / self.top_k  # share of routed slots per expert
         self.aux_loss = E * (frac * probs.mean(0)).sum()  # 1 when balanced
-        self.last_load = frac.detach()
+        self.last_load = weights.mean(0).detach()  # mean routing weight per expert (the expert_load event's load)
         return (weights[:, :, None] * outs).sum(1)
 
     def _dispatch(self, P, feats, k, r, top_val, top_idx):
@@ -239,10 +239,8 @@ class SparseMoE(nn.Module):
             gates = torch.stack([g0, 1 - g0], 1)
         slots, gates = top_idx.reshape(-1), gates.reshape(-1)
         out = feats.new_zeros(len(feats), MAX_M)
-        counts = []
         for e, expert in enumerate(self.experts):
             flat = (slots == e).nonzero().squeeze(1)  # (code, slot) pairs routed to e, code-major
-            counts.append(len(flat))
             if not len(flat):
                 continue
             rows = flat // K
@@ -250,7 +248,8 @@ class SparseMoE(nn.Module):
             y = expert(take(P) if self.p_input or self.reads_shape else P, take(feats),
                        *((take(k), take(r)) if self.reads_shape else (k, r)))
             out.index_add_(0, rows, y.mul_(gates.index_select(0, flat)[:, None]))
-        self.last_load = torch.tensor(counts, dtype=torch.float32) / max(len(slots), 1)
+        weight = gates.new_zeros(len(self.experts)).index_add_(0, slots, gates)
+        self.last_load = weight / max(len(feats), 1)  # mean routing weight per expert, as in training
         return out
 
     @property
