@@ -335,19 +335,64 @@ def wait(
 
 
 @cli.command()
-def reindex(workspace: WorkspaceOpt = None) -> int:
-    """Rebuild experiments.db from the run directories alone."""
-    from app.ingest import Ingester
-    from app.queue.daemon import ensure_daemon, needs_daemon, stop_daemon
+def tag(
+    run: Annotated[str, typer.Argument(help="the run: id, unique id prefix, or unique name")],
+    tags: Annotated[str, typer.Argument(help="its tags, comma-separated (replaces the old ones; '' clears them)")],
+    workspace: WorkspaceOpt = None,
+) -> int:
+    """Set a run's tags (kept in its directory too, so reindex restores them)."""
+    from app.queue.control import annotate
 
     ws = _workspace(workspace)
-    stopped = stop_daemon(ws)  # it holds the old file open; jobs keep running without it
+    _refresh(ws)
+    r = annotate(ws, run, tags=tags.split(","))
+    print(f"{r.run_id}  tags: {r.tags or '-'}")
+    return 0
+
+
+@cli.command()
+def note(
+    run: Annotated[str, typer.Argument(help="the run: id, unique id prefix, or unique name")],
+    text: Annotated[str, typer.Argument(help="the note (replaces the old one; '' clears it)")],
+    workspace: WorkspaceOpt = None,
+) -> int:
+    """Set a run's note (kept in its directory too, so reindex restores it)."""
+    from app.queue.control import annotate
+
+    ws = _workspace(workspace)
+    _refresh(ws)
+    r = annotate(ws, run, notes=text)
+    print(f"{r.run_id}  note: {r.notes or '-'}")
+    return 0
+
+
+@cli.command()
+def rm(
+    runs: Annotated[list[str], typer.Argument(help="runs to delete: id, unique id prefix, or unique name")],
+    workspace: WorkspaceOpt = None,
+) -> int:
+    """Delete finished runs: their directories and their rows (metrics, tags and notes go too)."""
+    from app.queue.control import delete
+
+    ws = _workspace(workspace)
+    _refresh(ws)
+    for ref in runs:
+        print(f"deleted {delete(ws, ref)}")
+    return 0
+
+
+@cli.command()
+def reindex(workspace: WorkspaceOpt = None) -> int:
+    """Rebuild experiments.db from the run directories alone (tags and notes included)."""
+    from app.queue.daemon import ensure_daemon, needs_daemon, stop_daemon
+    from app.reindex import rebuild
+
+    ws = _workspace(workspace)
+    stopped = stop_daemon(ws)  # no launches from a half-known queue; jobs keep running without it
     if "store" in ws.__dict__:
         ws.store.close()
         del ws.__dict__["store"]
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        ws.db_path.with_name(ws.db_path.name + suffix).unlink(missing_ok=True)
-    report = Ingester(ws).run_pass()
+    report = rebuild(ws)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     with ws.store.read() as s:

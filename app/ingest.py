@@ -21,6 +21,8 @@ from typing import Iterable
 from sqlalchemy import insert
 from sqlmodel import Session, select
 
+from app import annotations
+from app.annotations import Annotations
 from app.lifecycle import (
     CANCEL_FILE,
     SLURM_FILE,
@@ -207,11 +209,14 @@ class Ingester:
         except _Unreadable as e:
             report.warnings.append(str(e))
             return report
+        ann, problem = annotations.read(rd)
+        if ann is not None and ann.deleted_at is not None:
+            return report  # deleted by a person, its removal interrupted: `moe-tui rm` finishes it
         exit_code = rd.read_exit_code()
         sig = signature(rd)
         while True:
             with self.store.write() as s:
-                run = self._run_row(s, rd, submit, run_json)
+                run = self._run_row(s, rd, submit, run_json, ann, problem, report)
                 if run is None:
                     return report  # a directory still being created
                 state = s.get(IngestState, run.id) or IngestState(run=run.id)
@@ -226,7 +231,9 @@ class Ingester:
                 report.runs_updated += 1
                 return report
 
-    def _run_row(self, s: Session, rd: RunDir, submit: dict | None, run_json: dict | None) -> Run | None:
+    def _run_row(self, s: Session, rd: RunDir, submit: dict | None, run_json: dict | None,
+                 ann: Annotations | None = None, ann_problem: str | None = None,
+                 report: IngestReport | None = None) -> Run | None:
         run = s.exec(select(Run).where(Run.run_id == rd.run_id)).first()
         if run is None:
             source = submit or run_json
@@ -250,7 +257,12 @@ class Ingester:
                 group_id=(submit or {}).get("group_id"),
                 gpus=(submit or {}).get("gpus") or 0,
                 retry_of=(submit or {}).get("retry_of"),
+                # what a person said about it, kept in the run directory (app/annotations.py)
+                tags=",".join(ann.tags) if ann else "",
+                notes=ann.notes if ann else "",
             )
+            if ann_problem and report is not None:
+                report.warnings.append(ann_problem)
             s.add(run)
             s.flush()  # assigns run.id
             for parent_id in (submit or {}).get("after") or []:

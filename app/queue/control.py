@@ -1,4 +1,4 @@
-"""What clients ask of the queue: cancel, retry, pause and resume.
+"""What clients ask of the queue and its runs: cancel, retry, pause, resume, annotate, delete.
 
 Clients only write requests (a row change, a file); the daemon acts on them
 (signals, sbatch, scancel), so a TUI or CLI can die at any moment without
@@ -8,19 +8,22 @@ leaving a half-done action behind.
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 import time
 from collections import deque
 
 from sqlmodel import col, select
 
+from app import annotations
 from app.errors import UserError
 from app.lifecycle import CANCEL_FILE
 from app.queries import find_run
 from app.queue.deps import parents_of, rewrite_placeholders
 from app.queue.settings import load_settings
 from app.queue.submit import submit
-from app.store.models import BLOCKED, FINISHED, LAUNCHED, Run, RunDependency, next_rev
+from app.store.models import ACTIVE, BLOCKED, FINISHED, LAUNCHED, Run, RunDependency, next_rev
 from app.workspace import Workspace
 from engine.core.config import job_class
 from engine.core.rundir import atomic_write_json, read_json
@@ -162,3 +165,47 @@ def set_priority(ws: Workspace, ref: str, priority: int) -> Run:
         run.rev = next_rev(s)
         s.add(run)
     return run
+
+
+def annotate(ws: Workspace, ref: str, tags: list[str] | tuple[str, ...] | None = None,
+             notes: str | None = None) -> Run:
+    """Set a run's tags and/or notes: in its annotations.json (what reindex restores), then the row."""
+    fields = {k: v for k, v in (("tags", list(tags) if tags is not None else None),
+                                ("notes", notes.strip() if notes is not None else None)) if v is not None}
+    with ws.store.write() as s:
+        run = find_run(s, ref)
+        ann = annotations.update(ws.run_dir(run.run_id), **fields)
+        run.tags, run.notes = ",".join(ann.tags), ann.notes
+        run.rev = next_rev(s)
+        s.add(run)
+    return run
+
+
+def delete(ws: Workspace, ref: str) -> str:
+    """Remove a finished run: its directory and its row (metrics go with it); its id.
+
+    The deletion mark goes into annotations.json first and the directory is
+    renamed out of the run-id namespace before it is removed, so a crash at
+    any step leaves either a run that reindex skips or a dead ``.deleted-*``
+    folder, never a half-deleted run that comes back.
+    """
+    with ws.store.read() as s:
+        run = find_run(s, ref)
+    if run.status in ACTIVE:
+        raise UserError(f"{run.run_id} is {run.status}; only finished runs can be deleted (cancel it first)")
+    rd = ws.run_dir(run.run_id)
+    if rd.path.is_symlink():
+        raise UserError(f"{rd.path} is a link; remove it yourself, moe-tui deletes only run directories it owns")
+    if rd.path.is_dir():
+        annotations.mark_deleted(rd)
+        trash = rd.path.with_name(f".deleted-{run.run_id}")
+        os.replace(rd.path, trash)
+    else:
+        trash = None
+    with ws.store.write() as s:
+        row = s.get(Run, run.id)
+        if row is not None:
+            s.delete(row)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+    return run.run_id

@@ -74,29 +74,61 @@ def make_engine(db_path: Path) -> Engine:
 
 
 class Store:
-    """The workspace's experiments.db: short read and write sessions."""
+    """The workspace's experiments.db: short read and write sessions.
 
-    def __init__(self, db_path: Path, lock_path: Path | None = None):
+    ``moe-tui reindex`` swaps a rebuilt file in under the same name. Every
+    session first compares the file's identity (device, inode) with the one
+    this store opened, one ``stat``, and on a change reopens, so a TUI or
+    daemon open across a reindex reads and writes the new file, and
+    ``generation`` counts the reopenings (the TUI reloads its rows on one:
+    row ids and revisions start afresh in a rebuilt file).
+    """
+
+    def __init__(self, db_path: Path, lock_path: Path | None = None, journal: str | None = None):
         self.db_path = Path(db_path)
+        self._lock_path = lock_path or self.db_path.with_name(self.db_path.name + ".migrate.lock")
+        self._journal = journal
+        self.generation = 0
+        self._open()
+
+    def _open(self) -> None:
         self.engine = make_engine(self.db_path)
         self._writer = self.engine.execution_options(writer=True)
-        migrate(self.engine, lock_path or self.db_path.with_name(self.db_path.name + ".migrate.lock"),
-                journal_mode_for(self.db_path))
+        migrate(self.engine, self._lock_path, self._journal or journal_mode_for(self.db_path))
+        self._identity = file_identity(self.db_path)
+
+    def reopen_if_replaced(self) -> int:
+        """Reopen when the file was replaced since it was opened; the current generation."""
+        if file_identity(self.db_path) != self._identity:
+            self.engine.dispose()
+            self._open()
+            self.generation += 1
+        return self.generation
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
+        self.reopen_if_replaced()
         with Session(self.engine, expire_on_commit=False) as s:
             yield s
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """A BEGIN IMMEDIATE transaction, committed on success, rolled back on error."""
+        self.reopen_if_replaced()
         with Session(self._writer, expire_on_commit=False) as s:
             with s.begin():
                 yield s
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 # --------------------------------------------------------------------------- #

@@ -44,6 +44,7 @@ class MoeTuiApp(App):
         self.runs: dict[int, RunRow] = {}
         self.marked: set[int] = set()  # runs marked for compare and export
         self._rev = 0
+        self._store_generation = 0  # Store.generation last seen: a change means the file was rebuilt
         self._poll_lock = threading.Lock()
         self._frozen = False
 
@@ -67,10 +68,16 @@ class MoeTuiApp(App):
 
     def _poll(self, ingest: bool) -> None:
         warnings = self.data.refresh_files() if ingest else []
-        rows, rev = self.data.runs_since(self._rev)
         known = set(self.runs.copy())  # a snapshot: the UI thread updates the dict
-        # A count below what we show means runs were deleted (here, by another client, or a reindex).
-        removed = self.data.deleted_since(known) if self.data.run_count() < len(known | {r.pk for r in rows}) else set()
+        generation = self.ws.store.reopen_if_replaced()
+        rebuilt = generation != self._store_generation
+        if rebuilt:  # a reindex swapped the file in: its row ids and revisions start afresh, so reload all
+            self._store_generation, self._rev = generation, 0
+        rows, rev = self.data.runs_since(self._rev)
+        if rebuilt:
+            removed = known
+        else:  # a count below what we show means runs were deleted (here or by another client)
+            removed = self.data.deleted_since(known) if self.data.run_count() < len(known | {r.pk for r in rows}) else set()
         self._rev = rev
         if rows or removed or warnings:
             self.post_message(RunsUpdated(rows, removed, warnings))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -16,7 +15,7 @@ from sqlmodel import col, func, select
 
 from app.errors import UserError
 from app.queries import slot_label
-from app.store.models import ACTIVE, LAUNCHED, Metric, MetricSummary, Run, next_rev
+from app.store.models import LAUNCHED, Metric, MetricSummary, Run
 from app.workspace import Workspace
 
 LOG_TAIL = 64 << 10  # stdout.log bytes read per poll, and shown at first
@@ -229,41 +228,25 @@ class TuiData:
     # -- writes: short writer sessions that bump rev so every client's poll sees them
 
     def set_tags(self, run_pk: int, tags: tuple[str, ...]) -> None:
-        self._update(run_pk, tags=",".join(tags))
+        from app.queue.control import annotate
+
+        annotate(self.ws, self._run_id(run_pk), tags=tags)
 
     def set_notes(self, run_pk: int, notes: str) -> None:
-        self._update(run_pk, notes=notes.strip())
+        from app.queue.control import annotate
 
-    def _update(self, run_pk: int, **values) -> None:
-        with self.ws.store.write() as s:
-            run = s.get(Run, run_pk)
-            if run is None:
-                raise UserError("that run no longer exists (deleted elsewhere?)")
-            for k, v in values.items():
-                setattr(run, k, v)
-            run.rev = next_rev(s)
-            s.add(run)
+        annotate(self.ws, self._run_id(run_pk), notes=notes)
 
     def delete_run(self, run_pk: int) -> str:
-        """Remove a finished run: its directory and its row (metrics go with it)."""
+        from app.queue.control import delete
+
+        return delete(self.ws, self._run_id(run_pk))
+
+    def _run_id(self, run_pk: int) -> str:
         with self.ws.store.read() as s:
             run = s.get(Run, run_pk)
         if run is None:
-            raise UserError("that run no longer exists")
-        if run.status in ACTIVE:
-            raise UserError(f"{run.run_id} is {run.status}; only finished runs can be deleted")
-        src = self.ws.run_dir(run.run_id).path
-        # Rename first: the ingester only reads run-id names, so a crash between
-        # the steps leaves a dead ``.deleted-*`` folder, never a half-deleted run
-        # that reindex would bring back.
-        trash = src.with_name(f".deleted-{run.run_id}")
-        if src.exists():
-            os.replace(src, trash)
-        with self.ws.store.write() as s:
-            row = s.get(Run, run_pk)
-            if row is not None:
-                s.delete(row)
-        shutil.rmtree(trash, ignore_errors=True)
+            raise UserError("that run no longer exists (deleted elsewhere, or the database was rebuilt)")
         return run.run_id
 
     # -- lineage and queue
