@@ -18,7 +18,6 @@ from engine.common.checkpoint import load_checkpoint
 from tests.gating_synth import write_head_tail_experts, write_npz
 from tests.helpers import TINY, engine, kill_workspace_processes, moe, read_events, run_dirs
 
-pytestmark = pytest.mark.slow
 
 
 def _ok(out):

@@ -123,7 +123,6 @@ def _history(ws):
     return rd, json.loads((rd / "artifacts" / "training_history.json").read_text())
 
 
-@pytest.mark.slow
 def test_the_c_step_and_the_torch_step_train_the_same_gate(tmp_path):
     """The whole job either way: per-epoch losses and val metrics agree (the same products, the
     same random draws; only the order of a few float32 sums differs)."""
@@ -142,7 +141,6 @@ def test_the_c_step_and_the_torch_step_train_the_same_gate(tmp_path):
             assert ours[key] == pytest.approx(ref[key], rel=1e-3, abs=1e-5), (ours["epoch"], key)
 
 
-@pytest.mark.slow
 def test_without_a_compiler_auto_says_so_and_c_fails_in_one_line(tmp_path):
     logits = write_head_tail_experts(tmp_path / "logits", scale=2)
     args = ["train-gating", "--logits-dir", str(logits), "--experts", "head_expert,tail_expert",

@@ -18,7 +18,6 @@ from app.store import Metric, Run
 from app.store.models import RunDependency
 from tests.helpers import TINY, epoch_events, moe, wait_for
 
-pytestmark = pytest.mark.slow
 
 
 def queued_id(out: subprocess.CompletedProcess) -> str:

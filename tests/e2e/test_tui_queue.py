@@ -214,7 +214,6 @@ async def test_queue_screen_start_order_priority_and_pause(paused_ws):
         assert "PAUSED" in str(screen.query_one("#queue-info", Static).render())
 
 
-@pytest.mark.slow
 async def test_queue_screen_shows_the_run_on_its_slot(ws, monkeypatch):
     """A real daemon starts a real run: the Queue screen shows it on its CPU slot, Runs in the Slot column."""
     monkeypatch.setenv("MOE_TUI_GPUS", "none")
