@@ -390,7 +390,7 @@ async def test_after_a_launch_the_cursor_is_on_the_new_run(paused_ws):
 def test_compare_groups_runs_of_a_sweep_together():
     from dataclasses import replace
 
-    from tests.test_tui_query import row
+    from tests.unit.test_tui_query import row
 
     runs = [replace(row(1, seed=0, best={"val/balanced_acc": 0.2}), group_id="sweep-a"),
             replace(row(2, seed=1, best={"val/balanced_acc": 0.4}), group_id="sweep-a"),
