@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean-venv
+.PHONY: demo test test-fast bench install clean-venv
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
@@ -28,6 +28,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The inner loop: tests/unit only (no subprocess training, daemon, Slurm or tmux).
+test-fast: install
+	$(BIN)/python -m pytest tests/unit
 
 bench: install
 	$(BIN)/python -m benchmarks

@@ -216,7 +216,7 @@ The generator labels {GEN_CODES_PER_GROUP:,} codes per group; both LP routes the
   The two routes agree to {lp['worst']:.1e} relative on their {lp['labels']} labels.
 - Exactness at scale: {scale['labels']:,} generator labels ({SCALE_CODES_PER_GROUP} codes x 21 groups,
   {scale['inf']:,} infinite) against the warm-started LP: largest relative difference **{scale['worst']:.1e}**
-  (target 1e-9); infinite labels {'agree' if scale['inf_agree'] else '**disagree**'}. (`tests/test_mheight_generate.py`
+  (target 1e-9); infinite labels {'agree' if scale['inf_agree'] else '**disagree**'}. (`tests/e2e/test_mheight_generate.py`
   runs the same check on 200 codes per group.) On the scipy LP's codes: {worst:.1e}.
 - `engine mheight height` ({HEIGHT_CODES_PER_PAIR} codes per (n, k), every m of the grid, one code per call as the
   tool takes them): one enumeration per code for all its m is **{tool['per_m_s'] / tool['one_s']:.1f}x** the loop of one

@@ -8,19 +8,24 @@ from rich.console import Console
 from textual.worker import WorkerCancelled
 
 
-async def settle(app, pilot, seconds: float = 0.3):
-    """Let timers fire, then wait until every worker has posted its result.
+async def settle(app, pilot, seconds: float = 0.0):
+    """Wait until the app is idle: every message handled and every worker's result posted.
 
-    An exclusive worker replaced by a newer one ends cancelled; that is normal
-    here, so waiting goes on until a pass sees no cancellation.
+    No fixed sleep: a result may start another worker, so passes repeat until
+    one finds none left. ``seconds`` is only for a test that waits on a timer
+    (a poll interval) on purpose. An exclusive worker replaced by a newer one
+    ends cancelled; that is normal here.
     """
-    await pilot.pause(seconds)
-    for _ in range(20):
+    if seconds:
+        await pilot.pause(seconds)
+    for _ in range(50):
+        await pilot.pause()
+        if all(w.is_finished for w in app.workers):
+            break
         try:
             await app.workers.wait_for_complete()
-            break
         except WorkerCancelled:
-            await pilot.pause(0.05)
+            pass
     await pilot.pause()
 
 
@@ -41,7 +46,7 @@ async def answer_prompt(app, pilot, key: str, text: str):
     await settle(app, pilot)
     app.screen.query_one(Input).value = text
     await pilot.press("enter")
-    await settle(app, pilot, 0.5)
+    await settle(app, pilot)
 
 
 async def open_launch_form(app, pilot):

@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import BIN, env_for, epoch_events, run_dirs
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")]
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
 
 class Tmux:

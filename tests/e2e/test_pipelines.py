@@ -24,7 +24,6 @@ def test_print_shows_the_file_to_copy(ws_path):
     assert not (ws_path / "runs").exists() or not any((ws_path / "runs").iterdir())
 
 
-@pytest.mark.slow
 def test_demo_pipeline_runs_both_workloads_to_the_end(ws_path, ws):
     out = moe(ws_path, "pipeline", "demo", MOE_TUI_CPU_SLOTS="2")
     assert out.returncode == 0, out.stderr
@@ -39,7 +38,6 @@ def test_demo_pipeline_runs_both_workloads_to_the_end(ws_path, ws):
     assert (ws.run_dir(runs["mh_moe"].run_id).checkpoints / "best.pth").exists()
 
 
-@pytest.mark.slow
 def test_demo_pipeline_survives_a_dead_expert_and_a_dead_daemon(ws_path, ws):
     """A failed expert blocks its recompute and gating runs; the daemon is SIGKILLed
     mid-pipeline; retrying the expert releases them and the pipeline completes with

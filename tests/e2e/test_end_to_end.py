@@ -11,13 +11,11 @@ import json
 import os
 import signal
 
-import pytest
 from sqlmodel import func, select
 
 from app.store import Metric, Run
 from tests.helpers import TINY, engine, engine_bg, epoch_events, moe, moe_bg, run_dirs, wait_for
 
-pytestmark = pytest.mark.slow
 
 
 def db_counts(ws) -> tuple[int, int]:

@@ -22,7 +22,6 @@ LP_CODES_PER_GROUP = 200  # the issue asks for "a few hundred"; the benchmark ru
 LP_CHUNK = 10  # codes per unit of pool work: small enough to balance two workers
 
 
-@pytest.mark.slow
 def test_course_grid_labels_agree_with_the_lp_at_scale(tmp_path):
     """Every (n, k, m) group of the course grid, 200 codes each (integer P in [-100, 100]):
     the generator's labels equal Roth's LPs (HiGHS, two processes) to 1e-9 relative, inf included."""

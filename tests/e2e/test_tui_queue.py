@@ -214,7 +214,6 @@ async def test_queue_screen_start_order_priority_and_pause(paused_ws):
         assert "PAUSED" in str(screen.query_one("#queue-info", Static).render())
 
 
-@pytest.mark.slow
 async def test_queue_screen_shows_the_run_on_its_slot(ws, monkeypatch):
     """A real daemon starts a real run: the Queue screen shows it on its CPU slot, Runs in the Slot column."""
     monkeypatch.setenv("MOE_TUI_GPUS", "none")
@@ -391,7 +390,7 @@ async def test_after_a_launch_the_cursor_is_on_the_new_run(paused_ws):
 def test_compare_groups_runs_of_a_sweep_together():
     from dataclasses import replace
 
-    from tests.test_tui_query import row
+    from tests.unit.test_tui_query import row
 
     runs = [replace(row(1, seed=0, best={"val/balanced_acc": 0.2}), group_id="sweep-a"),
             replace(row(2, seed=1, best={"val/balanced_acc": 0.4}), group_id="sweep-a"),

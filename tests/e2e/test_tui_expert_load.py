@@ -16,7 +16,6 @@ from tests.gating_synth import write_head_tail_experts
 from tests.helpers import TINY, engine, run_dirs
 from tests.tui_support import settle
 
-pytestmark = pytest.mark.slow
 
 
 def _train(ws, *args) -> None:

@@ -91,7 +91,6 @@ def test_option_args_for_each_field_type():
     assert parse_argv(["train-expert", "--no-augment", "--lr-milestones=2,4"]).config.lr_milestones == [2, 4]
 
 
-@pytest.mark.slow
 async def test_submit_through_the_form_and_watch_it_finish(ws):
     app = MoeTuiApp(ws, poll_s=0.3)
     async with app.run_test(size=(100, 30)) as pilot:

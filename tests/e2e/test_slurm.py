@@ -16,11 +16,10 @@ from app.backends.slurm import slurm_available
 from app.store import Run
 from tests.helpers import TINY, epoch_events, moe, wait_for
 
-pytestmark = pytest.mark.slow
 
 _why_not = slurm_available()
 if _why_not:
-    pytestmark = [pytest.mark.slow, pytest.mark.skip(reason=f"no Slurm cluster: {_why_not}; start one with sudo scripts/slurm-up.sh")]
+    pytestmark = [pytest.mark.skip(reason=f"no Slurm cluster: {_why_not}; start one with sudo scripts/slurm-up.sh")]
 
 # One CPU per job so two jobs share the 2-core test node.
 SLURM = {"MOE_TUI_BACKEND": "slurm"}

@@ -424,7 +424,7 @@ async def test_help_and_command_palette(ws, copy_run):
 
 
 def test_group_by_config_except_seed():
-    from tests.test_tui_query import row
+    from tests.unit.test_tui_query import row
 
     runs = [row(1, loss="ce", seed=0, best={"val/balanced_acc": 0.2}),
             row(2, loss="ce", seed=1, best={"val/balanced_acc": 0.4}),

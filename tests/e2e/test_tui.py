@@ -24,7 +24,6 @@ async def test_runs_table_shows_existing_runs(ws, copy_run):
         assert cell("config") == "ce/resnet32" and cell("backend") == "headless" and cell("metric")
 
 
-@pytest.mark.slow
 async def test_table_and_plots_follow_a_training_run(ws):
     """No daemon: the TUI ingests the headless run itself, and its plots grow."""
     job = engine_bg(ws.root, "train-expert", "--preset", "quick")

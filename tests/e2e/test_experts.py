@@ -14,7 +14,6 @@ import torch
 from tests.fake_data import write_cifar, write_filelist
 from tests.helpers import engine, engine_bg, epoch_events, read_events, run_dirs, wait_for
 
-pytestmark = pytest.mark.slow
 
 LOSSES = ["ce", "logit_adjust", "balanced_softmax", "decoupling", "moe_head"]
 # 8 px digits, 5 epochs (decoupling: + 2 cRT epochs): about 5 s per expert on one core.

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENGINE_FORBIDDEN = ("app", "textual", "textual_plotext", "sqlmodel", "sqlalchemy", "alembic", "typer")
 APP_MAY_IMPORT_FROM_ENGINE = ("engine.core.",)  # the torch-free contract
 

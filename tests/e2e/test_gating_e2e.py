@@ -21,7 +21,6 @@ from engine.gating.train_gating import batch_bounds, linear_warmup_cosine, make_
 from tests.gating_synth import write_head_tail_experts, write_npz
 from tests.helpers import TINY, engine, kill_workspace_processes, moe, read_events, run_dirs
 
-pytestmark = pytest.mark.slow
 
 
 def _ok(out):

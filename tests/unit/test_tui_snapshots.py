@@ -4,9 +4,9 @@ The workspace is the benchmark's deterministic seed (fixed ids, times and
 values), so the screens are the same on every machine. After an intended
 change of the look, refresh them with:
 
-    UPDATE_SNAPSHOTS=1 .venv/bin/python -m pytest tests/test_tui_snapshots.py
+    UPDATE_SNAPSHOTS=1 .venv/bin/python -m pytest tests/unit/test_tui_snapshots.py
 
-and read the diff of tests/snapshots/ before committing it.
+and read the diff of tests/unit/snapshots/ before committing it.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from app.store import Metric, Run
 from app.store.models import RunDependency
 from tests.helpers import TINY, epoch_events, moe, wait_for
 
-pytestmark = pytest.mark.slow
 
 
 def queued_id(out: subprocess.CompletedProcess) -> str:
@@ -45,8 +44,11 @@ def test_two_cpu_slots_three_runs(ws_path, ws):
     first_end = min(st[ids[0]]["ended_at"], st[ids[1]]["ended_at"])
     assert st[ids[1]]["started_at"] < st[ids[0]]["ended_at"], "the first two overlap"
     assert launched[ids[2]] >= first_end, "the third waited for a free slot"
-    # Generous on a shared CI machine; benchmarks/bench_queue.py measures the latency itself.
-    assert launched[ids[2]] - first_end < 3, "and was launched soon after one freed"
+    # Order, not latency (benchmarks/bench_queue.py measures that): the daemon's own log
+    # started the third on a later pass than the first two, on a slot one of them freed.
+    started = [line for line in ws.daemon_log.read_text().splitlines() if " started on " in line]
+    order = {i: next(k for k, line in enumerate(started) if f"run {i} started on " in line) for i in ids}
+    assert order[ids[2]] > max(order[ids[0]], order[ids[1]]), "the daemon started the third after the first two"
     slots = [json.loads((ws_path / "runs" / i / "launch.json").read_text())["slots"] for i in ids]
     assert sorted(slots[:2]) == ["cpu:0", "cpu:1"] and slots[2] in slots[:2]
     env0 = json.loads((ws_path / "runs" / ids[0] / "launch.json").read_text())["env"]
