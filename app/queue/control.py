@@ -174,7 +174,12 @@ def annotate(ws: Workspace, ref: str, tags: list[str] | tuple[str, ...] | None =
                                 ("notes", notes.strip() if notes is not None else None)) if v is not None}
     with ws.store.write() as s:
         run = find_run(s, ref)
-        ann = annotations.update(ws.run_dir(run.run_id), **fields)
+        rd = ws.run_dir(run.run_id)
+        if rd.path.exists():
+            ann = annotations.update(rd, **fields)
+        else:  # its directory is gone (a reindex will drop the row too): the row is all there is
+            ann = annotations.Annotations(tags=list(fields.get("tags", run.tags.split(","))),
+                                          notes=fields.get("notes", run.notes))
         run.tags, run.notes = ",".join(ann.tags), ann.notes
         run.rev = next_rev(s)
         s.add(run)
