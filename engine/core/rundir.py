@@ -29,6 +29,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from engine.core.errors import JobError
+from engine.core.events import (
+    LaunchRecord,
+    RunRecord,
+    StatusRecord,
+    SubmitRecord,
+    parse_exit_code,
+    parse_record,
+)
 
 RUN_JSON = "run.json"
 EVENTS = "events.jsonl"
@@ -106,7 +114,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: Path) -> dict | None:
-    """A JSON object from ``path``, or None if the file does not exist."""
+    """A JSON object from ``path``, or None if the file does not exist (no schema: the manager's own small files)."""
     try:
         with open(path, "rb") as f:
             return json.loads(f.read())
@@ -114,11 +122,25 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+def read_record(path: Path, model) -> dict | None:
+    """A record file validated against its schema (``engine.core.events``): the dict, None if the
+    file does not exist, or ``RecordError`` with one line naming the file, the field and what is wrong."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    return parse_record(raw, model, str(path))
 
 
 
 class RunDir:
-    """Paths of one run directory, and readers that never raise on a missing file."""
+    """Paths of one run directory, and its readers.
+
+    The readers validate against the schema: a missing file is None, a file
+    that does not fit raises ``RecordError`` (a ValueError) whose message is
+    the one line to show.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -166,22 +188,23 @@ class RunDir:
         raise JobError(f"could not create a fresh run directory under {runs_root}")
 
     def read_run(self) -> dict | None:
-        return read_json(self.run_json)
+        return read_record(self.run_json, RunRecord)
 
     def read_status(self) -> dict | None:
-        return read_json(self.status)
+        return read_record(self.status, StatusRecord)
 
     def read_submit(self) -> dict | None:
-        return read_json(self.submit_json)
+        return read_record(self.submit_json, SubmitRecord)
 
     def read_launch(self) -> dict | None:
-        return read_json(self.launch_json)
+        return read_record(self.launch_json, LaunchRecord)
 
     def read_exit_code(self) -> int | None:
         try:
-            return int(self.exit_code_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
+            text = self.exit_code_file.read_bytes().decode("utf-8", "replace")
+        except FileNotFoundError:
             return None
+        return parse_exit_code(text, str(self.exit_code_file))
 
     def tail_log(self, max_bytes: int = 4096) -> str:
         """The end of stdout.log, for error messages."""
