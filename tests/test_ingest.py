@@ -85,9 +85,9 @@ def test_malformed_line_is_reported_with_file_and_line_and_skipped(ws):
     report = Ingester(ws).run_pass()
     assert metric_count(ws) == 7
     assert len(report.warnings) == 1
-    assert f"{rd.events} line 4: malformed JSON" in report.warnings[0]
+    assert f"{rd.events}:4: malformed JSON" in report.warnings[0]
     with ws.store.read() as s:
-        assert "line 4" in s.exec(select(IngestState)).one().warning
+        assert ":4: " in s.exec(select(IngestState)).one().warning
 
 
 def test_truncated_last_line_of_a_finished_run_is_reported(ws):
@@ -99,7 +99,7 @@ def test_truncated_last_line_of_a_finished_run_is_reported(ws):
     rd.status.write_text(json.dumps(status))
     report = Ingester(ws).run_pass()
     assert metric_count(ws) == 6
-    assert any("line 4: truncated" in w for w in report.warnings)
+    assert any(f"{rd.events}:4: truncated" in w for w in report.warnings)
     assert the_run(ws, rd.run_id).status == "failed"
 
 
