@@ -285,8 +285,10 @@ class RunRecorder:
         self._stop_signal = signum
 
     def _set_status(self, **fields: Any) -> None:
-        self._status.update(fields, v=SCHEMA_VERSION, run_id=self.run_dir.run_id, updated_at=time.time())
-        _write_record(self.run_dir.status, StatusRecord, self._status)
+        # A copy first: a status the schema refuses leaves the last good one in place for __exit__.
+        status = {**self._status, **fields, "v": SCHEMA_VERSION, "run_id": self.run_dir.run_id, "updated_at": time.time()}
+        _write_record(self.run_dir.status, StatusRecord, status)
+        self._status = status
 
     def _tee_output(self) -> None:
         log_path = self.run_dir.stdout_log
