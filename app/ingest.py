@@ -58,6 +58,7 @@ from engine.core.rundir import (
     SUBMIT,
     RunDir,
     is_run_id,
+    open_regular,
 )
 
 CHUNK_BYTES = 4 << 20  # events read per transaction; bounds how long the write lock is held
@@ -133,6 +134,7 @@ class Ingester:
         self.ws = ws
         self.store = ws.store
         self._pending_links: list[tuple[str, str]] = []  # (child, parent) run ids to link at the end of a pass
+        self._reported: set[str] = set()  # warnings that no stored offset or signature keeps from repeating
 
     # -- passes ---------------------------------------------------------------
     def run_pass(self, only: Iterable[str] | None = None, skip_queued: bool = False) -> IngestReport:
@@ -161,7 +163,13 @@ class Ingester:
             rd = RunDir(self.ws.runs / name)
             if sig is not None and sig == signature(rd) and not self._process_ended(rd, status):
                 continue
-            report.merge(self.ingest_run(rd))
+            try:
+                report.merge(self.ingest_run(rd))
+            except OSError as e:  # a directory that cannot be read at all: that run only, and once
+                msg = f"{e.filename or rd.path}: cannot read ({e.strerror or e}); the run is left as it was"
+                if msg not in self._reported:  # once, not on every pass of the daemon
+                    self._reported.add(msg)
+                    report.warnings.append(msg)
         self._link_dependencies()
         return report
 
@@ -273,11 +281,15 @@ class Ingester:
                        run_json: dict | None, report: IngestReport) -> bool:
         """Read the next chunk of events.jsonl; True once the end of the file is reached."""
         try:
-            with open(rd.events, "rb") as f:
+            with open_regular(rd.events) as f:
                 f.seek(state.events_offset)
                 chunk = f.read(CHUNK_BYTES)
                 at_end = not f.read(1)
         except FileNotFoundError:
+            return True
+        except (OSError, RecordError) as e:  # permissions, a FIFO: the run is listed, without its events
+            why = e if isinstance(e, RecordError) else f"{rd.events}: cannot read ({e.strerror or e})"
+            self._warn(state, report, f"{why}; its events are not indexed until it can be read")
             return True
         lines, used = parse_event_lines(chunk, state.events_lines + 1)
         if used == 0 and not at_end:

@@ -217,3 +217,22 @@ def test_a_run_with_neither_run_nor_submit_readable_is_still_listed(ws):
     assert "run.json: run_id: expected a string, got 7" in w
     run = the_run(ws, rd.run_id)
     assert run.status == UNREADABLE and metric_count(ws, rd.run_id) == 6
+
+
+def test_run_files_that_are_not_plain_files_are_refused_without_blocking(ws):
+    """A FIFO read would wait for a writer forever: the ingester (the daemon's) would hang."""
+    import os
+
+    rd, other = fake_job(ws), fake_job(ws)
+    rd.events.unlink()
+    os.mkfifo(rd.events)
+    rd.status.unlink()
+    rd.status.mkdir()
+    report = Ingester(ws).run_pass()
+    assert sorted(report.warnings) == sorted([
+        f"{rd.events}: not a regular file; remove it (the job writes a plain file); its events are not indexed until it can be read",
+        f"{rd.status}: not a regular file; remove it (the job writes a plain file); the run is listed as unreadable until it is fixed",
+    ])
+    assert the_run(ws, rd.run_id).status == UNREADABLE
+    assert the_run(ws, other.run_id).status == "succeeded"
+    rd.status.rmdir()

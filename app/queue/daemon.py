@@ -33,6 +33,7 @@ from app.queue.settings import Settings, load_settings
 from app.queue.slots import Occupancy, allocate, discover_gpus, slot_env
 from app.store.models import FINISHED, LAUNCHED, Run, RunDependency, next_rev
 from app.workspace import Workspace
+from engine.core.events import RecordError
 from engine.core.procs import ProcessIdentity
 from engine.core.rundir import atomic_write_json, read_json
 
@@ -295,7 +296,10 @@ class Daemon:
                 if run.run_id not in self._sigterm_at and run.slurm_job_id and self.slurm.cancel(run.slurm_job_id):
                     self._sigterm_at[run.run_id] = now  # else scancel failed or timed out: the next pass asks again
                 continue
-            launch = read_json(rd.launch_json) or {}
+            try:
+                launch = rd.read_launch() or {}
+            except RecordError:
+                continue  # the ingest pass reports the file once and lists the run unreadable
             ident = ProcessIdentity.from_record(launch, "launcher_")
             if ident is None or ident.pid == os.getpid() or not ident.alive():
                 continue  # gone already: the next ingest pass settles it as cancelled

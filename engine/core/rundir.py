@@ -24,6 +24,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
@@ -34,6 +35,7 @@ from engine.core.events import (
     RunRecord,
     StatusRecord,
     SubmitRecord,
+    RecordError,
     parse_exit_code,
     parse_record,
 )
@@ -114,23 +116,44 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: Path) -> dict | None:
-    """A JSON object from ``path``, or None if the file does not exist (no schema: the manager's own small files)."""
+    """A JSON object from ``path``, or None if the file does not exist (no schema: the manager's own
+    small files). ValueError if it is not JSON; RecordError (a ValueError) if it is not a readable file."""
+    raw = _read_file(path)
+    return None if raw is None else json.loads(raw)
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file: a FIFO or a device in a run directory
+    would block or feed a reader forever, so it is refused (``RecordError``) without reading it.
+    FileNotFoundError as open() raises it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without waiting for a writer
     try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RecordError(f"{path}: not a regular file; remove it (the job writes a plain file)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_file(path: Path) -> bytes | None:
+    """The bytes of a run file, None if it does not exist, or RecordError saying why it cannot be read."""
+    try:
+        with open_regular(path) as f:
+            return f.read()
     except FileNotFoundError:
         return None
+    except OSError as e:  # permissions, a directory: the run is unreadable, with this cause
+        raise RecordError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def read_record(path: Path, model) -> dict | None:
     """A record file validated against its schema (``engine.core.events``): the dict, None if the
     file does not exist, or ``RecordError`` with one line naming the file, the field and what is wrong."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return None
-    return parse_record(raw, model, str(path))
+    raw = _read_file(path)
+    return None if raw is None else parse_record(raw, model, str(path))
+
 
 
 
@@ -200,11 +223,8 @@ class RunDir:
         return read_record(self.launch_json, LaunchRecord)
 
     def read_exit_code(self) -> int | None:
-        try:
-            text = self.exit_code_file.read_bytes().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return None
-        return parse_exit_code(text, str(self.exit_code_file))
+        raw = _read_file(self.exit_code_file)
+        return None if raw is None else parse_exit_code(raw.decode("utf-8", "replace"), str(self.exit_code_file))
 
     def tail_log(self, max_bytes: int = 4096) -> str:
         """The end of stdout.log, for error messages."""
