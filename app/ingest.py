@@ -113,7 +113,10 @@ def _read_records(rd: RunDir) -> tuple[dict, str | None, list[str]]:
         except RecordError as e:
             found[name] = None
             bad.append(str(e))
-    return found, (bad[0] if bad else None), bad
+    # The cause, stored with the run, names the file by its name: the run is known, and a listing's
+    # note column then shows what is wrong rather than the workspace's path.
+    cause = bad[0].replace(f"{rd.path}{os.sep}", "", 1) if bad else None
+    return found, cause, bad
 
 
 def _metric_rows(run_pk: int, epoch: int | None, ev: dict) -> list[dict]:
