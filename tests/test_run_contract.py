@@ -168,13 +168,13 @@ def test_run_ids_sort_by_time_and_never_collide(tmp_path):
 def test_a_job_cannot_write_what_the_reader_would_reject(tmp_path):
     rd, rec = recorder(tmp_path)
     with rec:
-        with pytest.raises(RecordError, match=r"events.jsonl: epoch event: epoch: expected an integer, got 'x'"):
+        with pytest.raises(TypeError, match=r"events.jsonl: epoch event: epoch: expected an integer, got 'x'"):
             rec.event("epoch", epoch="x", metrics={})
-        with pytest.raises(RecordError, match="load: 1 values for 2 experts"):
+        with pytest.raises(TypeError, match="load: 1 values for 2 experts"):
             rec.log_expert_load(1, ["e0", "e1"], [1.0])
-        with pytest.raises(RecordError, match="outside SQLite's 64-bit integer range"):
+        with pytest.raises(TypeError, match="outside SQLite's 64-bit integer range"):
             rec.log_epoch(2**70, {"x": 1.0})
-        with pytest.raises(RecordError, match="state: 'frobnicated' is not one of"):
+        with pytest.raises(TypeError, match="state: 'frobnicated' is not one of"):
             rec._set_status(state="frobnicated")
         rec.log_expert_load(None, ["e0", "e1"], [0.25, float("nan")], top1_share=[0.5, 0.5])  # evaluate-gating's
         rec.log_epoch(1, {"loss": float("inf")})
@@ -201,3 +201,16 @@ def test_record_files_validate_on_read(tmp_path):
     rd.exit_code_file.write_text("999")
     with pytest.raises(RecordError, match="exit_code: 999 is not an exit status"):
         rd.read_exit_code()
+
+
+def test_a_job_reading_a_bad_run_file_fails_as_bad_input_with_the_cause(tmp_path):
+    upstream, rec = recorder(tmp_path)
+    with rec:
+        pass
+    upstream.run_json.write_text('{"v": 99, "run_id": "x", "kind": "train-gating"}')
+    rd, rec = recorder(tmp_path)
+    with rec:
+        upstream.read_run()  # as evaluate-gating reads its training run
+    st = rd.read_status()
+    assert st["state"] == "failed" and st["exit_code"] == EXIT_BAD_INPUT
+    assert st["error"] == f"{upstream.run_json}: schema v99 is newer than this reader (v1); upgrade moe-tui"

@@ -4,7 +4,7 @@ Every event a job appends to ``events.jsonl`` and every record file of a run
 (``run.json``, ``status.json``; the manager's ``submit.json``, ``launch.json``
 and ``exit_code``) has a pydantic model here. Writers go through it
 (``validate_event``, ``validate_record``: a job cannot write what a reader
-would reject), readers validate against it (``parse_event_lines``,
+would reject; the recorder turns a refusal into a TypeError, the job's bug), readers validate against it (``parse_event_lines``,
 ``parse_record``). A bad line or file costs one line of explanation -- file,
 line, field, what is wrong -- and that item, never the reader.
 
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, model_validator
+
+from engine.core.errors import JobError
 
 SCHEMA_VERSION = 1
 
@@ -239,8 +241,12 @@ class LaunchRecord(_Record):
 # Validation with one-line causes
 
 
-class RecordError(ValueError):
-    """A line or file that does not fit its schema; the message is the one line to show."""
+class RecordError(JobError, ValueError):
+    """A line or file that does not fit its schema; the message is the one line to show.
+
+    A JobError: a job that reads another run's files (train-gating its experts', evaluate-gating
+    its training run's) and meets a bad one fails as bad input, with this line as the cause.
+    """
 
 
 def _shown(value: Any) -> str:

@@ -69,7 +69,7 @@ class EventLog:
 
     Every event goes through its schema first (``engine.core.events``), so a
     job cannot write a line the manager would reject: a job that tries fails
-    with the field and what is wrong. About 10 us an event (20 metrics), once an epoch.
+    with a TypeError naming the field and what is wrong. About 10 us an event (20 metrics), once an epoch.
     """
 
     def __init__(self, path: Path):
@@ -80,8 +80,8 @@ class EventLog:
         raw = {"v": SCHEMA_VERSION, "t": round(time.time(), 3), "type": type, **fields}
         try:
             event = validate_event(raw).model_dump(exclude_unset=True)
-        except RecordError as e:
-            raise RecordError(f"{self.path.name}: {type} event: {e}") from None
+        except RecordError as e:  # the job's own bug, not bad input: a crash, with its traceback
+            raise TypeError(f"{self.path.name}: {type} event: {e}") from None
         os.write(self._fd, (json.dumps(event, allow_nan=True) + "\n").encode())
         os.fsync(self._fd)  # per event (an epoch), cheap; survives a node crash
         return event
@@ -312,8 +312,8 @@ def _write_record(path: Path, model, record: dict) -> None:
     """Write a record file only if it fits its schema (a reader would reject it otherwise)."""
     try:
         validate_record(record, model)
-    except RecordError as e:
-        raise RecordError(f"{path.name}: {e}") from None
+    except RecordError as e:  # the job's own bug, not bad input: a crash, with its traceback
+        raise TypeError(f"{path.name}: {e}") from None
     atomic_write_json(path, record)
 
 
