@@ -4,8 +4,8 @@ Every event a job appends to ``events.jsonl`` and every record file of a run
 (``run.json``, ``status.json``; the manager's ``submit.json``, ``launch.json``
 and ``exit_code``) has a pydantic model here. Writers go through it
 (``validate_event``, ``validate_record``: a job cannot write what a reader
-would reject; the recorder turns a refusal into a TypeError, the job's bug), readers validate against it (``parse_event_lines``,
-``parse_record``). A bad line or file costs one line of explanation -- file,
+would reject; the recorder turns a refusal into a TypeError, the job's bug),
+readers validate against it (``parse_event_lines``, ``parse_record``). A bad line or file costs one line of explanation -- file,
 line, field, what is wrong -- and that item, never the reader.
 
 Types are strict where the manager relies on them: an integer is a JSON
