@@ -29,7 +29,7 @@ def test_metrics_events_and_log_are_read_incrementally(ws):
     rd = RunDir.create(ws.runs)
     with RunRecorder(rd, kind="train-expert", config={}, argv=["train-expert"], total_epochs=2) as rec:
         rec.log_epoch(1, {"train/loss": 1.0})
-        rec.event("expert_load", epoch=1, load=[0.6, 0.4])
+        rec.log_expert_load(1, ["e0", "e1"], [0.6, 0.4])  # the one shape the schema takes
         Ingester(ws).run_pass()
         data = TuiData(ws)
         (row,), _ = data.runs_since(0)
@@ -40,7 +40,7 @@ def test_metrics_events_and_log_are_read_incrementally(ws):
         assert len(events) == 1 and events[0]["load"] == [0.6, 0.4]
         assert "epoch 1/2" in text
         rec.log_epoch(2, {"train/loss": 0.5})
-        rec.event("expert_load", epoch=2, load=[0.5, 0.5])
+        rec.log_expert_load(2, ["e0", "e1"], [0.5, 0.5])
     Ingester(ws).run_pass()
     new = data.metrics_since(row.pk, first[-1].id)
     assert [(p.epoch, p.value) for p in new] == [(2, 0.5)]
