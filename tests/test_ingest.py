@@ -148,7 +148,9 @@ BAD_LINES = [
 def test_each_bad_line_is_reported_once_skipped_and_the_lines_after_it_indexed(ws):
     rd = fake_job(ws, finish=False)
     good = fake_job(ws)
-    good_line = json.dumps({"v": 1, "t": 1.0, "type": "epoch", "epoch": 4, "metrics": {"val/acc": 0.9, "diverged": None}})
+    # A metric may be any JSON number (an integer beyond SQLite's range too: stored as a REAL); null has no row.
+    good_line = json.dumps({"v": 1, "t": 1.0, "type": "epoch", "epoch": 4,
+                            "metrics": {"val/acc": 0.9, "diverged": None, "count": 2**70}})
     with open(rd.events, "a") as f:
         for line, _ in BAD_LINES:
             f.write(line + "\n")
@@ -158,7 +160,7 @@ def test_each_bad_line_is_reported_once_skipped_and_the_lines_after_it_indexed(w
     assert len(report.warnings) == len(BAD_LINES)
     for i, (w, (_, why)) in enumerate(zip(report.warnings, BAD_LINES)):
         assert w.startswith(f"{rd.events}:{4 + i}: ") and why in w and "\n" not in w, w
-    assert metric_count(ws, rd.run_id) == 7  # 3 epochs x 2 before, val/acc of the good line after
+    assert metric_count(ws, rd.run_id) == 8  # 3 epochs x 2 before, val/acc and count of the good line after
     assert metric_count(ws, good.run_id) == 6
     assert the_run(ws, rd.run_id).epoch == 4
     # Offset-tracked: the bad lines are behind the offset, never reported again.
