@@ -20,7 +20,6 @@ from engine.core.events import (
     RunRecord,
     StatusRecord,
     validate_event,
-    validate_record,
 )
 from engine.core.procs import (
     EXIT_BAD_INPUT,
@@ -29,7 +28,7 @@ from engine.core.procs import (
     EXIT_OK,
     ProcessIdentity,
 )
-from engine.core.rundir import RunDir, atomic_write_json
+from engine.core.rundir import RunDir, write_record
 
 
 def git_state(path: Path) -> dict:
@@ -178,7 +177,7 @@ class RunRecorder:
         rd.artifacts.mkdir(exist_ok=True)
         self._tee_output()
         me = ProcessIdentity.current()
-        _write_record(
+        write_record(
             rd.run_json, RunRecord,
             {
                 "v": SCHEMA_VERSION,
@@ -287,7 +286,7 @@ class RunRecorder:
     def _set_status(self, **fields: Any) -> None:
         # A copy first: a status the schema refuses leaves the last good one in place for __exit__.
         status = {**self._status, **fields, "v": SCHEMA_VERSION, "run_id": self.run_dir.run_id, "updated_at": time.time()}
-        _write_record(self.run_dir.status, StatusRecord, status)
+        write_record(self.run_dir.status, StatusRecord, status)
         self._status = status
 
     def _tee_output(self) -> None:
@@ -306,15 +305,6 @@ class RunRecorder:
         if self._log:
             self._log.close()
             self._log = None
-
-
-def _write_record(path: Path, model, record: dict) -> None:
-    """Write a record file only if it fits its schema (a reader would reject it otherwise)."""
-    try:
-        validate_record(record, model)
-    except RecordError as e:  # the job's own bug, not bad input: a crash, with its traceback
-        raise TypeError(f"{path.name}: {e}") from None
-    atomic_write_json(path, record)
 
 
 def _finite_or_none(v) -> float | None:

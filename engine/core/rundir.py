@@ -38,6 +38,7 @@ from engine.core.events import (
     RecordError,
     parse_exit_code,
     parse_record,
+    validate_record,
 )
 
 RUN_JSON = "run.json"
@@ -113,6 +114,16 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_record(path: str | os.PathLike, model, record: dict) -> None:
+    """Write a record file (``atomic_write_json``) only if it fits its schema in ``engine.core.events``:
+    a writer cannot leave what its reader would reject. A refusal is the writer's bug: TypeError."""
+    try:
+        validate_record(record, model)
+    except RecordError as e:
+        raise TypeError(f"{Path(path).name}: {e}") from None
+    atomic_write_json(path, record)
 
 
 def read_json(path: Path) -> dict | None:
