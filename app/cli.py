@@ -35,8 +35,9 @@ _global_workspace: str | None = None
 # command's start (tests/test_cli.py checks the two agree). The error for an unknown status sends
 # people here, so this help is where the whole list lives.
 StatusOpt = Annotated[Optional[str], typer.Option(
-    help="only runs with this status: queued, pending, running, succeeded, failed, cancelled, lost or "
-         "blocked; any unambiguous beginning will do (run: running)")]
+    help="only runs with this status: queued, pending, running, succeeded, failed, cancelled, lost, "
+         "blocked or unreadable (a run file that does not fit its schema; the note says which); any "
+         "unambiguous beginning will do (run: running)")]
 KindOpt = Annotated[Optional[str], typer.Option(
     help="only runs of this job kind (`engine --help` lists them); any unambiguous beginning will do "
          "(recompute-lo: recompute-logits)")]

@@ -1,6 +1,7 @@
 """CSV export: one row per run (wide), or one row per metric value (``--history``).
 
-Wide columns: run_id, name, kind, status, created_at, duration_s, git_commit,
+Wide columns: run_id, name, kind, status, error (why it failed, or why its files
+are unreadable), created_at, duration_s, git_commit,
 then ``config.<field>`` for every config field of the exported runs, then
 ``final.<metric>`` (last value) and ``best.<metric>`` (best by the metric's
 goal) for every metric they logged.
@@ -23,7 +24,7 @@ from app.queries import duration_s, summaries
 from app.store.models import Metric, Run
 from engine.core.rundir import atomic_write
 
-BASE_COLUMNS = ["run_id", "name", "kind", "status", "created_at", "duration_s", "git_commit"]
+BASE_COLUMNS = ["run_id", "name", "kind", "status", "error", "created_at", "duration_s", "git_commit"]
 
 
 def _iso(ts: float | None) -> str:
@@ -43,7 +44,7 @@ def wide_rows(s: Session, runs: list[Run]) -> tuple[list[str], list[dict]]:
     rows, config_cols, metric_keys = [], set(), set()
     for r in runs:
         row = {
-            "run_id": r.run_id, "name": r.name, "kind": r.kind, "status": r.status,
+            "run_id": r.run_id, "name": r.name, "kind": r.kind, "status": r.status, "error": r.error or "",
             "created_at": _iso(r.created_at),
             "duration_s": "" if duration_s(r) is None else round(duration_s(r), 3),
             "git_commit": r.git_commit or "",

@@ -6,8 +6,13 @@ file from there, inserts the rows and moves the offset, all or nothing. Any
 number of ingesters (the daemon, ``moe-tui ls``, a TUI) may run at once;
 the second one to take the write lock simply finds nothing new.
 
-A partial last line (the job is mid-write) is left for the next pass. A
-malformed line is reported with its file and line number, and skipped.
+A partial last line (the job is mid-write) is left for the next pass. Every
+line and record file is validated against the schema in engine.core.events:
+a line that does not fit is reported once (file:line: field: what is wrong)
+and skipped, the offset moves past it and the lines after it are indexed; a
+run whose run.json, status.json, submit.json, launch.json or exit_code does
+not fit is listed with status ``unreadable`` and that cause until a file
+changes and reads again.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from app.store.models import (
     BLOCKED,
     FINISHED,
     LAUNCHED,
+    UNREADABLE,
     IngestState,
     Metric,
     MetricSummary,
@@ -44,7 +50,7 @@ from app.store.models import (
 )
 from app.workspace import Workspace
 from engine.core.config import goal_for
-from engine.core.events import parse_event_lines
+from engine.core.events import RecordError, parse_event_lines
 from engine.core.rundir import (
     EVENTS,
     EXIT_CODE,
@@ -54,6 +60,7 @@ from engine.core.rundir import (
     SUBMIT,
     RunDir,
     is_run_id,
+    open_regular,
 )
 
 CHUNK_BYTES = 4 << 20  # events read per transaction; bounds how long the write lock is held
@@ -93,21 +100,38 @@ def _run_names(runs_root) -> list[str]:
         return []
 
 
-class _Unreadable(Exception):
-    pass
+def _read_records(rd: RunDir) -> tuple[dict, str | None, list[str]]:
+    """The run's record files, each validated against its schema (``engine.core.events``).
+
+    Returns what could be read ({name: dict or None}), the cause that makes the run
+    unreadable (the first file that does not fit), and one warning per such file.
+    """
+    readers = {STATUS: rd.read_status, LAUNCH: rd.read_launch, SUBMIT: rd.read_submit,
+               RUN_JSON: rd.read_run, EXIT_CODE: rd.read_exit_code}
+    found, bad = {}, []
+    for name, read in readers.items():
+        try:
+            found[name] = read()
+        except RecordError as e:
+            found[name] = None
+            bad.append(str(e))
+    # The cause, stored with the run, names the file by its name: the run is known, and a listing's
+    # note column then shows what is wrong rather than the workspace's path.
+    cause = bad[0].replace(f"{rd.path}{os.sep}", "", 1) if bad else None
+    return found, cause, bad
 
 
-def _read_json(rd: RunDir, name: str) -> dict | None:
+def _metric_rows(run_pk: int, epoch: int | None, ev: dict) -> list[dict]:
+    """Metric rows of an epoch or summary event; a null value (NaN, inf: diverged) has no row."""
+    return [{"run": run_pk, "epoch": epoch, "step": ev.get("step"), "key": key, "value": value,
+             "time": ev.get("t", 0.0)} for key, value in ev.get("metrics", {}).items() if value is not None]
+
+
+def _dir_time(rd: RunDir) -> float:
     try:
-        with open(rd.path / name, "rb") as f:
-            data = json.loads(f.read())
-    except FileNotFoundError:
-        return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _Unreadable(f"{rd.path / name}: malformed JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise _Unreadable(f"{rd.path / name}: expected a JSON object")
-    return data
+        return rd.path.stat().st_mtime
+    except OSError:
+        return time.time()
 
 
 def expert_load_rows(ev: dict, run_pk: int, rows: list[dict], goals: dict) -> str | None:
@@ -142,6 +166,7 @@ class Ingester:
         self.ws = ws
         self.store = ws.store
         self._pending_links: list[tuple[str, str]] = []  # (child, parent) run ids to link at the end of a pass
+        self._reported: set[str] = set()  # warnings that no stored offset or signature keeps from repeating
 
     # -- passes ---------------------------------------------------------------
     def run_pass(self, only: Iterable[str] | None = None, skip_queued: bool = False) -> IngestReport:
@@ -170,7 +195,13 @@ class Ingester:
             rd = RunDir(self.ws.runs / name)
             if sig is not None and sig == signature(rd) and not self._process_ended(rd, status):
                 continue
-            report.merge(self.ingest_run(rd))
+            try:
+                report.merge(self.ingest_run(rd))
+            except OSError as e:  # a directory that cannot be read at all: that run only, and once
+                msg = f"{e.filename or rd.path}: cannot read ({e.strerror or e}); the run is left as it was"
+                if msg not in self._reported:  # once, not on every pass of the daemon
+                    self._reported.add(msg)
+                    report.warnings.append(msg)
         self._link_dependencies()
         return report
 
@@ -191,38 +222,39 @@ class Ingester:
         if status not in LAUNCHED:
             return False
         try:
-            return settle(rd, _read_json(rd, STATUS), _read_json(rd, LAUNCH), rd.read_exit_code(),
+            return settle(rd, rd.read_status(), rd.read_launch(), rd.read_exit_code(),
                           read_cancel(rd), read_slurm(rd)).status != status
-        except _Unreadable:
-            return True
+        except RecordError:
+            return True  # ingest_run marks it unreadable, with the cause
 
     # -- one run --------------------------------------------------------------
     def ingest_run(self, rd: RunDir) -> IngestReport:
         report = IngestReport()
-        # Read status before events: the job writes its last events before its
-        # final status, so a final status seen here means every event is on disk.
-        try:
-            status = _read_json(rd, STATUS)
-            launch = _read_json(rd, LAUNCH)
-            submit = _read_json(rd, SUBMIT)
-            run_json = _read_json(rd, RUN_JSON)
-        except _Unreadable as e:
-            report.warnings.append(str(e))
-            return report
         ann, problem = annotations.read(rd)
         if ann is not None and ann.deleted_at is not None:
             return report  # deleted by a person, its removal interrupted: `moe-tui rm` finishes it
-        exit_code = rd.read_exit_code()
+        # Read status before events: the job writes its last events before its
+        # final status, so a final status seen here means every event is on disk.
         sig = signature(rd)
+        files, unreadable, bad = _read_records(rd)
+        status, launch, submit, run_json = files[STATUS], files[LAUNCH], files[SUBMIT], files[RUN_JSON]
+        exit_code = files[EXIT_CODE]
         while True:
             with self.store.write() as s:
-                run = self._run_row(s, rd, submit, run_json, ann, problem, report)
+                run = self._run_row(s, rd, submit, run_json, ann, problem, report, force=unreadable is not None)
                 if run is None:
                     return report  # a directory still being created
                 state = s.get(IngestState, run.id) or IngestState(run=run.id)
                 done = self._ingest_events(s, rd, run, state, run_json, report)
                 if done:
-                    self._apply_status(rd, run, status, launch, exit_code, state, report)
+                    if unreadable is not None:
+                        # Listed with the cause, never hidden and never guessed at; reported once
+                        # (the signature below), and read again when a file changes.
+                        for msg in bad:
+                            self._warn(state, report, f"{msg}; the run is listed as {UNREADABLE} until it is fixed")
+                        run.status, run.error = UNREADABLE, unreadable
+                    else:
+                        self._apply_status(rd, run, status, launch, exit_code, state, report)
                     state.signature = sig
                 run.rev = next_rev(s)
                 s.add(run)
@@ -233,12 +265,16 @@ class Ingester:
 
     def _run_row(self, s: Session, rd: RunDir, submit: dict | None, run_json: dict | None,
                  ann: Annotations | None = None, ann_problem: str | None = None,
-                 report: IngestReport | None = None) -> Run | None:
+                 report: IngestReport | None = None, force: bool = False) -> Run | None:
+        """The run's row, made from submit.json or run.json if new; ``force``: also from neither
+        (their files are unreadable: the run is still listed, by its id). A new row takes its
+        tags and notes from annotations.json."""
         run = s.exec(select(Run).where(Run.run_id == rd.run_id)).first()
         if run is None:
             source = submit or run_json
-            if source is None:
+            if source is None and not force:
                 return None
+            source = source or {"created_at": _dir_time(rd)}
             run = Run(
                 run_id=rd.run_id,
                 name=source.get("name") or "",
@@ -287,36 +323,39 @@ class Ingester:
                        run_json: dict | None, report: IngestReport) -> bool:
         """Read the next chunk of events.jsonl; True once the end of the file is reached."""
         try:
-            with open(rd.events, "rb") as f:
+            with open_regular(rd.events) as f:
                 f.seek(state.events_offset)
                 chunk = f.read(CHUNK_BYTES)
                 at_end = not f.read(1)
         except FileNotFoundError:
             return True
+        except (OSError, RecordError) as e:  # permissions, a FIFO: the run is listed, without its events
+            why = e if isinstance(e, RecordError) else f"{rd.events}: cannot read ({e.strerror or e})"
+            self._warn(state, report, f"{why}; its events are not indexed until it can be read")
+            return True
         lines, used = parse_event_lines(chunk, state.events_lines + 1)
         if used == 0 and not at_end:
             used = len(chunk)  # one line longer than a chunk: not an event we can use
             lines = []
-            self._warn(state, report, f"{rd.events} line {state.events_lines + 1}: longer than {CHUNK_BYTES} bytes; skipped")
-        goals = dict((run_json or {}).get("metric_goals") or {})
+            self._warn(state, report, f"{rd.events}:{state.events_lines + 1}: longer than {CHUNK_BYTES} bytes; line skipped")
+        goals = dict((run_json or {}).get("metric_goals") or {})  # expert_load_rows adds its keys' goals
         rows = []
         for ln in lines:
             if ln.event is None:
-                self._warn(state, report, f"{rd.events} line {ln.lineno}: {ln.error}; skipped")
+                self._warn(state, report, f"{rd.events}:{ln.lineno}: {ln.error}; line skipped")
                 continue
+            # A plain dict, validated against engine.core.events: its fields have the schema's
+            # types (ints within SQLite's range, metric values float or None).
             ev = ln.event
-            if ev["type"] in ("epoch", "summary"):
-                epoch = ev.get("epoch") if ev["type"] == "epoch" else None
-                for key, value in (ev.get("metrics") or {}).items():
-                    if isinstance(value, (int, float)) and value == value:
-                        rows.append({"run": run.id, "epoch": epoch, "step": ev.get("step"), "key": key,
-                                     "value": float(value), "time": ev.get("t", 0.0)})
-                if epoch is not None:
-                    run.epoch = max(run.epoch or 0, int(epoch))
+            if ev["type"] == "epoch":
+                rows += _metric_rows(run.id, ev["epoch"], ev)
+                run.epoch = max(run.epoch or 0, ev["epoch"])
+            elif ev["type"] == "summary":
+                rows += _metric_rows(run.id, None, ev)
             elif ev["type"] == "expert_load":
                 warning = expert_load_rows(ev, run.id, rows, goals)
                 if warning:
-                    self._warn(state, report, f"{rd.events} line {ln.lineno}: {warning}; skipped")
+                    self._warn(state, report, f"{rd.events}:{ln.lineno}: {warning}; line skipped")
         if rows:
             s.execute(insert(Metric), rows)
             self._update_summaries(s, run.id, rows, goals)
@@ -348,6 +387,8 @@ class Ingester:
         settled = settle(rd, status, launch, exit_code, read_cancel(rd), slurm, last_epoch=run.epoch)
         if run.status in ("queued", BLOCKED) and settled.status == "queued":
             return  # blocked is the daemon's verdict from the parents, not from the files
+        if run.status == UNREADABLE:
+            run.error = None  # its files read again: the cause is gone with it
         run.status = settled.status
         if status:
             run.pid = status.get("pid") or run.pid
@@ -375,8 +416,8 @@ class Ingester:
         except FileNotFoundError:
             return
         if size > state.events_offset:
-            self._warn(state, report, f"{rd.events} line {state.events_lines + 1}: truncated "
-                                      f"({size - state.events_offset} bytes, no newline at end of file); skipped")
+            self._warn(state, report, f"{rd.events}:{state.events_lines + 1}: truncated "
+                                      f"({size - state.events_offset} bytes, no newline at end of file); line skipped")
             state.events_offset = size
             state.events_lines += 1
 

@@ -4,6 +4,11 @@ One pure function, shared by the ingester and the daemon, so a run reads the
 same however it was started and whoever looks at it (a restarted daemon, a
 TUI with no daemon, ``moe-tui reindex`` after the database was lost).
 
+Its inputs are the run's record files as ``RunDir``'s readers return them,
+validated against engine.core.events: a state here is one the schema knows.
+A run whose files do not validate never reaches this function; the ingester
+lists it ``unreadable`` with the cause instead of guessing.
+
 Order of evidence:
 1. the job's own final status.json (succeeded / failed / cancelled);
 2. a launch record the daemon marked failed (it could not start the job:
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.core.events import TERMINAL_STATES
+from engine.core.events import TERMINAL_STATES, RecordError
 from engine.core.procs import ProcessIdentity, boot_id, describe_exit
 from engine.core.rundir import RunDir, read_json
 
@@ -120,7 +125,10 @@ def settle(rd: RunDir, status: dict | None, launch: dict | None, exit_code: int 
     if any(a is True or a is None for a in liveness):
         return Settled("running" if (status or launch) else "queued")
     if reread and liveness:
-        fresh = read_json(rd.status) or status, exit_code if exit_code is not None else rd.read_exit_code()
+        try:
+            fresh = rd.read_status() or status, exit_code if exit_code is not None else rd.read_exit_code()
+        except RecordError:  # written wrong meanwhile: judged on what was read; the next ingest says why
+            fresh = status, exit_code
         if fresh != (status, exit_code):
             return settle(rd, fresh[0], launch, fresh[1], cancel, slurm, last_epoch, reread=False)
 

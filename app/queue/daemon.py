@@ -34,8 +34,9 @@ from app.queue.settings import Settings, load_settings
 from app.queue.slots import Occupancy, allocate, discover_gpus, slot_env
 from app.store.models import FINISHED, LAUNCHED, Run, RunDependency, next_rev
 from app.workspace import Workspace
+from engine.core.events import LaunchRecord, RecordError
 from engine.core.procs import ProcessIdentity
-from engine.core.rundir import atomic_write_json, read_json
+from engine.core.rundir import atomic_write_json, read_json, write_record
 
 log = logging.getLogger("moe-tui.daemon")
 
@@ -236,8 +237,8 @@ class Daemon:
         rd = self.ws.run_dir(run.run_id)
         # Until the launcher exists, the daemon stands in for it: a reader sees a
         # live process, and if the daemon dies right here the run reads "lost".
-        atomic_write_json(rd.launch_json, {"backend": "local", "launched_at": time.time(), "state": "launching",
-                                           **ProcessIdentity.current().record("launcher_")})
+        write_record(rd.launch_json, LaunchRecord, {"backend": "local", "launched_at": time.time(), "state": "launching",
+                                                    **ProcessIdentity.current().record("launcher_")})
         env = {**slot_env(slots), "MOE_TUI_RUN_ID": run.run_id}
         try:
             proc, record = local.launch(self.ws, rd, argv, env_extra=env, slots=slots)
@@ -283,8 +284,8 @@ class Daemon:
         now = time.time()
         with self.ws.store.write() as s:
             run = s.get(Run, pk)
-            atomic_write_json(self.ws.run_dir(run.run_id).launch_json,
-                              {"backend": run.backend, "state": "failed", "error": error, "failed_at": now})
+            write_record(self.ws.run_dir(run.run_id).launch_json, LaunchRecord,
+                         {"backend": run.backend, "state": "failed", "error": error, "failed_at": now})
             run.status, run.error, run.ended_at, run.rev = "failed", error, now, next_rev(s)
 
     # -- cancels ---------------------------------------------------------------
@@ -300,7 +301,10 @@ class Daemon:
                 if run.run_id not in self._sigterm_at and run.slurm_job_id and self.slurm.cancel(run.slurm_job_id):
                     self._sigterm_at[run.run_id] = now  # else scancel failed or timed out: the next pass asks again
                 continue
-            launch = read_json(rd.launch_json) or {}
+            try:
+                launch = rd.read_launch() or {}
+            except RecordError:
+                continue  # the ingest pass reports the file once and lists the run unreadable
             ident = ProcessIdentity.from_record(launch, "launcher_")
             if ident is None or ident.pid == os.getpid() or not ident.alive():
                 continue  # gone already: the next ingest pass settles it as cancelled

@@ -11,12 +11,17 @@ from sqlmodel import Field, Session, SQLModel, select
 
 # Run.status values. queued -> running -> succeeded | failed | cancelled | lost;
 # pending: submitted to Slurm and waiting in Slurm's queue (then running);
-# blocked: a dependency ended without success (retrying it re-queues the run).
+# blocked: a dependency ended without success (retrying it re-queues the run);
+# unreadable: its run.json, status.json (or submit.json, launch.json, exit_code) does not
+# read or fit the schema: listed with that cause in Run.error, never guessed at; the
+# next ingest after the file changes restores the real status. A plain string
+# column: a new value needs no migration.
 LAUNCHED = ("pending", "running")  # handed to a backend and not finished: watched, cancelled by signal or scancel
 ACTIVE = ("queued", *LAUNCHED)
 FINISHED = ("succeeded", "failed", "cancelled", "lost")
 BLOCKED = "blocked"
-STATUSES = (*ACTIVE, *FINISHED, BLOCKED)  # every status a run can have
+UNREADABLE = "unreadable"
+STATUSES = (*ACTIVE, *FINISHED, BLOCKED, UNREADABLE)  # every status a run can have
 
 
 def _run_fk(primary_key: bool = False) -> Column:

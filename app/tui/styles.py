@@ -9,4 +9,5 @@ STATUS_STYLE = {
     "cancelled": "yellow",
     "lost": "magenta",
     "blocked": "bold dark_orange reverse",  # waits on a failed dependency: needs a person (retry the parent)
+    "unreadable": "bold magenta reverse",  # a run file does not fit its schema: needs a person (the error says which)
 }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import operator
 import os
 import signal
 import subprocess
@@ -12,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import Cancelled, JobError
-from engine.core.events import SCHEMA_VERSION
+from engine.core.events import (
+    SCHEMA_VERSION,
+    RecordError,
+    RunRecord,
+    StatusRecord,
+    validate_event,
+)
 from engine.core.procs import (
     EXIT_BAD_INPUT,
     EXIT_CANCELLED,
@@ -20,7 +28,7 @@ from engine.core.procs import (
     EXIT_OK,
     ProcessIdentity,
 )
-from engine.core.rundir import RunDir, atomic_write_json
+from engine.core.rundir import RunDir, write_record
 
 
 def git_state(path: Path) -> dict:
@@ -56,14 +64,23 @@ def package_versions(names: tuple[str, ...] = ("moe-tui", "torch", "torchvision"
 
 class EventLog:
     """Append-only events.jsonl. One ``write`` per line, so a crash leaves at
-    most one partial last line, which readers skip until it is complete."""
+    most one partial last line, which readers skip until it is complete.
+
+    Every event goes through its schema first (``engine.core.events``), so a
+    job cannot write a line the manager would reject: a job that tries fails
+    with a TypeError naming the field and what is wrong. About 10 us an event (20 metrics), once an epoch.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def emit(self, type: str, **fields: Any) -> dict:
-        event = {"v": SCHEMA_VERSION, "t": round(time.time(), 3), "type": type, **fields}
+        raw = {"v": SCHEMA_VERSION, "t": round(time.time(), 3), "type": type, **fields}
+        try:
+            event = validate_event(raw).model_dump(exclude_unset=True)
+        except RecordError as e:  # the job's own bug, not bad input: a crash, with its traceback
+            raise TypeError(f"{self.path.name}: {type} event: {e}") from None
         os.write(self._fd, (json.dumps(event, allow_nan=True) + "\n").encode())
         os.fsync(self._fd)  # per event (an epoch), cheap; survives a node crash
         return event
@@ -160,8 +177,8 @@ class RunRecorder:
         rd.artifacts.mkdir(exist_ok=True)
         self._tee_output()
         me = ProcessIdentity.current()
-        atomic_write_json(
-            rd.run_json,
+        write_record(
+            rd.run_json, RunRecord,
             {
                 "v": SCHEMA_VERSION,
                 "run_id": rd.run_id,
@@ -222,14 +239,13 @@ class RunRecorder:
 
     def log_epoch(self, epoch: int, metrics: dict[str, float], phase: str | None = None) -> None:
         """One epoch's metrics: an event for the store, a line for the log, progress in status."""
-        clean = {k: (None if v != v else float(v)) for k, v in metrics.items()}  # NaN -> null
-        self.event("epoch", epoch=epoch, phase=phase, metrics=clean)
+        self.event("epoch", epoch=operator.index(epoch), phase=phase, metrics=_metric_values(metrics))
         self._set_status(epoch=epoch)
         total = f"/{self.total_epochs}" if self.total_epochs else ""
         shown = "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
         print(f"epoch {epoch}{total}  {shown}", flush=True)
 
-    def log_expert_load(self, epoch: int, experts: list[str], load: list[float],
+    def log_expert_load(self, epoch: int | None, experts: list[str], load: list[float],
                         top1_share: list[float] | None = None) -> None:
         """How a router spread one epoch's samples over its experts: the one ``expert_load`` event
         of every MoE job (train-expert's moe_head, train-gating, the m-height MoEs).
@@ -237,17 +253,15 @@ class RunRecorder:
         ``load`` is the mean routing weight per expert (sums to 1); ``top1_share`` the share of
         samples whose largest weight is that expert's, where the job knows it.
         """
-        if len(load) != len(experts) or (top1_share is not None and len(top1_share) != len(experts)):
-            raise ValueError(f"expert_load: {len(experts)} experts but {len(load)} loads")
-        fields = {"epoch": epoch, "experts": list(experts), "load": [float(v) for v in load]}
+        fields = {"epoch": None if epoch is None else operator.index(epoch), "experts": list(experts),
+                  "load": [_finite_or_none(v) for v in load]}
         if top1_share is not None:
-            fields["top1_share"] = [float(v) for v in top1_share]
-        self.event("expert_load", **fields)
+            fields["top1_share"] = [_finite_or_none(v) for v in top1_share]
+        self.event("expert_load", **fields)  # the schema checks the lengths
 
     def log_summary(self, metrics: dict[str, float]) -> None:
         """Metrics that belong to the run rather than an epoch (final test scores)."""
-        clean = {k: (None if v != v else float(v)) for k, v in metrics.items()}
-        self.event("summary", metrics=clean)
+        self.event("summary", metrics=_metric_values(metrics))
         print("final  " + "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()), flush=True)
 
     def set_total_epochs(self, total: int) -> None:
@@ -270,8 +284,10 @@ class RunRecorder:
         self._stop_signal = signum
 
     def _set_status(self, **fields: Any) -> None:
-        self._status.update(fields, v=SCHEMA_VERSION, run_id=self.run_dir.run_id, updated_at=time.time())
-        atomic_write_json(self.run_dir.status, self._status)
+        # A copy first: a status the schema refuses leaves the last good one in place for __exit__.
+        status = {**self._status, **fields, "v": SCHEMA_VERSION, "run_id": self.run_dir.run_id, "updated_at": time.time()}
+        write_record(self.run_dir.status, StatusRecord, status)
+        self._status = status
 
     def _tee_output(self) -> None:
         log_path = self.run_dir.stdout_log
@@ -289,6 +305,16 @@ class RunRecorder:
         if self._log:
             self._log.close()
             self._log = None
+
+
+def _finite_or_none(v) -> float | None:
+    """A metric as the schema stores it: NaN and +-inf (a diverged run) have no value, null."""
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _metric_values(metrics: dict) -> dict[str, float | None]:
+    return {k: None if v is None else _finite_or_none(v) for k, v in metrics.items()}
 
 
 def _one_line(msg: str | None) -> str | None:

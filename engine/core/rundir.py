@@ -24,11 +24,22 @@ import json
 import os
 import re
 import secrets
+import stat
 import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from engine.core.errors import JobError
+from engine.core.events import (
+    LaunchRecord,
+    RunRecord,
+    StatusRecord,
+    SubmitRecord,
+    RecordError,
+    parse_exit_code,
+    parse_record,
+    validate_record,
+)
 
 RUN_JSON = "run.json"
 EVENTS = "events.jsonl"
@@ -105,20 +116,65 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: Path) -> dict | None:
-    """A JSON object from ``path``, or None if the file does not exist."""
+def write_record(path: str | os.PathLike, model, record: dict) -> None:
+    """Write a record file (``atomic_write_json``) only if it fits its schema in ``engine.core.events``:
+    a writer cannot leave what its reader would reject. A refusal is the writer's bug: TypeError."""
     try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
+        validate_record(record, model)
+    except RecordError as e:
+        raise TypeError(f"{Path(path).name}: {e}") from None
+    atomic_write_json(path, record)
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``, or None if the file does not exist (no schema: the manager's own
+    small files). ValueError if it is not JSON; RecordError (a ValueError) if it is not a readable file."""
+    raw = _read_file(path)
+    return None if raw is None else json.loads(raw)
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file: a FIFO or a device in a run directory
+    would block or feed a reader forever, so it is refused (``RecordError``) without reading it.
+    FileNotFoundError as open() raises it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without waiting for a writer
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RecordError(f"{path}: not a regular file; remove it (the job writes a plain file)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_file(path: Path) -> bytes | None:
+    """The bytes of a run file, None if it does not exist, or RecordError saying why it cannot be read."""
+    try:
+        with open_regular(path) as f:
+            return f.read()
     except FileNotFoundError:
         return None
+    except OSError as e:  # permissions, a directory: the run is unreadable, with this cause
+        raise RecordError(f"{path}: cannot read ({e.strerror or e})") from None
 
+
+def read_record(path: Path, model) -> dict | None:
+    """A record file validated against its schema (``engine.core.events``): the dict, None if the
+    file does not exist, or ``RecordError`` with one line naming the file, the field and what is wrong."""
+    raw = _read_file(path)
+    return None if raw is None else parse_record(raw, model, str(path))
 
 
 
 
 class RunDir:
-    """Paths of one run directory, and readers that never raise on a missing file."""
+    """Paths of one run directory, and its readers.
+
+    The readers validate against the schema: a missing file is None, a file
+    that does not fit raises ``RecordError`` (a ValueError) whose message is
+    the one line to show.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -166,22 +222,20 @@ class RunDir:
         raise JobError(f"could not create a fresh run directory under {runs_root}")
 
     def read_run(self) -> dict | None:
-        return read_json(self.run_json)
+        return read_record(self.run_json, RunRecord)
 
     def read_status(self) -> dict | None:
-        return read_json(self.status)
+        return read_record(self.status, StatusRecord)
 
     def read_submit(self) -> dict | None:
-        return read_json(self.submit_json)
+        return read_record(self.submit_json, SubmitRecord)
 
     def read_launch(self) -> dict | None:
-        return read_json(self.launch_json)
+        return read_record(self.launch_json, LaunchRecord)
 
     def read_exit_code(self) -> int | None:
-        try:
-            return int(self.exit_code_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
+        raw = _read_file(self.exit_code_file)
+        return None if raw is None else parse_exit_code(raw.decode("utf-8", "replace"), str(self.exit_code_file))
 
     def tail_log(self, max_bytes: int = 4096) -> str:
         """The end of stdout.log, for error messages."""

@@ -43,5 +43,5 @@ def test_export_to_stdout(ws, copy_run, capsys):
     with ws.store.read() as s:
         export(s, list_runs(s), "-")
     text = capsys.readouterr().out
-    assert text.startswith("run_id,name,kind,status,created_at,duration_s,git_commit,config.")
+    assert text.startswith("run_id,name,kind,status,error,created_at,duration_s,git_commit,config.")
     assert len(list(csv.reader(io.StringIO(text)))) == 2

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from engine.core.errors import JobError
-from engine.core.events import parse_event_lines
+from engine.core.events import RecordError, parse_event_lines
 from engine.core.procs import EXIT_BAD_INPUT, EXIT_CANCELLED, ProcessIdentity, describe_exit
 from engine.core.recorder import RunRecorder
 from engine.core.rundir import RunDir, new_run_id
@@ -163,3 +163,54 @@ def test_run_ids_sort_by_time_and_never_collide(tmp_path):
     # an id made at hh:mm:31.001 could compare later than a "now" of hh:mm:30.
     assert new_run_id(before)[:13] <= ids[0][:13]
     assert ids[-1][:13] <= new_run_id(after)[:13]
+
+
+def test_a_job_cannot_write_what_the_reader_would_reject(tmp_path):
+    rd, rec = recorder(tmp_path)
+    with rec:
+        with pytest.raises(TypeError, match=r"events.jsonl: epoch event: epoch: expected an integer, got 'x'"):
+            rec.event("epoch", epoch="x", metrics={})
+        with pytest.raises(TypeError, match="load: 1 values for 2 experts"):
+            rec.log_expert_load(1, ["e0", "e1"], [1.0])
+        with pytest.raises(TypeError, match="outside SQLite's 64-bit integer range"):
+            rec.log_epoch(2**70, {"x": 1.0})
+        with pytest.raises(TypeError, match="state: 'frobnicated' is not one of"):
+            rec._set_status(state="frobnicated")
+        rec.log_expert_load(None, ["e0", "e1"], [0.25, float("nan")], top1_share=[0.5, 0.5])  # evaluate-gating's
+        rec.log_epoch(1, {"loss": float("inf")})
+    lines, _ = parse_event_lines(rd.events.read_bytes(), 1)
+    assert [ln.error for ln in lines] == [None, None, None], "what was written reads back"
+    load, epoch = lines[0].event, lines[1].event
+    assert (load["epoch"], load["load"], load["top1_share"]) == (None, [0.25, None], [0.5, 0.5])
+    assert epoch["metrics"] == {"loss": None}, "a diverged value is null: no value, never a crash"
+    assert rd.read_status()["state"] == "succeeded"
+
+
+def test_record_files_validate_on_read(tmp_path):
+    rd, rec = recorder(tmp_path)
+    with rec:
+        pass
+    rd.status.write_text(rd.status.read_text().replace('"state": "succeeded"', '"state": "frobnicated"'))
+    with pytest.raises(RecordError, match="status.json: state: 'frobnicated' is not one of 'running', 'succeeded'"):
+        rd.read_status()
+    rd.run_json.write_text('{"v": 2, "run_id": "x", "kind": "test"}')
+    with pytest.raises(RecordError, match=r"run.json: schema v2 is newer than this reader \(v1\); upgrade moe-tui"):
+        rd.read_run()
+    rd.exit_code_file.write_text("-9\n")
+    assert rd.read_exit_code() == -9
+    rd.exit_code_file.write_text("999")
+    with pytest.raises(RecordError, match="exit_code: 999 is not an exit status"):
+        rd.read_exit_code()
+
+
+def test_a_job_reading_a_bad_run_file_fails_as_bad_input_with_the_cause(tmp_path):
+    upstream, rec = recorder(tmp_path)
+    with rec:
+        pass
+    upstream.run_json.write_text('{"v": 99, "run_id": "x", "kind": "train-gating"}')
+    rd, rec = recorder(tmp_path)
+    with rec:
+        upstream.read_run()  # as evaluate-gating reads its training run
+    st = rd.read_status()
+    assert st["state"] == "failed" and st["exit_code"] == EXIT_BAD_INPUT
+    assert st["error"] == f"{upstream.run_json}: schema v99 is newer than this reader (v1); upgrade moe-tui"

@@ -1,0 +1,122 @@
+"""One run of several damaged (issue 14's "Done when"): every command and the daemon say one line per
+bad item, exit 0, index everything else, and the queue keeps starting runs.
+
+Real run directories (written through the job-side API), the real CLI and daemon as subprocesses,
+a real job for the daemon to start (make-splits on the embedded digits: no training).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from app.workspace import Workspace
+from tests.helpers import env_for, moe
+from tests.test_ingest import fake_job
+
+BAD_LINES = [  # the issue's lines; each is one bad item
+    '{"v":1,"type":"epoch","epoch":"x","metrics":{"a":1}}',
+    '{"v":null,"type":"epoch","epoch":4,"metrics":{"a":1}}',
+    '{"v":1,"type":"epoch","epoch":4,"metrics":[1, 2]}',
+    '{"v":1,"type":"epoch","epoch":%d,"metrics":{"a":1}}' % 2**70,
+    '{"v":1,"type":"epoch","epo',  # malformed JSON, then more lines
+]
+GOOD_LINE = '{"v":1,"t":2.0,"type":"epoch","epoch":4,"metrics":{"val/acc":0.95}}'
+BAD_ITEMS = len(BAD_LINES) + 1  # and status.json
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A workspace of four finished runs, the second damaged in events.jsonl and status.json; no database."""
+    root = tmp_path_factory.mktemp("damaged") / "ws"
+    ws = Workspace.open(root)
+    runs = [fake_job(ws) for _ in range(4)]
+    ws.store.close()
+    for suffix in ("", "-wal", "-shm"):
+        ws.db_path.with_name(ws.db_path.name + suffix).unlink(missing_ok=True)
+    damaged = runs[1]
+    with open(damaged.events, "a") as f:
+        f.write("\n".join([*BAD_LINES, GOOD_LINE]) + "\n")
+    status = json.loads(damaged.status.read_text())
+    damaged.status.write_text(json.dumps({**status, "epoch": "three"}))
+    return root, [r.run_id for r in runs], damaged.run_id
+
+
+@pytest.fixture
+def damaged_ws(template, ws_path):
+    """A fresh copy of the template: each command meets the damage for the first time."""
+    root, ids, bad = template
+    shutil.rmtree(ws_path)
+    shutil.copytree(root, ws_path)
+    return ws_path, ids, bad
+
+
+def warnings_about(stderr: str, run_id: str) -> list[str]:
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if run_id in line]
+
+
+def check_bad_items(lines: list[str]) -> None:
+    assert len(lines) == BAD_ITEMS, "\n".join(lines)
+    for i in range(len(BAD_LINES)):  # events.jsonl:5 .. :9, after three epochs and the end
+        assert sum(f"events.jsonl:{5 + i}: " in line for line in lines) == 1, lines
+    (status,) = [line for line in lines if "status.json" in line]
+    assert "status.json: epoch: expected an integer, got 'three'" in status
+
+
+@pytest.mark.parametrize("command", [["reindex"], ["ls"], ["show", "@bad"], ["export", "--out", "-"]],
+                         ids=["reindex", "ls", "show", "export"])
+def test_each_command_says_one_line_per_bad_item_and_lists_everything(damaged_ws, command):
+    ws, ids, bad = damaged_ws
+    out = moe(ws, *[bad if a == "@bad" else a for a in command])
+    assert out.returncode == 0, out.stderr
+    check_bad_items(warnings_about(out.stderr, bad))
+    again = moe(ws, *[bad if a == "@bad" else a for a in command])
+    assert again.returncode == 0
+    if command == ["reindex"]:  # a new database: it meets the damage afresh
+        check_bad_items(warnings_about(again.stderr, bad))
+    else:
+        assert warnings_about(again.stderr, bad) == [], "each bad item is reported once"
+
+    listed = moe(ws, "ls").stdout
+    for run_id in ids:
+        assert run_id in listed
+    (row,) = [line for line in listed.splitlines() if line.startswith(bad)]
+    assert " unreadable " in row and "status.json: epoch: expec" in row, "listed with its cause, not guessed"
+    assert sum(" succeeded " in line for line in listed.splitlines()) == 3
+
+    shown = moe(ws, "show", bad).stdout
+    assert "status    unreadable" in shown and "error     " in shown and "got 'three'" in shown
+
+    rows = list(csv.DictReader(io.StringIO(moe(ws, "export", "--out", "-", "--history").stdout)))
+    per_run = {run_id: [r for r in rows if r["run_id"] == run_id] for run_id in ids}
+    assert all(len(per_run[run_id]) == 6 for run_id in ids if run_id != bad), "every other run indexed"
+    assert len(per_run[bad]) == 7 and {"epoch": "4", "key": "val/acc", "value": "0.95"}.items() <= per_run[bad][-1].items(), \
+        "the good lines of the damaged run, before and after the bad ones, are indexed"
+    (wide,) = [r for r in csv.DictReader(io.StringIO(moe(ws, "export", "--out", "-").stdout)) if r["run_id"] == bad]
+    assert wide["status"] == "unreadable" and "got 'three'" in wide["error"]
+
+
+def test_the_daemon_says_one_line_per_bad_item_and_starts_a_run_queued_after_the_damage(damaged_ws):
+    ws, ids, bad = damaged_ws
+    from app.queue.submit import submit
+
+    w = Workspace.open(ws)
+    run = submit(w, ["make-splits", "--dataset", "digits"], name="after-the-damage")
+    w.store.close()
+    # The real daemon in the foreground: its first pass meets the damage; it exits once idle.
+    daemon = subprocess.run([sys.executable, "-m", "app.queue.daemon", "--workspace", str(ws), "--idle-exit", "1"],
+                            capture_output=True, text=True, timeout=300, env=env_for(ws), stdin=subprocess.DEVNULL)
+    assert daemon.returncode == 0, daemon.stderr
+    check_bad_items(warnings_about(daemon.stderr, bad))
+    out = moe(ws, "wait", run.run_id, "--timeout", "60")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert warnings_about(out.stderr, bad) == []
+    listed = moe(ws, "ls").stdout
+    assert all(run_id in listed for run_id in ids)
