@@ -93,7 +93,7 @@ def test_a_recompute_logits_run_by_directory_or_id(tmp_path, monkeypatch):
     runs = tmp_path / "ws" / "runs"
     run = runs / "251125-101500-0000"
     logits = _experts(run / "artifacts" / "logits")
-    (run / "run.json").write_text(json.dumps({"v": 1, "kind": "recompute-logits"}))
+    (run / "run.json").write_text(json.dumps({"v": 1, "run_id": run.name, "kind": "recompute-logits"}))
     assert check_logits_dir(str(logits), ["a", "b"]) == logits, "the folder itself, as before"
     assert check_logits_dir(str(run), ["a", "b"]) == logits
     assert check_logits_dir(run.name, ["a", "b"], runs_roots=[runs]) == logits
@@ -106,7 +106,7 @@ def test_a_recompute_logits_run_by_directory_or_id(tmp_path, monkeypatch):
     # A run of another kind, or one that has not written its logits yet, says which it is.
     expert = runs / "251125-101400-0000"
     expert.mkdir()
-    (expert / "run.json").write_text(json.dumps({"v": 1, "kind": "train-expert"}))
+    (expert / "run.json").write_text(json.dumps({"v": 1, "run_id": expert.name, "kind": "train-expert"}))
     (expert / "status.json").write_text(json.dumps({"v": 1, "state": "succeeded"}))
     assert "is a train-expert run (succeeded) with no artifacts/logits" in _error(check_logits_dir, str(expert), ["a"])
     # Neither layout: one line naming both.
@@ -214,7 +214,7 @@ def test_workspace_run_id_lookup_in_process_leaves_the_environment_alone(tmp_pat
     ws = tmp_path / "ws"
     run = ws / "runs" / "251125-101500-0000"
     _experts(run / "artifacts" / "logits")
-    (run / "run.json").write_text(json.dumps({"v": 1, "kind": "recompute-logits"}))
+    (run / "run.json").write_text(json.dumps({"v": 1, "run_id": run.name, "kind": "recompute-logits"}))
     code = main(["train-gating", "--logits-dir", run.name, "--experts", "a,b", "--epochs", "1", "--warmup-epochs", "0",
                  "--test-split", "none", "--workspace", str(ws)])
     assert code == 0, capsys.readouterr().err[-2000:]
