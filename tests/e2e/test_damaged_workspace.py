@@ -18,7 +18,7 @@ import pytest
 
 from app.workspace import Workspace
 from tests.helpers import env_for, moe
-from tests.test_ingest import fake_job
+from tests.unit.test_ingest import fake_job
 
 BAD_LINES = [  # the lines; each is one bad item
     '{"v":1,"type":"epoch","epoch":"x","metrics":{"a":1}}',
