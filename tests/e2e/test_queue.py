@@ -193,7 +193,7 @@ def test_pause_sweep_and_reindex(ws_path, ws):
     runs = runs_by_id(ws)
     assert all(runs[i].status == "queued" for i in ids)
     assert len({runs[i].group_id for i in ids}) == 1 and runs[ids[0]].group_id.startswith("sweep-")
-    assert [runs[i].name for i in ids] == ["grid seed=0 lr=0.05", "grid seed=0 lr=0.1", "grid seed=1 lr=0.05", "grid seed=1 lr=0.1"]
+    assert [runs[i].name for i in ids] == ["grid lr=0.05 seed=0", "grid lr=0.05 seed=1", "grid lr=0.1 seed=0", "grid lr=0.1 seed=1"]
     assert json.loads(runs[ids[3]].config)["lr"] == 0.1 and json.loads(runs[ids[3]].config)["seed"] == 1
     assert "paused" in moe(ws_path, "daemon", "status").stdout.lower()
     assert moe(ws_path, "cancel", *ids[1:]).returncode == 0
