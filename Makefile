@@ -26,12 +26,15 @@ demo: install
 	$(BIN)/moe-tui pipeline demo
 	@if [ -t 0 ] && [ -t 1 ]; then $(BIN)/moe-tui; else $(BIN)/moe-tui wait && $(BIN)/moe-tui ls; fi
 
+# Two workers, a test file each at a time (the Slurm tests share one cluster, so they stay in
+# one file on one worker). One thread per process: two workers' jobs share the cores, and
+# OpenMP threads spinning on a busy core make a small conv 100x slower.
 test: install
-	$(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The inner loop: tests/unit only (no subprocess training, daemon, Slurm or tmux).
 test-fast: install
-	$(BIN)/python -m pytest tests/unit
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile tests/unit
 
 bench: install
 	$(BIN)/python -m benchmarks

@@ -12,7 +12,9 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 # A real training run small enough for tests: 8 px digits, 3 epochs (~3 s on a CPU core).
-TINY = ["train-expert", "--preset", "quick", "--epochs", "3", "--image-size", "8", "--lr-milestones", "2"]
+# "Some real job" for the queue, daemon, Slurm and TUI tests: a real train-expert run on the
+# embedded digits, on the smallest CIFAR ResNet, since those tests are about scheduling, not models.
+TINY = ["train-expert", "--preset", "quick", "--arch", "resnet8", "--epochs", "3", "--image-size", "8", "--lr-milestones", "2"]
 
 
 def env_for(ws: Path, **extra: str) -> dict:

@@ -239,7 +239,7 @@ class Daemon:
         # live process, and if the daemon dies right here the run reads "lost".
         write_record(rd.launch_json, LaunchRecord, {"backend": "local", "launched_at": time.time(), "state": "launching",
                                                     **ProcessIdentity.current().record("launcher_")})
-        env = {**slot_env(slots), "MOE_TUI_RUN_ID": run.run_id}
+        env = {**slot_env(slots, self.settings.queue.cpu_slots), "MOE_TUI_RUN_ID": run.run_id}
         try:
             proc, record = local.launch(self.ws, rd, argv, env_extra=env, slots=slots)
         except OSError as e:

@@ -118,8 +118,14 @@ def allocate(gpus: int, devices: tuple[Gpu, ...], occ: Occupancy, cpu_slots: int
     return slots
 
 
-def slot_env(slots: str | None) -> dict[str, str]:
+def slot_env(slots: str | None, cpu_slots: int = 1, cores: int | None = None,
+             environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment that pins a run to its slot."""
     kind, _, ids = (slots or "").partition(":")
     # A CPU run sees no GPU, so it cannot take memory on a card another run owns.
-    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ids if kind == "gpu" else ""}
+    env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ids if kind == "gpu" else ""}
+    if kind == "cpu" and "OMP_NUM_THREADS" not in (os.environ if environ is None else environ):
+        # Its share of the cores: torch's default (every core) in each of several CPU runs makes
+        # OpenMP threads spin against each other, and a small conv runs ~100x slower on 2 cores.
+        env["OMP_NUM_THREADS"] = str(max(1, (cores or os.cpu_count() or 1) // max(1, cpu_slots)))
+    return env

@@ -84,9 +84,9 @@ class TrainExpertConfig(DataSettings):
 
     augment: bool = Field(True, description="random crop (4 px padding) and, where the data allows, horizontal flip")
     # model and loss
-    arch: Literal["resnet32", "resnet18", "resnet50"] = Field(
-        "resnet32", description="backbone: CIFAR ResNet-32 (He et al. 2016), ResNet-18 with the CIFAR stem "
-        "(3x3 conv, no max-pool), or torchvision's ResNet-50 (for file lists)",
+    arch: Literal["resnet32", "resnet20", "resnet56", "resnet8", "resnet18", "resnet50"] = Field(
+        "resnet32", description="backbone: CIFAR ResNet-32, -20 or -56 (He et al. 2016; resnet8 is a smoke-test "
+        "size), ResNet-18 with the CIFAR stem (3x3 conv, no max-pool), or torchvision's ResNet-50 (for file lists)",
     )
     loss: Literal["ce", "logit_adjust", "balanced_softmax", "decoupling", "moe_head"] = Field(
         "ce", description="ce; logit_adjust (logits + tau log prior, Menon et al. 2021); balanced_softmax "

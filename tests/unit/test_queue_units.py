@@ -46,6 +46,13 @@ def test_slot_env_pins_devices_in_bus_order():
     assert slot_env("cpu:0")["CUDA_VISIBLE_DEVICES"] == ""
 
 
+def test_a_cpu_slot_gets_its_share_of_the_cores_unless_the_user_chose():
+    assert slot_env("cpu:1", cpu_slots=2, cores=8, environ={})["OMP_NUM_THREADS"] == "4"
+    assert slot_env("cpu:0", cpu_slots=3, cores=2, environ={})["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in slot_env("cpu:0", cpu_slots=2, cores=8, environ={"OMP_NUM_THREADS": "6"})
+    assert "OMP_NUM_THREADS" not in slot_env("gpu:0", cpu_slots=2, cores=8, environ={})
+
+
 def test_sweep_grid():
     expand = lambda items: sweep.expand(sweep.parse_cli(items))  # noqa: E731
     grid = [[("lr", "0.1"), ("seed", "0")], [("lr", "0.1"), ("seed", "1")],

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-ARCH_NAMES = ("resnet32", "resnet20", "resnet56", "resnet18", "resnet50")
-
 
 def build_network(arch: str, num_classes: int, in_channels: int, moe: dict | None = None) -> nn.Module:
     """A backbone with a linear ``fc`` classifier, or an MoE head when ``moe`` (experts, top_k, hidden) is given."""

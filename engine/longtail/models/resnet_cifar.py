@@ -56,7 +56,9 @@ class CifarResNet(nn.Module):
         return self.fc(self.features(x))
 
 
-ARCHS = {"resnet32": 5, "resnet20": 3, "resnet56": 9}
+# Blocks per stage (6n+2 layers). ResNet-8 is no recipe's network: it is the smallest of the
+# family, for smoke tests and for queue tests that need a real job but not a good model.
+ARCHS = {"resnet8": 1, "resnet20": 3, "resnet32": 5, "resnet56": 9}
 
 
 def build_model(arch: str, num_classes: int, in_channels: int) -> CifarResNet:
