@@ -17,6 +17,18 @@ BIN = Path(sys.executable).parent
 TINY = ["train-expert", "--preset", "quick", "--arch", "resnet8", "--epochs", "3", "--image-size", "8", "--lr-milestones", "2"]
 
 
+def tiny(**flags: str) -> list[str]:
+    """TINY with some flags changed (``tiny(epochs="20")``), by name, never by position."""
+    argv = list(TINY)
+    for key, value in flags.items():
+        flag = "--" + key.replace("_", "-")
+        if flag in argv:
+            argv[argv.index(flag) + 1] = str(value)
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
 def env_for(ws: Path, **extra: str) -> dict:
     env = dict(os.environ)
     env.update({

@@ -21,7 +21,7 @@ async def test_runs_table_shows_existing_runs(ws, copy_run):
         assert table.row_count == 1
         cell = lambda key: str(table.get_cell_at((0, table.get_column_index(key))))  # noqa: E731
         assert cell("status") == "succeeded" and cell("run_id") == rd.name and cell("progress") == "3/3"
-        assert cell("config") == "ce/resnet32" and cell("backend") == "headless" and cell("metric")
+        assert cell("config") == "ce/resnet8" and cell("backend") == "headless" and cell("metric")
 
 
 async def test_table_and_plots_follow_a_training_run(ws):

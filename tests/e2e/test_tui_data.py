@@ -17,7 +17,7 @@ def test_runs_since_reads_only_changed_runs_and_carries_summaries(ws, copy_run):
     data = TuiData(ws)
     rows, rev = data.runs_since(0)
     (row,) = rows
-    assert row.run_id == rd.name and row.progress == "3/3" and row.key_config == "ce/resnet32"
+    assert row.run_id == rd.name and row.progress == "3/3" and row.key_config == "ce/resnet8"
     assert row.metric_best == row.best["val/balanced_acc"] and "test/acc" in row.final
     assert data.runs_since(rev) == ([], rev)  # nothing changed: nothing read
     data.set_tags(row.pk, ("baseline",))

@@ -26,7 +26,7 @@ from app.tui.screens.help import HelpScreen
 from app.tui.screens.launch import LaunchScreen
 from app.tui.screens.queue import QueueScreen
 from app.tui.screens.run import RunScreen
-from tests.helpers import TINY, wait_for
+from tests.helpers import TINY, tiny, wait_for
 from tests.tui_support import open_launch_form, screen_text, settle
 
 
@@ -221,7 +221,7 @@ async def test_queue_screen_shows_the_run_on_its_slot(ws, monkeypatch):
     from app.queue.slots import discover_gpus
 
     discover_gpus.cache_clear()
-    run = submit(ws, [*TINY[:4], "20", *TINY[5:]], name="on-a-slot")  # 20 epochs: it stays running a while
+    run = submit(ws, tiny(epochs="20"), name="on-a-slot")  # 20 epochs: it stays running a while
     ensure_daemon(ws)
     wait_for(lambda: db_run(ws, run.run_id).status != "queued", timeout=60, what="the daemon to start the run")
     assert db_run(ws, run.run_id).slots == "cpu:0"
