@@ -53,7 +53,7 @@ class JobConfig(BaseModel):
 
 # The workloads' config modules, imported by name on the first look-up of a job kind, so that
 # this module depends on none of them (each of them imports this one to register its kinds).
-WORKLOAD_CONFIGS = ("engine.longtail.config", "engine.gating.config", "engine.mheight.config")
+WORKLOAD_CONFIGS = ("engine.longtail.config", "engine.gating.config", "engine.reject.config", "engine.mheight.config")
 
 
 class _Registry(Mapping[str, type[JobConfig]]):
