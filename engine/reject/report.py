@@ -142,7 +142,7 @@ def verdict(table: dict[tuple[str, str], tuple[float, float]], split: str) -> st
     per = []
     for m in methods:
         (gb, gw), (ub, uw) = table[("gate", m)], table[("uniform", m)]
-        who = "gate" if gb < ub and gw < uw else "uniform" if gb > ub and gw > uw else "split"
+        who = "gate" if gb < ub and gw < uw else "uniform" if gb > ub and gw > uw else "mixed"
         per.append(f"{m} {gb:.4f}/{gw:.4f} vs {ub:.4f}/{uw:.4f} ({who})")
     gate_best = min(table[("gate", m)][0] for m in methods)
     uni_best = min(table[("uniform", m)][0] for m in methods)
