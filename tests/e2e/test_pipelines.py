@@ -27,7 +27,7 @@ def test_print_shows_the_file_to_copy(ws_path):
 def test_demo_pipeline_runs_both_workloads_to_the_end(ws_path, ws):
     out = moe(ws_path, "pipeline", "demo", MOE_TUI_CPU_SLOTS="2")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().endswith("10 runs"), out.stdout
+    assert out.stdout.strip().endswith("11 runs"), out.stdout
     w = moe(ws_path, "wait", "--timeout", "1500", timeout=1600, MOE_TUI_CPU_SLOTS="2")
     with ws.store.read() as s:
         runs = {r.name.split("/", 1)[1]: r for r in s.exec(select(Run))}
@@ -35,6 +35,9 @@ def test_demo_pipeline_runs_both_workloads_to_the_end(ws_path, ws):
     assert {r.status for r in runs.values()} == {"succeeded"}
     gate = ws.run_dir(runs["gating_dense"].run_id)
     assert (gate.artifacts / "results.md").exists()
+    reject = ws.run_dir(runs["reject"].run_id)
+    assert {p.name for p in (reject.artifacts / "reject").iterdir()} >= {"curves.csv", "aurc.csv", "fit.json",
+                                                                         "risk_coverage.png"}
     assert (ws.run_dir(runs["mh_moe"].run_id).checkpoints / "best.pth").exists()
 
 
@@ -58,7 +61,7 @@ def test_demo_pipeline_survives_a_dead_expert_and_a_dead_daemon(ws_path, ws):
     ce = ws_path / "runs" / ids["ce"]
     wait_for(lambda: len(epoch_events(ce)) >= 1, timeout=180, what="the ce expert's first epoch")
     os.kill(json.loads((ce / "status.json").read_text())["pid"], signal.SIGKILL)  # as the OOM killer would
-    downstream = ("logits", "gating_dense", "gating_top_k")
+    downstream = ("logits", "gating_dense", "gating_top_k", "reject")
 
     def statuses():
         moe(ws_path, "ls", **env)
@@ -81,4 +84,4 @@ def test_demo_pipeline_survives_a_dead_expert_and_a_dead_daemon(ws_path, ws):
             n = s.exec(select(func.count(func.distinct(Metric.epoch)))
                        .where(Metric.run == run.id, Metric.epoch.is_not(None))).one()
             assert n == len(epoch_events(ws_path / "runs" / run.run_id)), run.name
-    assert len(runs) == 11  # the ten steps and the retried expert
+    assert len(runs) == 12  # the eleven steps and the retried expert
