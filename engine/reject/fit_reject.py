@@ -9,6 +9,8 @@ figure, summary metrics and verdict.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from engine.common.groups import ClassGroups
@@ -75,13 +77,14 @@ def run(spec: JobSpec, rec: RunRecorder) -> None:
           f"sources {', '.join(inputs.sources)}; splits {sizes}; {len(cfg.rates)} rates, K={first.num_groups}",
           flush=True)
 
-    fits, curves = fit_all(cfg, inputs, stats, rec)
+    fits, curves = fit_all(cfg, inputs.sources, inputs.splits, stats, rec.check_cancelled)
 
     write_outputs(cfg, rec, inputs, groups, counts_note, sizes, fits, curves)
 
 
-def fit_all(cfg: FitRejectConfig, inputs: posteriors.Inputs, stats: dict, rec: RunRecorder):
-    """Every (source, method) fitted on S1/S2 and evaluated on every split.
+def fit_all(cfg: FitRejectConfig, sources: list[str], splits: list[str], stats: dict,
+            check_cancelled: Callable[[], None] = lambda: None):
+    """Every (source, method) fitted on S1/S2 and evaluated on every split (``stats[split][source]``).
 
     On one torch thread: each step works on (rates x grid, N) tensors, far below the size where a
     second thread pays, and two threads' OpenMP teams on two busy cores made it 10x slower."""
@@ -91,15 +94,15 @@ def fit_all(cfg: FitRejectConfig, inputs: posteriors.Inputs, stats: dict, rec: R
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for source in inputs.sources:
+        for source in sources:
             s1, s2 = stats[cfg.fit_split][source], stats[cfg.select_split][source]
             for method in cfg.methods:
                 fit = fits[(source, method)] = fit_method(method, s1, s2, rates, cfg)
-                for split in inputs.splits:
+                for split in splits:
                     result, c = rule.evaluate(stats[split][source], fit.alpha, fit.mu, fit.beta, rates,
                                               cfg.empty_group_error)
                     curves.append(report.Curve(source, method, split, rates, result, c))
-                rec.check_cancelled()
+                check_cancelled()
     finally:
         torch.set_num_threads(threads)
     return fits, curves
