@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ["ingest", "queue", "gating", "gating_digits", "tui", "expert", "lt_losses", "mheight", "mheight_models", "mheight_fast", "tui_queue"]
+BENCHES = ["ingest", "queue", "gating", "gating_digits", "tui", "expert", "lt_losses", "mheight", "mheight_models", "mheight_fast", "tui_queue", "reject"]
 RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADER = """# Benchmark results
 

@@ -53,7 +53,7 @@ class JobConfig(BaseModel):
 
 # The workloads' config modules, imported by name on the first look-up of a job kind, so that
 # this module depends on none of them (each of them imports this one to register its kinds).
-WORKLOAD_CONFIGS = ("engine.longtail.config", "engine.gating.config", "engine.mheight.config")
+WORKLOAD_CONFIGS = ("engine.longtail.config", "engine.gating.config", "engine.reject.config", "engine.mheight.config")
 
 
 class _Registry(Mapping[str, type[JobConfig]]):
@@ -92,9 +92,15 @@ def register(cls: type[JobConfig]) -> type[JobConfig]:
 
 
 def goal_for(key: str, goals: dict[str, str] | None = None) -> str:
-    """"max" or "min": explicit goal if the job declared one, else by the key's name."""
-    if goals and key in goals:
-        return goals[key]
+    """"max" or "min": the goal the job declared for the key or for a key above it (a goal for
+    ``test/aurc_balanced`` holds for ``test/aurc_balanced/gate/chow``, whose leaf names a method,
+    not a measure), else by the key's name."""
+    if goals:
+        parts = key.split("/")
+        for end in range(len(parts), 0, -1):
+            goal = goals.get("/".join(parts[:end]))
+            if goal is not None:
+                return goal
     leaf = key.rsplit("/", 1)[-1].lower()
     lower_is_better = ("loss", "nll", "ece", "mse", "err", "time", "seconds")
     return "min" if any(w in leaf for w in lower_is_better) else "max"
@@ -182,6 +188,9 @@ def _format_validation_error(cls: type[JobConfig], err: ValidationError, errors:
         elif not loc and e["type"] == "value_error":
             # a check across fields (a model validator) says it all: not "config {every field}: value error, ..."
             parts.append(str(e.get("ctx", {}).get("error", e["msg"])))
+        elif e["type"] == "value_error" and len(e["loc"]) == 1:
+            # a field's own check says what is wrong with the value: not "--rates ['0', '1.5']: value error, ..."
+            parts.append(f"{opt}: {e.get('ctx', {}).get('error', e['msg'])}")
         elif e["type"] == "literal_error":
             choices = literal_choices(cls.model_fields[loc].annotation) or ()
             parts.append(f"{opt} {e['input']!r} is not one of: {', '.join(map(str, choices))}")

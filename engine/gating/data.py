@@ -266,20 +266,37 @@ def load_class_counts(path: str | None, logits_dir: Path, experts: list[str], tr
     on CIFAR-100-LT).
     """
     if path:
-        counts = np.asarray(_json_list(Path(path), ("class_counts", "train_lt"), "class counts"), dtype=np.int64)
-        if len(counts) != num_classes:
-            raise JobError(f"class counts file {path} has {len(counts)} classes but the logits have {num_classes}")
-        return counts, f"class counts from {path}"
-    manifest = read_manifest(logits_dir)
+        return read_class_counts(path, num_classes)
+    counts, note = manifest_class_counts(logits_dir, experts, num_classes)
+    if counts is not None:
+        return counts, note
     estimate = f"class counts estimated as {len(train_targets)} train-split samples / {train_share}"
+    if note.startswith("manifest version"):
+        print(f"warning: {logits_dir / MANIFEST} is from an older recompute-logits ({note}) and "
+              f"records no train split: {estimate}; run recompute-logits again or pass --class-counts", flush=True)
+        return _estimate(train_targets, num_classes, train_share), f"{estimate} ({note})"
+    return _estimate(train_targets, num_classes, train_share), f"{estimate} ({note}; pass --class-counts for the exact ones)"
+
+
+def read_class_counts(path: str | Path, num_classes: int) -> tuple[np.ndarray, str]:
+    """Train-LT counts from a JSON file: a list, ``{"class_counts": [...]}`` or make-splits'
+    ``class_counts.json`` (``{"train_lt": [...], ...}``), and where they came from."""
+    counts = np.asarray(_json_list(Path(path), ("class_counts", "train_lt"), "class counts"), dtype=np.int64)
+    if len(counts) != num_classes:
+        raise JobError(f"class counts file {path} has {len(counts)} classes but the logits have {num_classes}")
+    return counts, f"class counts from {path}"
+
+
+def manifest_class_counts(logits_dir: Path, experts: list[str], num_classes: int) -> tuple[np.ndarray | None, str]:
+    """The train-LT counts of the split the experts were trained on, as the recompute-logits manifest
+    (version 2) records them, and where they came from; ``(None, why)`` when the folder has no
+    manifest or one that records no train split (version 1)."""
+    manifest = read_manifest(logits_dir)
     if manifest is None:
-        return _estimate(train_targets, num_classes, train_share), (
-            f"{estimate} (no {MANIFEST} in {logits_dir}; pass --class-counts for the exact ones)")
+        return None, f"no {MANIFEST} in {logits_dir}"
     recorded = {e: manifest.experts[e].train_split for e in experts if e in manifest.experts}
     if not recorded or any(r is None for r in recorded.values()):
-        print(f"warning: {logits_dir / MANIFEST} is from an older recompute-logits (version {manifest.version}) and "
-              f"records no train split: {estimate}; run recompute-logits again or pass --class-counts", flush=True)
-        return _estimate(train_targets, num_classes, train_share), f"{estimate} (manifest version {manifest.version})"
+        return None, f"manifest version {manifest.version}"
     fingerprints = {r.fingerprint for r in recorded.values()}
     if len(fingerprints) > 1:
         raise JobError(f"experts {', '.join(recorded)} were trained on different splits (fingerprints "

@@ -41,12 +41,12 @@ def test_demo_pipeline_survives_a_dead_expert_and_a_dead_daemon(ws_path, ws):
     env = {"MOE_TUI_CPU_SLOTS": "2"}
     out = moe(ws_path, "pipeline", "demo", **env)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().endswith("10 runs"), out.stdout
+    assert out.stdout.strip().endswith("11 runs"), out.stdout
     ids = {line.split()[2]: line.split()[1] for line in out.stdout.splitlines() if line.startswith("queued")}
     ce = ws_path / "runs" / ids["ce"]
     wait_for(lambda: len(epoch_events(ce)) >= 1, timeout=180, what="the ce expert's first epoch")
     os.kill(json.loads((ce / "status.json").read_text())["pid"], signal.SIGKILL)  # as the OOM killer would
-    downstream = ("logits", "gating_dense", "gating_top_k")
+    downstream = ("logits", "gating_dense", "gating_top_k", "reject")
 
     def statuses():
         moe(ws_path, "ls", **env)
@@ -69,7 +69,10 @@ def test_demo_pipeline_survives_a_dead_expert_and_a_dead_daemon(ws_path, ws):
             n = s.exec(select(func.count(func.distinct(Metric.epoch)))
                        .where(Metric.run == run.id, Metric.epoch.is_not(None))).one()
             assert n == len(epoch_events(ws_path / "runs" / run.run_id)), run.name
-    assert len(runs) == 11  # the ten steps and the retried expert
+    assert len(runs) == 12  # the eleven steps and the retried expert
     by_name = {r.name.split("/", 1)[1]: r for r in runs.values() if r.run_id in ids.values()}
     assert (ws.run_dir(by_name["gating_dense"].run_id).artifacts / "results.md").exists()
+    reject = ws.run_dir(by_name["reject"].run_id)
+    assert {p.name for p in (reject.artifacts / "reject").iterdir()} >= {"curves.csv", "aurc.csv", "fit.json",
+                                                                         "risk_coverage.png"}
     assert (ws.run_dir(by_name["mh_moe"].run_id).checkpoints / "best.pth").exists()
