@@ -33,11 +33,18 @@ def gate_run(tmp_path_factory, finished_run_dir):
     return ws, logits, gate
 
 
-def test_fit_reject_over_a_gating_run_writes_every_output(gate_run):
+@pytest.fixture(scope="module")
+def reject_run(gate_run):
     ws, logits, gate = gate_run
     out = engine(ws, "fit-reject", "--preset", "quick", "--gating-run", gate.name)
     _ok(out)
     (rd,) = [p for p in run_dirs(ws) if p not in (logits, gate)]
+    return out, rd
+
+
+def test_fit_reject_over_a_gating_run_writes_every_output(gate_run, reject_run):
+    ws, logits, gate = gate_run
+    out, rd = reject_run
     art = rd / "artifacts" / "reject"
     sources = ["gate", "uniform", "ce", "balanced_softmax"]
     methods = ["chow", "plugin_balanced", "plugin_worst"]
@@ -79,3 +86,83 @@ def test_the_gate_needs_its_own_experts_and_digits_have_no_many_shot_group(gate_
     out = engine(ws, "fit-reject", "--logits-dir", str(logits), "--groups", "many-medium-few")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("failed: group 'many' of --groups many-medium-few has no class")
+
+
+async def test_the_run_screen_plots_error_against_rejection_rate_from_sqlite(gate_run, reject_run):
+    """The run screen of a fit-reject run: balanced and worst-group error over the achieved rejection
+    rate, a curve per method, for one source at a time (s cycles); no loss or accuracy boxes."""
+    from app.ingest import Ingester
+    from app.tui.app import MoeTuiApp
+    from app.tui.screens.run import RunScreen
+    from app.tui.widgets.curves import Curves
+    from app.workspace import Workspace
+    from tests.tui_support import screen_text, settle
+
+    ws_path, _, _ = gate_run
+    _, rd = reject_run
+    ws = Workspace.open(ws_path)
+    Ingester(ws).run_pass()
+    curves = {}
+    for r in _rows(rd / "artifacts" / "reject" / "curves.csv"):
+        if r["split"] == "test":
+            curves.setdefault((r["source"], r["method"]), []).append(
+                (float(r["rejection_rate"]), float(r["balanced_error"]), float(r["worst_error"])))
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        (pk,) = [pk for pk, row in app.runs.items() if row.run_id == rd.name]
+        assert app.runs[pk].kind == "fit-reject"
+        await app.push_screen(RunScreen(pk))
+        await settle(app, pilot, 1.2)
+        screen = app.screen
+        assert screen.query_one("#reject-row").display and not screen.query_one("#main-row").display
+        for source in ("gate", "uniform", "ce", "balanced_softmax"):
+            balanced = screen.query_one("#reject-balanced", Curves)
+            worst = screen.query_one("#reject-worst", Curves)
+            assert balanced.title_text == f"balanced error · {source}" and balanced.xlabel == "rejection rate"
+            for method in ("chow", "plugin_balanced", "plugin_worst"):
+                want = curves[(source, method)]
+                flat = lambda pts: [v for pt in pts for v in pt]  # noqa: E731
+                assert flat(balanced.points[method]) == pytest.approx(flat((x, b) for x, b, _ in want), abs=1e-6)
+                assert flat(worst.points[method]) == pytest.approx(flat((x, w) for x, _, w in want), abs=1e-6)
+            assert f"source {source}" in screen_text(app)
+            await pilot.press("s")
+            await settle(app, pilot)
+        assert screen.query_one("#reject-balanced", Curves).title_text == "balanced error · gate"  # round again
+    ws.store.close()
+
+
+async def test_compare_overlays_the_error_curves_of_fit_reject_runs(gate_run, reject_run):
+    """Compare → Curves over two fit-reject runs: one error curve per run over its achieved rate; the
+    same source and method fitted twice draws the same curve twice."""
+    from app.ingest import Ingester
+    from app.tui.app import MoeTuiApp
+    from app.tui.screens.compare import CompareScreen
+    from app.tui.widgets.curves import Curves
+    from app.workspace import Workspace
+    from tests.tui_support import settle
+
+    ws_path, logits, gate = gate_run
+    _, rd = reject_run
+    _ok(engine(ws_path, "fit-reject", "--preset", "quick", "--logits-dir", logits.name, "--source", "uniform",
+               "--methods", "chow"))
+    (other,) = [p for p in run_dirs(ws_path) if p.name > rd.name and (p / "artifacts" / "reject").is_dir()]
+    ws = Workspace.open(ws_path)
+    Ingester(ws).run_pass()
+    want = [(float(r["rejection_rate"]), float(r["balanced_error"]))
+            for r in _rows(rd / "artifacts" / "reject" / "curves.csv")
+            if (r["split"], r["source"], r["method"]) == ("test", "uniform", "chow")]
+    app = MoeTuiApp(ws, poll_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        pks = [pk for pk, row in app.runs.items() if row.run_id in (rd.name, other.name)]
+        screen = CompareScreen(sorted(pks))
+        await app.push_screen(screen)
+        await settle(app, pilot)
+        assert screen.rejects and screen.metric_keys[0] == "test/balanced_error/uniform/chow"  # the keys both have
+        plot = screen.query_one("#compare-plot", Curves)
+        assert plot.xlabel == "rejection rate" and len(plot.points) == 2
+        flat = lambda pts: [v for pt in pts for v in pt]  # noqa: E731
+        for pts in plot.points.values():
+            assert flat(pts) == pytest.approx(flat(want), abs=1e-6)
+    ws.store.close()

@@ -18,12 +18,12 @@ from tests.helpers import engine, epoch_events, run_dirs
 TINY_GRID = ["--n-values", "6,7", "--k-values", "3", "--m-min", "1", "--codes-per-group", "40", "--shard-size", "16"]
 
 
-LP_CODES_PER_GROUP = 60  # 1,260 codes over the 21 groups; benchmarks/bench_mheight.py checks more per group
+LP_CODES_PER_GROUP = 30  # 630 codes over the 21 groups; benchmarks/bench_mheight.py checks more per group
 LP_CHUNK = 10  # codes per unit of pool work: small enough to balance two workers
 
 
 def test_course_grid_labels_agree_with_the_lp_at_scale(tmp_path):
-    """Every (n, k, m) group of the course grid, 60 codes each (integer P in [-100, 100]):
+    """Every (n, k, m) group of the course grid, 30 codes each (integer P in [-100, 100]):
     the generator's labels equal Roth's LPs (HiGHS, two processes) to 1e-9 relative, inf included."""
     groups = grid_groups([9, 10], [4, 5, 6], 2, None)
     assert sum(len(ms) for *_, ms in groups) == 21

@@ -13,6 +13,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
+from app.tui import reject_curves
 from app.tui.cells import cut_middle
 from app.tui.data import RunRow
 from app.tui.markup import cell
@@ -107,6 +108,7 @@ class CompareScreen(Screen):
         self.metric_index = 0
         self.smooth = False
         self.series: dict[int, dict[str, list[tuple[int, float]]]] = {}
+        self.rejects = False  # fit-reject runs only: the curves are error against rejection rate
 
     @property
     def runs(self) -> list[RunRow]:
@@ -130,8 +132,14 @@ class CompareScreen(Screen):
         runs = self.runs
         primary = [r.metric_key for r in runs if r.metric_key]
         keys = sorted({k for r in runs for k in r.best})
+        if all(r.kind == reject_curves.REJECT_KIND for r in runs):
+            keys = sorted(set.intersection(*(set(r.best) for r in runs))) if runs else []  # curves all of them drew
         first = primary[0] if primary and primary[0] in keys else None
         self.metric_keys = ([first] if first else []) + [k for k in keys if k != first]
+        self.rejects = bool(runs) and all(r.kind == reject_curves.REJECT_KIND for r in runs)
+        if self.rejects:  # one error curve per run at a time, over its achieved rejection rate
+            self.metric_keys = reject_curves.error_keys(keys) or self.metric_keys
+            self.rejects = bool(reject_curves.error_keys(keys))
         self.fill_table()
         self.fill_groups()
         self.load_series()
@@ -178,7 +186,9 @@ class CompareScreen(Screen):
     def load_series(self) -> None:
         if not self.metric_keys:
             return
-        series = self.app.data.series(self.run_pks, [self.metric_keys[self.metric_index]])
+        key = self.metric_keys[self.metric_index]
+        keys = [key, reject_curves.rate_key(key)] if self.rejects else [key]
+        series = self.app.data.series(self.run_pks, keys)
         self.app.call_from_thread(self._show_series, series)
 
     def _show_series(self, series: dict[int, dict[str, list[tuple[int, float]]]]) -> None:
@@ -186,10 +196,14 @@ class CompareScreen(Screen):
         key = self.metric_keys[self.metric_index]
         plot = self.query_one("#compare-plot", Curves)
         plot.title_text = f"{key} (k: next metric)"
+        plot.xlabel = "rejection rate" if self.rejects else "epoch"
         plot.points.clear()
         plot.series_labels.clear()
         for r in self.runs:
-            plot.replace(str(r.pk), series.get(r.pk, {}).get(key, []), label=f"{r.name[:14]} {r.run_id[-4:]}")
+            pts = series.get(r.pk, {}).get(key, [])
+            if self.rejects:
+                pts = reject_curves.against_rate(pts, series.get(r.pk, {}).get(reject_curves.rate_key(key), []))
+            plot.replace(str(r.pk), pts, label=f"{r.name[:14]} {r.run_id[-4:]}")
         plot.set_options(self.smooth, False)
         plot.redraw()
 

@@ -29,6 +29,7 @@ from app.errors import UserError
 from app.queries import fmt_duration
 from app.tui.cells import cut
 from app.tui.data import Linked, MetricPoint, RunRow
+from app.tui import reject_curves
 from app.tui.markup import cell, markup
 from app.tui.styles import STATUS_STYLE
 from app.tui.widgets.curves import Bars, Curves
@@ -75,6 +76,7 @@ class RunScreen(Screen):
         Binding("escape", "app.pop_screen", "Back", id="back"),
         Binding("m", "toggle_smoothing", "Smooth", id="smooth"),
         Binding("l", "toggle_log_scale", "Log scale", id="log-scale"),
+        Binding("s", "next_source", "Source", id="reject-source"),
         Binding("pagedown", "scroll_plots(1)", "More plots", id="plots-down", show=False),
         Binding("pageup", "scroll_plots(-1)", "Plots above", id="plots-up", show=False),
         Binding("1", "tab('plots')", "Plots", id="tab-plots", show=False),
@@ -97,10 +99,21 @@ class RunScreen(Screen):
         self.lineage: list[tuple[str, Linked]] | None = None
         self._config_rows: list[tuple[str, str]] | None = None  # what the Config tab shows
         self._poll_lock = threading.Lock()
+        self.reject_points: dict[str, list[tuple[int, float]]] = {}  # a fit-reject run's (epoch, value) per key
+        self.reject_source = 0  # which posterior source its plots show (s cycles)
 
     @property
     def row(self) -> RunRow | None:
         return self.app.runs.get(self.run_pk)
+
+    @property
+    def is_reject(self) -> bool:
+        return self.row is not None and self.row.kind == reject_curves.REJECT_KIND
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action == "next_source":
+            return self.is_reject  # the key shows only where there are sources to cycle
+        return True
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -109,7 +122,10 @@ class RunScreen(Screen):
             with TabPane("1 Plots", id="plots"):
                 yield Static("pgdn/pgup: expert load and Log2-MSE plots below", id="plot-hint")
                 with VerticalScroll(id="plot-grid"):
-                    with Horizontal(classes="plot-row"):
+                    with Horizontal(classes="plot-row", id="reject-row"):
+                        yield Curves("balanced error", xlabel="rejection rate", id="reject-balanced")
+                        yield Curves("worst-group error", xlabel="rejection rate", id="reject-worst")
+                    with Horizontal(classes="plot-row", id="main-row"):
                         yield Curves("loss", LOSS, id="loss-plot")
                         yield Curves("accuracy (val)", ACCURACY, id="acc-plot")
                     with Horizontal(classes="plot-row", id="load-row"):
@@ -139,6 +155,9 @@ class RunScreen(Screen):
         self.sub_title = self.row.run_id if self.row else ""
         self.query_one("#load-row").display = False
         self.query_one("#mse-row").display = False
+        rejects = self.is_reject
+        self.query_one("#reject-row").display = rejects
+        self.query_one("#main-row").display = not rejects  # a fit-reject run logs no loss or accuracy
         self._show_info()
         self.call_after_refresh(self._fill_config)
         self.poll()
@@ -185,6 +204,12 @@ class RunScreen(Screen):
         plots = list(self.query(Curves))
         empty = [plot for plot in plots if not plot.has_data()]
         mse = self.query_one("#mse-plot", Curves)
+        if self.is_reject:
+            for p in msg.points:
+                if p.epoch is not None:
+                    self.reject_points.setdefault(p.key, []).append((p.epoch, p.value))
+            self._show_reject()
+            return
         for p in msg.points:
             if p.epoch is None:
                 continue
@@ -212,6 +237,36 @@ class RunScreen(Screen):
         self.query_one("#load-bars", Bars).set(list(loads), list(loads.values()), f"(epoch {epoch})")
         self.query_one("#load-row").display = True
         self.query_one("#plot-hint", Static).display = True
+
+    def _show_reject(self) -> None:
+        """Error against the achieved rejection rate, one curve per method, for the chosen source."""
+        sources = reject_curves.sources(self.reject_points)
+        if not sources:
+            return
+        source = sources[self.reject_source % len(sources)]
+        keys = [k for k in reject_curves.error_keys(self.reject_points) if reject_curves.parse(k)["source"] == source]
+        for widget_id, measure in (("#reject-balanced", "balanced_error"), ("#reject-worst", "worst_error")):
+            plot = self.query_one(widget_id, Curves)
+            plot.title_text = f"{reject_curves.MEASURES[measure]} · {source}"
+            plot.points.clear()
+            plot.series_labels.clear()
+            for key in keys:
+                m = reject_curves.parse(key)
+                if m["measure"] == measure:
+                    pts = reject_curves.against_rate(self.reject_points[key],
+                                                     self.reject_points.get(reject_curves.rate_key(key), []))
+                    plot.replace(m["method"], pts)
+            plot.set_options(self.smooth, self.log_y)
+            plot.redraw()
+        split = reject_curves.parse(keys[0])["split"] if keys else ""
+        hint = self.query_one("#plot-hint", Static)
+        hint.update(Content(f"{split} split · source {source} ({self.reject_source % len(sources) + 1} of "
+                            f"{len(sources)}; s: next)"))
+        hint.display = True
+
+    def action_next_source(self) -> None:
+        self.reject_source += 1
+        self._show_reject()
 
     def on_log_arrived(self, msg: LogArrived) -> None:
         view = self.query_one("#log-view", RichLog)
