@@ -15,6 +15,11 @@ BIN = Path(sys.executable).parent
 # "Some real job" for the queue, daemon, Slurm and TUI tests: a real train-expert run on the
 # embedded digits, on the smallest CIFAR ResNet, since those tests are about scheduling, not models.
 TINY = ["train-expert", "--preset", "quick", "--arch", "resnet8", "--epochs", "3", "--image-size", "8", "--lr-milestones", "2"]
+# The network-free real job, for tests where a run only has to be queued, start, log progress and
+# end: exact m-height labels for 40 random codes of one (n, k) = (6, 3) pair, in 4 shards, one
+# epoch event per shard (~3 s a process, most of it the torch import; TINY takes ~7.5 s).
+QUICK = ["mheight-generate", "--n-values", "6", "--k-values", "3", "--codes-per-group", "40",
+         "--shard-size", "10", "--workers", "1"]
 
 
 def tiny(**flags: str) -> list[str]:

@@ -1,6 +1,7 @@
 """The queue daemon with real jobs: slots, dependencies, blocking and retry, cancel, crash recovery.
 
-Every run here is a real tiny training job in a real detached subprocess.
+Every run here is a real job in a real detached subprocess: QUICK (network-free) where a run
+only has to start and end, TINY training where a test needs epochs that take a while.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sqlmodel import func, select
 
 from app.store import Metric, Run
 from app.store.models import RunDependency
-from tests.helpers import TINY, epoch_events, moe, wait_for
+from tests.helpers import QUICK, TINY, epoch_events, moe, wait_for
 
 
 
@@ -37,7 +38,7 @@ def runs_by_id(ws) -> dict[str, Run]:
 def test_two_cpu_slots_three_runs(ws_path, ws):
     """Two run at once, the third starts when one ends; the on-finish command sees each."""
     env = {"MOE_TUI_CPU_SLOTS": "2", "MOE_TUI_ON_FINISH": 'echo "$MOE_TUI_RUN_ID $MOE_TUI_RUN_STATUS" >> hooks.txt'}
-    ids = [queued_id(moe(ws_path, "submit", "--name", f"r{i}", "--", *TINY, "--seed", str(i), **env)) for i in range(3)]
+    ids = [queued_id(moe(ws_path, "submit", "--name", f"r{i}", "--", *QUICK, "--seed", str(i), **env)) for i in range(3)]
     assert moe(ws_path, "wait", *ids, "--timeout", "150").returncode == 0
     st = {i: status(ws_path, i) for i in ids}
     launched = {i: json.loads((ws_path / "runs" / i / "launch.json").read_text())["launched_at"] for i in ids}
@@ -62,8 +63,8 @@ def test_failed_parent_blocks_the_chain_and_retry_releases_it(ws_path, ws):
     env = {"MOE_TUI_CPU_SLOTS": "2"}
     a = queued_id(moe(ws_path, "submit", "--name", "expert", "--", *TINY, "--epochs", "30", **env))
     b = queued_id(moe(ws_path, "submit", "--name", "recompute", "--after", "expert", "--",
-                      *TINY, "--name", "inputs {run:expert}", **env))
-    c = queued_id(moe(ws_path, "submit", "--name", "gating", "--after", b, "--", *TINY, **env))
+                      *QUICK, "--name", "inputs {run:expert}", **env))
+    c = queued_id(moe(ws_path, "submit", "--name", "gating", "--after", b, "--", *QUICK, **env))
     # The expert dies as the OOM killer would kill it.
     rd = ws_path / "runs" / a
     wait_for(lambda: len(epoch_events(rd)) >= 1, timeout=90, what="the expert's first epoch")
@@ -97,7 +98,7 @@ steps:
   first:
     args: {json.dumps([*TINY, "--epochs", "5", "--lr-milestones", "4"])}
   second:
-    args: {json.dumps([*TINY, "--name", "after {run:first}"])}
+    args: {json.dumps([*QUICK, "--name", "after {run:first}"])}
 """)
     out = moe(ws_path, "pipeline", str(spec))
     assert out.returncode == 0, out.stderr
@@ -119,7 +120,7 @@ steps:
 
 def test_cancel_running_and_queued_runs(ws_path, ws):
     long = queued_id(moe(ws_path, "submit", "--", *TINY, "--epochs", "200"))
-    waiting = queued_id(moe(ws_path, "submit", "--after", long, "--", *TINY))
+    waiting = queued_id(moe(ws_path, "submit", "--after", long, "--", *QUICK))
     wait_for(lambda: len(epoch_events(ws_path / "runs" / long)) >= 1, timeout=90, what="an epoch")
     out = moe(ws_path, "cancel", waiting)
     assert out.returncode == 0 and "cancelled" in out.stdout
@@ -187,8 +188,8 @@ def test_pause_sweep_and_reindex(ws_path, ws):
     assert out.returncode == 0, out.stderr
     ids = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("queued")]
     assert len(ids) == 4 and "4 runs" in out.stdout
-    dep = queued_id(moe(ws_path, "submit", "--after", ids[0], "--", *TINY))
-    hi = queued_id(moe(ws_path, "submit", "--priority", "5", "--", *TINY))
+    dep = queued_id(moe(ws_path, "submit", "--after", ids[0], "--", *QUICK))
+    hi = queued_id(moe(ws_path, "submit", "--priority", "5", "--", *QUICK))
     time.sleep(2)
     runs = runs_by_id(ws)
     assert all(runs[i].status == "queued" for i in ids)
@@ -298,7 +299,7 @@ def test_the_tui_says_once_why_no_daemon_starts(ws_path, ws):
     from app.tui.data import TuiData
 
     assert moe(ws_path, "pause").returncode == 0
-    queued_id(moe(ws_path, "submit", "--", *TINY))  # waits: the queue is paused
+    queued_id(moe(ws_path, "submit", "--", *QUICK))  # waits: the queue is paused
     stop_daemon(ws)
     (ws_path / "moe-tui.toml").write_text("[queue]\ncpu_slots = 'many'\n")
     data = TuiData(ws)

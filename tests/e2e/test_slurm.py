@@ -14,7 +14,7 @@ from sqlmodel import select
 
 from app.backends.slurm import slurm_available
 from app.store import Run
-from tests.helpers import TINY, epoch_events, moe, wait_for
+from tests.helpers import QUICK, TINY, epoch_events, moe, wait_for
 
 
 _why_not = slurm_available()
@@ -47,8 +47,8 @@ def run_row(ws, run_id) -> Run:
 
 
 def test_two_step_chain_through_slurm(slurm_ws, ws):
-    a = queued_id(moe(slurm_ws, "submit", "--name", "first", "--", *TINY, **SLURM))
-    b = queued_id(moe(slurm_ws, "submit", "--name", "second", "--after", a, "--", *TINY, "--name", "from {run:first}", **SLURM))
+    a = queued_id(moe(slurm_ws, "submit", "--name", "first", "--", *QUICK, **SLURM))
+    b = queued_id(moe(slurm_ws, "submit", "--name", "second", "--after", a, "--", *QUICK, "--name", "from {run:first}", **SLURM))
     assert moe(slurm_ws, "wait", a, b, "--timeout", "170").returncode == 0
     ra, rb = run_row(ws, a), run_row(ws, b)
     assert ra.status == rb.status == "succeeded" and ra.backend == rb.backend == "slurm"
@@ -62,7 +62,7 @@ def test_two_step_chain_through_slurm(slurm_ws, ws):
     assert json.loads((slurm_ws / "runs" / b / "run.json").read_text())["name"] == f"from {slurm_ws / 'runs' / a}"
     code = slurm_ws / "runs" / b / "exit_code"  # the launcher writes it just after the job's final status
     assert wait_for(lambda: code.exists() and code.read_text().strip(), timeout=20, what="exit_code") == "0"
-    assert len(epoch_events(slurm_ws / "runs" / b)) == 3
+    assert len(epoch_events(slurm_ws / "runs" / b)) == 4  # QUICK's four shards
     # Slurm's verdict replaces the last live state it was seen in (RUNNING) once the run has ended.
     for run in (a, b):
         slurm_file = slurm_ws / "runs" / run / "slurm.json"
@@ -178,7 +178,7 @@ async def test_a_job_waiting_in_slurms_queue_reads_pending_with_slurms_reason(sl
     from app.tui.screens.queue import QueueScreen
     from tests.tui_support import screen_text, settle
 
-    a = queued_id(moe(slurm_ws, "submit", "--name", "later", "--slurm", "extra=--begin=now+3600", "--", *TINY, **SLURM))
+    a = queued_id(moe(slurm_ws, "submit", "--name", "later", "--slurm", "extra=--begin=now+3600", "--", *QUICK, **SLURM))
     wait_for(lambda: moe(slurm_ws, "ls").returncode == 0 and run_row(ws, a).slots == "PENDING (BeginTime)",
              timeout=40, what="Slurm's reason for holding the job")
     r = run_row(ws, a)
@@ -194,7 +194,7 @@ async def test_a_job_waiting_in_slurms_queue_reads_pending_with_slurms_reason(sl
     show = moe(slurm_ws, "show", a).stdout
     assert "status    pending" in show and f"slot {where}" in show, show
     csv = moe(slurm_ws, "export", "-o", "-").stdout
-    assert f"{a},later,train-expert,pending," in csv
+    assert f"{a},later,mheight-generate,pending," in csv
     assert (slurm_ws / "runs" / a / "status.json").exists() is False, "it has not started"
 
     app = MoeTuiApp(ws, poll_s=60)
@@ -213,7 +213,7 @@ async def test_a_job_waiting_in_slurms_queue_reads_pending_with_slurms_reason(sl
     assert rel.returncode == 0, rel.stderr
     assert moe(slurm_ws, "wait", a, "--timeout", "150").returncode == 0
     r = run_row(ws, a)
-    assert r.status == "succeeded" and r.slots is None and len(epoch_events(slurm_ws / "runs" / a)) == 3
+    assert r.status == "succeeded" and r.slots is None and len(epoch_events(slurm_ws / "runs" / a)) == 4
     assert "PENDING" not in moe(slurm_ws, "ls").stdout
 
 
@@ -261,13 +261,13 @@ def test_sbatch_that_answers_late_or_never(slurm_ws, ws, tmp_path):
         f.write("command_timeout_s = 1.5\n")
     path = os.environ["PATH"]
 
-    a = queued_id(moe(slurm_ws, "submit", "--", *TINY, PATH=f"{late}:{path}", **SLURM))  # starts the daemon with this PATH
+    a = queued_id(moe(slurm_ws, "submit", "--", *QUICK, PATH=f"{late}:{path}", **SLURM))  # starts the daemon with this PATH
     assert moe(slurm_ws, "wait", a, "--timeout", "150").returncode == 0
     job = json.loads((slurm_ws / "runs" / a / "launch.json").read_text())["job_id"]
     assert job.isdigit() and run_row(ws, a).slurm_job_id == job
 
     assert moe(slurm_ws, "daemon", "stop").returncode == 0
-    b = queued_id(moe(slurm_ws, "submit", "--", *TINY, PATH=f"{down}:{path}", **SLURM))
+    b = queued_id(moe(slurm_ws, "submit", "--", *QUICK, PATH=f"{down}:{path}", **SLURM))
     assert moe(slurm_ws, "wait", b, "--timeout", "60").returncode == 1
     r = run_row(ws, b)
     assert r.status == "failed" and "\n" not in r.error
