@@ -10,8 +10,6 @@ the manager's file, not the job's, so its schema lives here rather than in
 from __future__ import annotations
 
 import json
-import os
-import stat
 import time
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -61,18 +59,11 @@ def read(rd: RunDir) -> tuple[Annotations | None, str | None]:
 
 
 def write(rd: RunDir, ann: Annotations) -> None:
-    """Replace the run's annotations.json atomically; never through a link or over a non-file."""
-    path = rd.path / ANNOTATIONS
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISREG(st.st_mode):
-            raise UserError(f"{path} is not a plain file (a link, FIFO or device?); remove it to annotate this run")
-    if not rd.path.is_dir() or rd.path.is_symlink():
+    """Replace the run's annotations.json atomically. ``rd`` comes from
+    ``Workspace.writable_run_dir``, which refuses a run whose writes would leave it."""
+    if not rd.path.is_dir():
         raise UserError(f"{rd.path} is not a run directory; cannot annotate it")
-    atomic_write_json(path, ann.model_dump())
+    atomic_write_json(rd.path / ANNOTATIONS, ann.model_dump())
 
 
 def update(rd: RunDir, **fields) -> Annotations:

@@ -14,7 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from app.errors import UserError
+from app.controls import escaped
+from app.errors import DISK_FULL, UserError, disk_full
+from engine.core.errors import JobError
 
 cli = typer.Typer(
     add_completion=False,
@@ -55,7 +57,7 @@ def _refresh(ws) -> None:
     from app.queue.daemon import ensure_daemon, needs_daemon
 
     for w in Ingester(ws).run_pass().warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        print(escaped(f"warning: {w}"), file=sys.stderr)
     if needs_daemon(ws):
         ensure_daemon(ws)
 
@@ -99,7 +101,7 @@ def submit(
     runs = submit_sweep(ws, list(args), list(sweep), name=name, **kw) if sweep else [do_submit(ws, list(args), name=name, **kw)]
     started = ensure_daemon(ws)
     for run in runs:
-        print(f"queued {run.run_id}  {run.name}  ({run.command})")
+        print(escaped(f"queued {run.run_id}  {run.name}  ({run.command})"))
     if sweep:
         print(f"sweep group {runs[0].group_id}: {len(runs)} runs")
     if started:
@@ -128,8 +130,8 @@ def pipeline(
     ensure_daemon(ws)
     width = max(len(n) for n, _ in queued)
     for step, run in queued:
-        print(f"queued {run.run_id}  {step:<{width}}  {run.command}")
-    print(f"pipeline {queued[0][1].pipeline_id}: {len(queued)} runs")
+        print(escaped(f"queued {run.run_id}  {step:<{width}}  {run.command}"))
+    print(escaped(f"pipeline {queued[0][1].pipeline_id}: {len(queued)} runs"))
     return 0
 
 
@@ -150,22 +152,25 @@ def cancel(
     return 0
 
 
-@cli.command()
+@cli.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def retry(
+    ctx: typer.Context,
     run: Annotated[str, typer.Argument(help="a finished run (id, unique prefix, or name)")],
     resume: Annotated[bool, typer.Option("--resume", help="continue from the old run's checkpoints/last.pth")] = False,
     slurm: Annotated[Optional[list[str]], typer.Option("--slurm", help="KEY=VALUE: change one of the run's [slurm] settings (time=4:00:00); repeatable")] = None,
     workspace: WorkspaceOpt = None,
 ) -> int:
-    """Queue a new run with the same config and Slurm settings; runs blocked on the old one wait for the new one."""
+    """Queue a new run with the same config and Slurm settings; runs blocked on the old one wait for the new one.
+
+    Trust is not carried over: a run given --trust-pickle is retried with `moe-tui retry RUN --trust-pickle`."""
     from app.queue.control import retry as do_retry
     from app.queue.daemon import ensure_daemon
 
     ws = _workspace(workspace)
     _refresh(ws)
-    new = do_retry(ws, run, resume_from_last=resume, slurm=list(slurm or []))
+    new = do_retry(ws, run, resume_from_last=resume, slurm=list(slurm or []), trust=list(ctx.args))
     ensure_daemon(ws)
-    print(f"queued {new.run_id}  {new.name}  (retry of {new.retry_of})")
+    print(escaped(f"queued {new.run_id}  {new.name}  (retry of {new.retry_of})"))
     return 0
 
 
@@ -215,8 +220,8 @@ def ls_(
         metric = f"{r.primary_metric} {m.best:.4f}" if m and m.best is not None else ""
         epoch = f"{r.epoch}/{r.total_epochs}" if r.total_epochs else (str(r.epoch) if r.epoch else "")
         # A launched Slurm run says where Slurm has it: "slurm:123 PENDING (Priority)".
-        note = (r.error or (slot_label(r.status, r.slurm_job_id, r.slots, r.gpus) if r.slurm_job_id and r.status in LAUNCHED else ""))[:60]
-        rows.append((r.run_id, r.status, r.kind, r.name, epoch, metric, fmt_duration(duration_s(r)), note))
+        note = escaped(r.error or (slot_label(r.status, r.slurm_job_id, r.slots, r.gpus) if r.slurm_job_id and r.status in LAUNCHED else ""))[:60]
+        rows.append(tuple(map(escaped, (r.run_id, r.status, r.kind, r.name, epoch, metric, fmt_duration(duration_s(r)), note))))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print(("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1]).rstrip())
@@ -236,31 +241,32 @@ def show(run: Annotated[str, typer.Argument(help="run id (or a unique prefix, or
         summ = summaries(s, [r.id]).get(r.id, {})
         state = s.get(IngestState, r.id)
     rd = ws.run_dir(r.run_id)
-    print(f"run       {r.run_id}  {r.name}")
+    print(escaped(f"run       {r.run_id}  {r.name}"))
     print(f"status    {r.status}" + (f" (exit code {r.exit_code})" if r.exit_code not in (None, 0) else ""))
     if r.error:
-        print(f"error     {r.error}")
-    print(f"kind      {r.kind}   backend {r.backend}   host {r.host or '-'}")
+        print(escaped(f"error     {r.error}"))
+    print(escaped(f"kind      {r.kind}   backend {r.backend}   host {r.host or '-'}"))
     from app.queue.deps import parents_of
 
     with ws.store.read() as s:
         parents = [p.run_id for p in parents_of(s, [r.id])[r.id]]
     where = slot_label(r.status, r.slurm_job_id, r.slots, r.gpus) or "-"
-    print(f"queue     priority {r.priority}   gpus {r.gpus}   slot {where}   after {', '.join(parents) or '-'}")
+    print(escaped(f"queue     priority {r.priority}   gpus {r.gpus}   slot {where}   after {', '.join(parents) or '-'}"))
     if r.group_id or r.pipeline_id or r.retry_of:
         print(f"group     sweep {r.group_id or '-'}   pipeline {r.pipeline_id or '-'}   retry of {r.retry_of or '-'}")
     print(f"progress  epoch {r.epoch}/{r.total_epochs or '?'}   time {fmt_duration(duration_s(r)) or '-'}")
-    print(f"command   {r.command}")
-    print(f"git       {r.git_commit or '-'}" + (" (dirty)" if r.git_dirty else ""))
-    print(f"dir       {rd.path}")
+    print(escaped(f"command   {r.command}"))
+    print(escaped(f"git       {r.git_commit or '-'}" + (" (dirty)" if r.git_dirty else "")))
+    print(escaped(f"dir       {rd.path}"))
     if state and state.warning:
-        print(f"warning   {state.warning}")
+        print(escaped(f"warning   {state.warning}"))
     print("config")
-    config = json.loads(r.config or "{}")
+    config = {escaped(k): escaped(v) for k, v in json.loads(r.config or "{}").items()}
     width = max(map(len, config), default=0)  # columns line up whatever the longest name
     for k, v in sorted(config.items()):
         print(f"  {k:<{width}}  {v}")
     if summ:
+        summ = {escaped(k): m for k, m in summ.items()}
         width = max(16, *map(len, summ))
         print(f"{'metrics':<{width + 2}} {'final':>12} {'best':>12}  best epoch")
         for k in sorted(summ):
@@ -271,7 +277,7 @@ def show(run: Annotated[str, typer.Argument(help="run id (or a unique prefix, or
     if tail:
         print("log (last lines of stdout.log)")
         for line in tail:
-            print(f"  {line}")
+            print(escaped(f"  {line}"))
     return 0
 
 
@@ -279,11 +285,15 @@ def show(run: Annotated[str, typer.Argument(help="run id (or a unique prefix, or
 def export_(
     out: Annotated[str, typer.Option("--out", "-o", help="CSV file to write, or - for stdout")],
     history: Annotated[bool, typer.Option(help="per-epoch long form: run_id, epoch, key, value")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="write text starting with = + - @ tab or CR as it is, "
+                                      "not with the leading ' that keeps a spreadsheet from running it as a formula")] = False,
     status: StatusOpt = None,
     kind: KindOpt = None,
     workspace: WorkspaceOpt = None,
 ) -> int:
-    """Export runs to CSV: one row per run, config and final/best metrics as columns."""
+    """Export runs to CSV: one row per run, config and final/best metrics as columns.
+
+    Text a spreadsheet would run as a formula (a name or value starting with = + - @ tab or CR) gets a leading ' (OWASP's rule against CSV injection); numbers stay numbers (-0.5). --raw writes it as it is."""
     from app.export import export
     from app.queries import list_runs
 
@@ -291,7 +301,7 @@ def export_(
     _refresh(ws)
     with ws.store.read() as s:
         runs = list_runs(s, status=status, kind=kind)
-        n = export(s, runs, out, history=history)
+        n = export(s, runs, out, history=history, raw=raw)
     if out != "-":
         print(f"wrote {n} rows to {out}", file=sys.stderr)
     return 0
@@ -326,7 +336,7 @@ def wait(
             if seen.get(r.id) != now:
                 seen[r.id] = now
                 epoch = f" epoch {r.epoch}/{r.total_epochs}" if r.total_epochs else ""
-                print(f"{r.run_id}  {r.status}{epoch}" + (f"  {r.error}" if r.error else ""), flush=True)
+                print(escaped(f"{r.run_id}  {r.status}{epoch}" + (f"  {r.error}" if r.error else "")), flush=True)
         if all(r.status not in ACTIVE for r in rows):
             return 0 if all(r.status == "succeeded" for r in rows) else 1
         if deadline is not None and time.monotonic() > deadline:
@@ -347,7 +357,7 @@ def tag(
     ws = _workspace(workspace)
     _refresh(ws)
     r = annotate(ws, run, tags=tags.split(","))
-    print(f"{r.run_id}  tags: {r.tags or '-'}")
+    print(escaped(f"{r.run_id}  tags: {r.tags or '-'}"))
     return 0
 
 
@@ -363,7 +373,7 @@ def note(
     ws = _workspace(workspace)
     _refresh(ws)
     r = annotate(ws, run, notes=text)
-    print(f"{r.run_id}  note: {r.notes or '-'}")
+    print(escaped(f"{r.run_id}  note: {r.notes or '-'}"))
     return 0
 
 
@@ -393,9 +403,11 @@ def reindex(workspace: WorkspaceOpt = None) -> int:
     if "store" in ws.__dict__:
         ws.store.close()
         del ws.__dict__["store"]
-    report = rebuild(ws)
+    report, moved = rebuild(ws)
+    if moved:
+        print(escaped(moved), file=sys.stderr)
     for w in report.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        print(escaped(f"warning: {w}"), file=sys.stderr)
     with ws.store.read() as s:
         from sqlmodel import func, select
 
@@ -418,7 +430,7 @@ def ingest(workspace: WorkspaceOpt = None) -> int:
     ws = _workspace(workspace)
     report = Ingester(ws).run_pass()
     for w in report.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        print(escaped(f"warning: {w}"), file=sys.stderr)
     print(f"{report.runs_updated} runs updated, {report.metrics_added} metric rows added")
     return 0
 
@@ -478,16 +490,21 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         rv = cli(args=argv, prog_name="moe-tui", standalone_mode=False)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, JobError) as e:  # JobError: a write the contract refused (a link out, a full disk)
+        print(escaped(f"error: {e}"), file=sys.stderr)
         return 2
     except ClickException as e:
         ctx = getattr(e, "ctx", None)
         hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
-        print(f"error: {e.format_message()}{hint}", file=sys.stderr)
+        print(escaped(f"error: {e.format_message()}{hint}"), file=sys.stderr)
         return getattr(e, "exit_code", 2)
     except (typer.Abort, KeyboardInterrupt):
         return 130
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        print(f"error: {DISK_FULL.format(where=getattr(e, 'orig', None) or e)}, then run the command again", file=sys.stderr)
+        return 2
     return rv if isinstance(rv, int) else 0
 
 

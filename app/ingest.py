@@ -39,6 +39,7 @@ from app.lifecycle import (
 from app.store.models import (
     BLOCKED,
     FINISHED,
+    HEADLESS,
     LAUNCHED,
     UNREADABLE,
     IngestState,
@@ -190,11 +191,11 @@ class Ingester:
             if wanted is not None and name not in wanted:
                 continue
             status, sig = known.get(name, (None, None))
-            if status in FINISHED or (skip_queued and status == "queued"):
+            if (status in FINISHED and status != "lost") or (skip_queued and status == "queued"):
                 continue  # a finished run's files do not change
             rd = RunDir(self.ws.runs / name)
             if sig is not None and sig == signature(rd) and not self._process_ended(rd, status):
-                continue
+                continue  # "lost" included: read again only once its directory changes (a job that lived on)
             try:
                 report.merge(self.ingest_run(rd))
             except OSError as e:  # a directory that cannot be read at all: that run only, and once
@@ -280,7 +281,7 @@ class Ingester:
                 name=source.get("name") or "",
                 kind=source.get("kind") or "",
                 status="queued",
-                backend=(submit or {}).get("backend", "headless"),
+                backend=(submit or {}).get("backend", HEADLESS),
                 config=json.dumps(source.get("config") or {}, sort_keys=True),
                 argv=json.dumps(source.get("argv") or []),
                 command=source.get("command") or "",
@@ -408,6 +409,8 @@ class Ingester:
             run.error, run.exit_code = settled.error, settled.exit_code
             run.ended_at = settled.ended_at or time.time()
             self._check_truncated_tail(rd, state, report)
+        elif run.ended_at is not None:  # "lost" whose job wrote again: it lives, the verdict goes
+            run.error, run.exit_code, run.ended_at = None, None, None
 
     def _check_truncated_tail(self, rd: RunDir, state: IngestState, report: IngestReport) -> None:
         """Once nothing will write again, bytes after the last newline are a truncated line."""

@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from app.errors import UserError
+from engine.core.errors import JobError
 from engine.core.rundir import RUNS_DIRNAME, RunDir, resolve_workspace
 
 DB_NAME = "experiments.db"
@@ -50,6 +51,16 @@ class Workspace:
 
     def run_dir(self, run_id: str) -> RunDir:
         return RunDir(self.runs / run_id)
+
+    def writable_run_dir(self, run_id: str) -> RunDir:
+        """The run's directory, to write into: a UserError if a write would leave it
+        (a link in it or in its place; ``RunDir.check_writable``)."""
+        rd = self.run_dir(run_id)
+        try:
+            rd.check_writable(self.runs)
+        except JobError as e:
+            raise UserError(str(e)) from None
+        return rd
 
     def relative(self, path: Path) -> str:
         try:

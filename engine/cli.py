@@ -16,9 +16,9 @@ import sys
 import time
 
 from engine.core.config import JOBS, JobSpec, parse_argv
-from engine.core.errors import ConfigError, JobError
+from engine.core.errors import ConfigError, JobError, NoSpace
 from engine.core.events import SCHEMA_VERSION
-from engine.core.procs import EXIT_BAD_INPUT
+from engine.core.procs import EXIT_BAD_INPUT, EXIT_NO_SPACE
 from engine.core.recorder import RunRecorder
 from engine.core.rundir import (
     RUNS_DIRNAME,
@@ -43,7 +43,8 @@ def _usage() -> str:
 def _fail_unstarted(run_dir: str, argv: list[str], error: str) -> None:
     """A manager-made run whose arguments are bad still ends with a status and a cause."""
     rd = RunDir(run_dir)
-    if rd.path.is_dir() and not rd.status.exists():
+    # A run.json is another job's run (--run-dir named a used directory): its status is not ours to write.
+    if rd.path.is_dir() and not rd.status.exists() and not rd.run_json.exists():
         now = time.time()
         atomic_write_json(rd.status, {"v": SCHEMA_VERSION, "run_id": rd.run_id, "state": "failed",
                                       "started_at": now, "ended_at": now, "exit_code": EXIT_BAD_INPUT,
@@ -55,6 +56,7 @@ def _make_run_dir(spec: JobSpec) -> RunDir:
         rd = RunDir(spec.run_dir)
         if not rd.path.is_dir():
             raise JobError(f"--run-dir {rd.path} does not exist; leave it out to create a fresh run directory")
+        rd.check_writable()  # before the first append: a stdout.log or checkpoints/ linked out of it
         return rd
     root = resolve_workspace(spec.workspace) / RUNS_DIRNAME
     try:
@@ -86,6 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg = spec.config
     job = importlib.import_module(type(cfg).job)
     print(f"run {rd.run_id}: {rd.path}", file=sys.stderr, flush=True)
+    try:
+        return _record(spec, cfg, job, rd)
+    except JobError as e:  # from starting the record (run.json, status.json): the job never ran
+        print(f"error: {e}", file=sys.stderr)
+        try:
+            _fail_unstarted(str(rd.path), argv, str(e))
+        except JobError:  # a full disk: the exit code is the record
+            pass
+        return EXIT_NO_SPACE if isinstance(e, NoSpace) else EXIT_BAD_INPUT
+
+
+def _record(spec, cfg, job, rd: RunDir) -> int:
+    """Run the job inside its recorder; the recorder turns every failure of the job into a status."""
     with _workspace_env(spec.workspace), RunRecorder(
         rd,
         kind=spec.kind,

@@ -16,8 +16,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 
+from engine.core.errors import NoSpace
 from engine.core.rundir import atomic_write
+
+NO_SPACE_RETRY_S = 5.0  # a few bytes; each try is cheap
+NO_SPACE_PATIENCE_S = 7 * 24 * 3600.0  # a week: a full scratch disk waits for a person
 
 
 def main(argv: list[str]) -> int:
@@ -34,11 +39,26 @@ def main(argv: list[str]) -> int:
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     except OSError as e:
         print(f"error: cannot start {command[0]}: {e.strerror}", flush=True)
-        atomic_write(exit_file, "127\n")
+        record_exit(exit_file, 127)
         return 127
     code = child.wait()
-    atomic_write(exit_file, f"{code}\n")
+    record_exit(exit_file, code)
     return 0 if code == 0 else 1
+
+
+def record_exit(exit_file: str, code: int) -> None:
+    """Write the exit code; on a full disk, wait until it fits. It is the run's last record:
+    a job that could not write its final status (EXIT_NO_SPACE) is read from it alone."""
+    waited = 0.0
+    while True:
+        try:
+            atomic_write(exit_file, f"{code}\n")
+            return
+        except NoSpace:
+            if waited >= NO_SPACE_PATIENCE_S:
+                raise
+        time.sleep(NO_SPACE_RETRY_S)
+        waited += NO_SPACE_RETRY_S
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ from app.queries import find_run
 from app.queue.deps import parents_of, rewrite_placeholders
 from app.queue.settings import load_settings
 from app.queue.submit import submit
-from app.store.models import ACTIVE, BLOCKED, FINISHED, LAUNCHED, Run, RunDependency, next_rev
+from app.store.models import ACTIVE, BLOCKED, FINISHED, HEADLESS, LAUNCHED, Run, RunDependency, next_rev
 from app.workspace import Workspace
-from engine.core.config import job_class
+from engine.core.config import job_class, split_trust, trust_options
 from engine.core.rundir import atomic_write_json, read_json
 
 PAUSE_FILE = "paused"  # in the workspace's .moe-tui/: no new launches while it exists
@@ -75,7 +75,8 @@ def cancel(ws: Workspace, ref: str) -> Run:
     return run
 
 
-def retry(ws: Workspace, ref: str, resume_from_last: bool = False, slurm: list[str] | tuple[str, ...] = ()) -> Run:
+def retry(ws: Workspace, ref: str, resume_from_last: bool = False, slurm: list[str] | tuple[str, ...] = (),
+          trust: list[str] | tuple[str, ...] = ()) -> Run:
     """A new run from the same arguments; blocked or queued dependents now wait for it.
 
     With ``resume_from_last`` the new run continues from the old run's
@@ -83,6 +84,8 @@ def retry(ws: Workspace, ref: str, resume_from_last: bool = False, slurm: list[s
     engine checks that the settings still describe the same model and data).
     A Slurm run keeps its own ``--slurm`` settings (partition, time, account...);
     ``slurm`` items change them, e.g. ``time=4:00:00`` after a TIMEOUT.
+    ``trust``: the trust options (``--trust-pickle``) the person typed for this retry; the old
+    run's are not carried over, so a retry asks for them again.
     """
     with ws.store.read() as s:
         old = find_run(s, ref)
@@ -90,7 +93,16 @@ def retry(ws: Workspace, ref: str, resume_from_last: bool = False, slurm: list[s
     if old.status not in FINISHED:
         raise UserError(f"run {old.run_id} is {old.status}; only a finished run can be retried"
                         + (" (cancel it first)" if old.status in LAUNCHED else ""))
-    argv = json.loads(old.argv)
+    argv, had = split_trust(json.loads(old.argv))
+    rest, typed = split_trust([old.kind, *trust])
+    if rest[1:]:
+        known = ", ".join(trust_options(job_class(old.kind)).values()) or "none"
+        raise UserError(f"moe-tui retry has no option {shlex.join(rest[1:])}; see `moe-tui retry --help` "
+                        f"(it also takes {old.kind}'s trust options: {known})")
+    if had and not typed:
+        raise UserError(f"run {old.run_id} was given {shlex.join(had)}; a retry does not carry trust over: "
+                        f"type it again, moe-tui retry {old.run_id} {shlex.join(had)}")
+    argv += typed
     if resume_from_last:
         if "resume" not in job_class(old.kind).model_fields:
             raise UserError(f"{old.kind} jobs cannot resume (no resume setting); retry without --resume")
@@ -99,7 +111,11 @@ def retry(ws: Workspace, ref: str, resume_from_last: bool = False, slurm: list[s
             raise UserError(f"{last} does not exist (the run saved no checkpoint); retry without --resume")
         argv = [*argv, "--resume", str(last)]
     old_slurm = (read_json(ws.run_dir(old.run_id).submit_json) or {}).get("slurm") or {}
-    new = submit(ws, argv, name=old.name, backend=old.backend, priority=old.priority, gpus=old.gpus,
+    # A headless run was started by hand with `engine`: no backend ran it, and the GPUs it used were
+    # never asked for, so its retry is an ordinary local run with the local default of GPUs.
+    headless = old.backend == HEADLESS
+    new = submit(ws, argv, name=old.name, backend="local" if headless else old.backend, priority=old.priority,
+                 gpus=None if headless else old.gpus,
                  after=parent_ids, group_id=old.group_id, pipeline_id=old.pipeline_id, retry_of=old.run_id,
                  slurm=slurm, slurm_base=old_slurm)
     _repoint_dependents(ws, old, new)
@@ -139,7 +155,7 @@ def _repoint_dependents(ws: Workspace, old: Run, new: Run) -> None:
 
 def _rewrite_submit(ws: Workspace, run_id: str, old_id: str, new_id: str, argv: list[str]) -> None:
     """Keep submit.json true, so a rebuilt database has the new dependency too."""
-    rd = ws.run_dir(run_id)
+    rd = ws.writable_run_dir(run_id)
     rec = read_json(rd.submit_json)
     if rec is None:
         return
@@ -156,7 +172,7 @@ def set_priority(ws: Workspace, ref: str, priority: int) -> Run:
         run = find_run(s, ref)
         if run.status not in ("queued", BLOCKED):
             raise UserError(f"run {run.run_id} is {run.status}; only a queued or blocked run's priority can change")
-        rd = ws.run_dir(run.run_id)
+        rd = ws.writable_run_dir(run.run_id)
         rec = read_json(rd.submit_json)
         if rec is not None:
             rec["priority"] = priority
@@ -176,7 +192,7 @@ def annotate(ws: Workspace, ref: str, tags: list[str] | tuple[str, ...] | None =
         run = find_run(s, ref)
         rd = ws.run_dir(run.run_id)
         if rd.path.exists():
-            ann = annotations.update(rd, **fields)
+            ann = annotations.update(ws.writable_run_dir(run.run_id), **fields)
         else:  # its directory is gone (a reindex will drop the row too): the row is all there is
             ann = annotations.Annotations(tags=list(fields.get("tags", run.tags.split(","))),
                                           notes=fields.get("notes", run.notes))
@@ -198,9 +214,7 @@ def delete(ws: Workspace, ref: str) -> str:
         run = find_run(s, ref)
     if run.status in ACTIVE:
         raise UserError(f"{run.run_id} is {run.status}; only finished runs can be deleted (cancel it first)")
-    rd = ws.run_dir(run.run_id)
-    if rd.path.is_symlink():
-        raise UserError(f"{rd.path} is a link; remove it yourself, moe-tui deletes only run directories it owns")
+    rd = ws.writable_run_dir(run.run_id)  # moe-tui deletes only run directories it made
     if rd.path.is_dir():
         annotations.mark_deleted(rd)
         trash = rd.path.with_name(f".deleted-{run.run_id}")

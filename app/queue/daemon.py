@@ -24,6 +24,7 @@ import time
 from sqlmodel import col, func, select
 
 from app.backends import local
+from app.errors import DISK_FULL, disk_full
 from app.ingest import Ingester
 from app.lifecycle import CANCEL_FILE
 from app.locks import FileLock
@@ -32,15 +33,17 @@ from app.queue.deps import parents_of, resolve_placeholders, settle_dependencies
 from app.queue.order import start_key
 from app.queue.settings import Settings, load_settings
 from app.queue.slots import Occupancy, allocate, discover_gpus, slot_env
-from app.store.models import FINISHED, LAUNCHED, Run, RunDependency, next_rev
+from app.store.models import FINISHED, HEADLESS, HOOK_OWED, LAUNCHED, Run, RunDependency, next_rev
 from app.workspace import Workspace
+from engine.core.errors import JobError, NoSpace
 from engine.core.events import LaunchRecord, RecordError
 from engine.core.procs import ProcessIdentity
-from engine.core.rundir import atomic_write_json, read_json, write_record
+from engine.core.rundir import RunDir, atomic_write_json, read_json, write_record
 
 log = logging.getLogger("moe-tui.daemon")
 
 POLL_S = 0.5  # between passes while runs are queued or running
+FULL_DISK_RETRY_S = 5.0  # between passes while the workspace's disk is full
 IDLE_POLL_S = 2.0  # between passes with nothing to do (clients wake the daemon with SIGUSR1)
 LOCK_PATIENCE_S = 0.5  # a probe holds the daemon lock for microseconds, a serving daemon for good
 # SIGUSR1: a client queued, cancelled, retried or resumed something. SIGCHLD:
@@ -55,7 +58,7 @@ class Daemon:
         self.poll_s = poll_s
         self.ingester = Ingester(ws)
         self.children: dict[str, subprocess.Popen] = {}
-        self.hooks: list[subprocess.Popen] = []
+        self.hooks: dict[int, subprocess.Popen] = {}  # run pk -> its on-finish command, until it exits
         self._sigterm_at: dict[str, float] = {}  # run_id -> when this daemon sent SIGTERM for a cancel
         self._settings_key: tuple | None = None
         self.settings: Settings = load_settings(ws.root)
@@ -116,10 +119,27 @@ class Daemon:
         log.info("daemon %d serving %s: %d GPU(s) x %d run(s), %d CPU slot(s), cap %s, idle exit %.0fs",
                  me.pid, self.ws.root, len(gpus), q.runs_per_gpu, q.cpu_slots, q.max_running or "none", self.idle_exit_s)
         idle_since = time.monotonic()
+        full_since: float | None = None
         try:
             while not self._stop:
                 self._woken = False
-                self.step()
+                try:
+                    self.step()
+                except Exception as e:
+                    if not disk_full(e):
+                        raise
+                    # Nothing can be recorded, so nothing is started: wait for space, then
+                    # go on where the pass stopped (every step is idempotent).
+                    if full_since is None:
+                        full_since = time.monotonic()
+                        log.error("%s; retrying every %.0fs", DISK_FULL.format(where=getattr(e, "orig", None) or e),
+                                  FULL_DISK_RETRY_S)
+                    self._sleep(FULL_DISK_RETRY_S)
+                    idle_since = time.monotonic()
+                    continue
+                if full_since is not None:
+                    log.info("the disk has room again after %.0fs; serving", time.monotonic() - full_since)
+                    full_since = None
                 busy = self._has_work()
                 if busy:
                     idle_since = time.monotonic()
@@ -135,6 +155,8 @@ class Daemon:
     def step(self) -> None:
         """One pass: ingest, reap, dependencies, cancels, Slurm, launch, on-finish hooks."""
         self.reload_settings()
+        if self._passes == 0:
+            self.requeue_unfinished_hooks()
         # The first pass reads everything (the database may have been rebuilt).
         report = self.ingester.run_pass(skip_queued=self._passes > 0)
         self._passes += 1
@@ -158,7 +180,7 @@ class Daemon:
         if not is_paused(self.ws):
             self.launch_ready(ready)
         self.run_hooks()
-        self.hooks = [h for h in self.hooks if h.poll() is None]
+        self.reap_hooks()
 
     def _active_slurm(self) -> bool:
         with self.ws.store.read() as s:
@@ -169,7 +191,7 @@ class Daemon:
     def _has_work(self) -> bool:
         with self.ws.store.read() as s:
             n = s.exec(select(func.count()).select_from(Run).where(
-                (Run.status == "queued") | col(Run.status).in_(LAUNCHED) | (Run.hook == "pending"))).one()
+                (Run.status == "queued") | col(Run.status).in_(LAUNCHED) | col(Run.hook).in_(HOOK_OWED))).one()
         return n > 0 or bool(self.children) or bool(self.hooks)
 
     # -- launching -------------------------------------------------------------
@@ -235,14 +257,16 @@ class Daemon:
             return
         run, argv = claimed
         rd = self.ws.run_dir(run.run_id)
-        # Until the launcher exists, the daemon stands in for it: a reader sees a
-        # live process, and if the daemon dies right here the run reads "lost".
-        write_record(rd.launch_json, LaunchRecord, {"backend": "local", "launched_at": time.time(), "state": "launching",
-                                                    **ProcessIdentity.current().record("launcher_")})
+        if not self._writable(pk, rd):
+            return
         env = {**slot_env(slots, self.settings.queue.cpu_slots), "MOE_TUI_RUN_ID": run.run_id}
         try:
+            # Until the launcher exists, the daemon stands in for it: a reader sees a
+            # live process, and if the daemon dies right here the run reads "lost".
+            write_record(rd.launch_json, LaunchRecord, {"backend": "local", "launched_at": time.time(),
+                                                        "state": "launching", **ProcessIdentity.current().record("launcher_")})
             proc, record = local.launch(self.ws, rd, argv, env_extra=env, slots=slots)
-        except OSError as e:
+        except (OSError, NoSpace) as e:
             log.error("run %s: cannot start: %s", rd.run_id, e)
             self._fail(pk, f"cannot start the job: {e}")
             return
@@ -257,6 +281,8 @@ class Daemon:
         if claimed is None:
             return
         run, argv = claimed
+        if not self._writable(pk, self.ws.run_dir(run.run_id)):
+            return
         with self.ws.store.read() as s:
             parent_jobs = [p.slurm_job_id for p in parents_of(s, [pk])[pk]
                            if p.status in LAUNCHED and p.backend == "slurm" and p.slurm_job_id]
@@ -274,6 +300,17 @@ class Daemon:
         log.info("run %s submitted to Slurm as job %s%s", run.run_id, job_id,
                  f" (afterok:{':'.join(parent_jobs)})" if parent_jobs else "")
 
+    def _writable(self, pk: int, rd: RunDir) -> bool:
+        """Before the first write to a run (launch.json, stdout.log, Slurm's --output): a run
+        whose files would lead out of it fails with that cause instead."""
+        try:
+            rd.check_writable(self.ws.runs)
+        except JobError as e:
+            log.error("run %s: %s", rd.run_id, e)
+            self._fail(pk, str(e))
+            return False
+        return True
+
     def _fail(self, pk: int, error: str) -> None:
         """The run could not be started: say so in its directory first, then in the database.
 
@@ -284,8 +321,13 @@ class Daemon:
         now = time.time()
         with self.ws.store.write() as s:
             run = s.get(Run, pk)
-            write_record(self.ws.run_dir(run.run_id).launch_json, LaunchRecord,
-                         {"backend": run.backend, "state": "failed", "error": error, "failed_at": now})
+            rd = self.ws.run_dir(run.run_id)
+            try:
+                rd.check_writable(self.ws.runs, only=rd.launch_json)
+                write_record(rd.launch_json, LaunchRecord,
+                             {"backend": run.backend, "state": "failed", "error": error, "failed_at": now})
+            except JobError:  # a link out of the run, or a full disk: the verdict stays in the database only
+                pass
             run.status, run.error, run.ended_at, run.rev = "failed", error, now, next_rev(s)
 
     # -- cancels ---------------------------------------------------------------
@@ -321,6 +363,18 @@ class Daemon:
             log.info("run %s: cancel: sent %s to process group %d", run.run_id, sig.name, ident.pid)
 
     # -- on-finish hooks ---------------------------------------------------------
+    # A run's hook goes "pending" (when it launches) -> "started" (its command spawned) -> "done"
+    # (the command exited). A daemon that dies in between leaves "started", and the next daemon
+    # runs the command again: at least once, never silently not at all.
+    def requeue_unfinished_hooks(self) -> None:
+        """At start: commands a dead daemon started and never saw end are owed again."""
+        with self.ws.store.write() as s:
+            for run in s.exec(select(Run).where(Run.hook == "started")).all():
+                run.hook, run.rev = "pending", next_rev(s)
+                s.add(run)
+                log.info("run %s: the on-finish command was started by a daemon that died; running it again",
+                         run.run_id)
+
     def run_hooks(self) -> None:
         cmd = self.settings.queue.on_finish
         pending = select(Run).where(Run.hook == "pending", col(Run.status).in_(FINISHED))
@@ -330,7 +384,7 @@ class Daemon:
         with self.ws.store.write() as s:
             runs = s.exec(pending).all()
             for run in runs:
-                run.hook, run.rev = "done", next_rev(s)
+                run.hook, run.rev = ("started" if cmd else "done"), next_rev(s)
                 s.add(run)
         for run in runs:
             if not cmd:
@@ -341,10 +395,24 @@ class Daemon:
             # The user's own command from their own config, run by their shell;
             # run values travel in the environment, never spliced into the line.
             with open(self.ws.state_dir / "on-finish.log", "ab") as out:
-                self.hooks.append(subprocess.Popen(["/bin/sh", "-c", cmd], env=env, stdin=subprocess.DEVNULL,
-                                                   stdout=out, stderr=subprocess.STDOUT, cwd=self.ws.root,
-                                                   start_new_session=True))
+                self.hooks[run.id] = subprocess.Popen(["/bin/sh", "-c", cmd], env=env, stdin=subprocess.DEVNULL,
+                                                      stdout=out, stderr=subprocess.STDOUT, cwd=self.ws.root,
+                                                      start_new_session=True)
             log.info("run %s %s: on-finish command started", run.run_id, run.status)
+
+    def reap_hooks(self) -> None:
+        ended = {pk: proc.returncode for pk, proc in self.hooks.items() if proc.poll() is not None}
+        if not ended:
+            return
+        with self.ws.store.write() as s:
+            for pk, code in ended.items():
+                run = s.get(Run, pk)
+                if run is not None:
+                    run.hook, run.rev = "done", next_rev(s)
+                    s.add(run)
+                    log.info("run %s: on-finish command exited with code %d", run.run_id, code)
+        for pk in ended:
+            del self.hooks[pk]
 
     def _sleep(self, seconds: float) -> None:
         """Wait for a wake signal or ``seconds``.
@@ -512,8 +580,8 @@ def needs_daemon(ws: Workspace) -> bool:
     """Queued runs, runs the daemon should be watching, or on-finish commands to run."""
     with ws.store.read() as s:
         return s.exec(select(Run.id).where(
-            (Run.status == "queued") | (col(Run.status).in_(LAUNCHED) & (Run.backend != "headless"))
-            | (Run.hook == "pending")).limit(1)).first() is not None
+            (Run.status == "queued") | (col(Run.status).in_(LAUNCHED) & (Run.backend != HEADLESS))
+            | col(Run.hook).in_(HOOK_OWED)).limit(1)).first() is not None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ validated before any is queued: a bad pipeline queues nothing.
 
 from __future__ import annotations
 
+import shlex
 import uuid
 from pathlib import Path
 
@@ -27,10 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.errors import UserError
 from app.queue.deps import check_acyclic, placeholders
-from app.queue.submit import capture_repro, check_gpus, submit, validate
+from app.queue.submit import capture_repro, check_request, submit
 from app.store.models import Run
 from app.workspace import Workspace
-from engine.core.config import load_config_file
+from engine.core.config import load_config_file, split_trust
 from engine.core.errors import ConfigError
 
 # The product's named pipelines ship as files beside this module.
@@ -87,9 +88,11 @@ def queue_pipeline(ws: Workspace, spec: PipelineSpec, backend: str | None = None
     order = check_acyclic(internal)
     for name, st in spec.steps.items():
         try:
-            validate(st.args)
-            if st.gpus is not None:
-                check_gpus(st.gpus, st.backend or backend or "local")
+            check_request(ws, st.args, backend=st.backend or backend, gpus=st.gpus)
+            _, trust = split_trust(st.args)
+            if trust:
+                raise UserError(f"{trust[0]} cannot come from a pipeline file: trust is given only by typing it; "
+                                f"queue this step with `moe-tui submit -- {shlex.join(st.args)}` and name that run in the steps' `after:`")
         except UserError as e:
             raise UserError(f"step '{name}': {e}") from None
     external = [p for ps in edges.values() for p in ps if p not in spec.steps]

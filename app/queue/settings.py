@@ -34,6 +34,7 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.errors import UserError
+from engine.core.errors import not_utf8
 
 SETTINGS_FILE = "moe-tui.toml"
 BACKENDS = ("local", "slurm")
@@ -103,13 +104,17 @@ def load_settings(root: Path) -> Settings:
     data: dict = {}
     if path.exists():
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path} is {not_utf8(e)}; save it as UTF-8 or remove it") from None
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise UserError(f"{path} is not valid TOML ({e}); fix or remove it") from None
-    queue = dict(data.get("queue") or {})
-    for env, key in _ENV.items():
-        if os.environ.get(env):
-            queue[key] = os.environ[env]
+    queue = data.get("queue") or {}
+    if isinstance(queue, dict):  # anything else (queue = 5) is left for the schema to name
+        queue = dict(queue)
+        for env, key in _ENV.items():
+            if os.environ.get(env):
+                queue[key] = os.environ[env]
     data["queue"] = queue
     try:
         return Settings.model_validate(data)
@@ -121,4 +126,6 @@ def load_settings(root: Path) -> Settings:
 
 def error_text(err: dict) -> str:
     """A pydantic error's message; a validator's own words without pydantic's "Value error, " in front."""
+    if err["type"] in ("model_type", "dict_type"):  # pydantic would name our class, not the file's shape
+        return "should be a table of settings, not a single value"
     return str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else err["msg"]

@@ -116,6 +116,19 @@ def validate(argv: list[str]):
     return spec
 
 
+def check_request(ws: Workspace, argv: list[str], backend: str | None = None, gpus: int | None = None,
+                  slurm: list[str] | tuple[str, ...] = (), slurm_base: dict | None = None):
+    """Everything ``submit`` checks before it writes anything: (spec, backend, gpus, slurm settings),
+    or the UserError. A pipeline calls it for every step first, so a bad step queues nothing."""
+    backend = backend or load_settings(ws.root).queue.default_backend
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    gpus = default_gpus(backend) if gpus is None else gpus
+    check_gpus(gpus, backend)
+    slurm_overrides = parse_slurm_overrides(slurm, backend, slurm_base)
+    return validate(argv), backend, gpus, slurm_overrides
+
+
 def submit(
     ws: Workspace,
     argv: list[str],
@@ -137,13 +150,7 @@ def submit(
     ``names`` maps pipeline step names to run ids for ``--after``/``{run:NAME}``.
     ``slurm_base``: per-run [slurm] settings (a retried run's), which ``slurm`` items change.
     """
-    backend = backend or load_settings(ws.root).queue.default_backend
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
-    gpus = default_gpus(backend) if gpus is None else gpus
-    check_gpus(gpus, backend)
-    slurm_overrides = parse_slurm_overrides(slurm, backend, slurm_base)
-    spec = validate(argv)
+    spec, backend, gpus, slurm_overrides = check_request(ws, argv, backend, gpus, slurm, slurm_base)
     repro = repro or capture_repro()
 
     with ws.store.read() as s:
@@ -174,11 +181,15 @@ def submit(
         "repro": repro.record(),
         "slurm": slurm_overrides,
     }
-    if repro.diff:
-        rd.artifacts.mkdir(exist_ok=True)
-        atomic_write(rd.artifacts / GIT_DIFF_ARTIFACT, repro.diff.encode())
-    # The file first: if the database is lost, reindex finds the queued run here.
-    atomic_write_json(rd.submit_json, record)
+    try:
+        if repro.diff:
+            rd.artifacts.mkdir(exist_ok=True)
+            atomic_write(rd.artifacts / GIT_DIFF_ARTIFACT, repro.diff.encode())
+        # The file first: if the database is lost, reindex finds the queued run here.
+        atomic_write_json(rd.submit_json, record)
+    except BaseException:
+        shutil.rmtree(rd.path, ignore_errors=True)  # made just now and not yet a run: no half-made one stays
+        raise
     with ws.store.write() as s:
         # A daemon's ingest pass may have found submit.json and added the row
         # already (it runs between our file write and this transaction): same

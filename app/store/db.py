@@ -15,16 +15,40 @@ failing with "database is locked" when a read transaction tries to upgrade.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Iterator
 
+import sqlalchemy.exc
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from app.errors import UserError
 from app.locks import FileLock
 
 BUSY_TIMEOUT_MS = 60_000  # a writer waits this long for the lock before giving up
+UNREADABLE_DB = ("{db} is unreadable ({cause}); `moe-tui reindex` rebuilds it from runs/ "
+                 "(and keeps the unreadable file beside it)")
+NEWER_DB = ("{db} was written by a newer moe-tui (schema revision {revision}; this one knows up to {head}); "
+            "upgrade moe-tui, or run `moe-tui reindex` to rebuild it for this version from runs/ "
+            "(the newer file is kept beside it)")
+
+
+class DatabaseUnreadable(UserError):
+    """experiments.db cannot be used by this moe-tui: damaged, not a database, or a newer one's.
+    Nothing else works until it is rebuilt, so the TUI exits on it where other errors are notices."""
+
+
+def damage(exc: BaseException) -> str | None:
+    """SQLite's words when ``exc`` says the file is not a database or is damaged; else None (a locked
+    database, a full disk and the like are not the file's fault)."""
+    e = getattr(exc, "orig", None) or exc
+    code = getattr(e, "sqlite_errorcode", None)
+    if isinstance(e, sqlite3.DatabaseError) and code is not None and code & 0xFF in (sqlite3.SQLITE_NOTADB,
+                                                                                     sqlite3.SQLITE_CORRUPT):
+        return str(e)
+    return None
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.sshfs", "9p", "afs"}
 
 
@@ -94,8 +118,21 @@ class Store:
     def _open(self) -> None:
         self.engine = make_engine(self.db_path)
         self._writer = self.engine.execution_options(writer=True)
-        migrate(self.engine, self._lock_path, self._journal or journal_mode_for(self.db_path))
+        with self._readable():
+            migrate(self.engine, self._lock_path, self._journal or journal_mode_for(self.db_path))
         self._identity = file_identity(self.db_path)
+
+    @contextlib.contextmanager
+    def _readable(self) -> Iterator[None]:
+        """A damaged file is met at open or at any later query (a truncated one reads until the
+        missing page): either way the one line that says so and how to rebuild it."""
+        try:
+            yield
+        except (sqlalchemy.exc.DatabaseError, sqlite3.DatabaseError) as e:
+            cause = damage(e)
+            if cause is None:
+                raise
+            raise DatabaseUnreadable(UNREADABLE_DB.format(db=self.db_path, cause=cause)) from None
 
     def reopen_if_replaced(self) -> int:
         """Reopen when the file was replaced since it was opened; the current generation."""
@@ -108,14 +145,14 @@ class Store:
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
         self.reopen_if_replaced()
-        with Session(self.engine, expire_on_commit=False) as s:
+        with self._readable(), Session(self.engine, expire_on_commit=False) as s:
             yield s
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """A BEGIN IMMEDIATE transaction, committed on success, rolled back on error."""
         self.reopen_if_replaced()
-        with Session(self._writer, expire_on_commit=False) as s:
+        with self._readable(), Session(self._writer, expire_on_commit=False) as s:
             with s.begin():
                 yield s
 
@@ -137,10 +174,22 @@ def file_identity(path: Path) -> tuple[int, int] | None:
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def head_revision() -> str:
-    """The newest migration, read from the scripts' file names (``NNNN_*.py``)."""
+def revisions() -> list[str]:
+    """Every migration this moe-tui has, oldest first, read from the scripts' file names (``NNNN_*.py``)."""
     names = sorted(p.stem for p in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
-    return names[-1].split("_", 1)[0]
+    return [n.split("_", 1)[0] for n in names]
+
+
+def head_revision() -> str:
+    """The newest migration."""
+    return revisions()[-1]
+
+
+def check_revision(db: Path, revision: str | None) -> None:
+    """DatabaseUnreadable if the file's schema revision is none this moe-tui has (a newer one wrote it):
+    Alembic would fail on it with "Can't locate revision", and no older code should write to it."""
+    if revision is not None and revision not in revisions():
+        raise DatabaseUnreadable(NEWER_DB.format(db=db, revision=revision, head=head_revision()))
 
 
 def file_state(engine: Engine) -> tuple[str, str | None]:
@@ -158,10 +207,14 @@ def migrate(engine: Engine, lock_path: Path, journal: str = "WAL") -> None:
     The common case (already done) costs one connection's queries and no Alembic import.
     """
     head = head_revision()
-    if file_state(engine) == (journal, head):
+    db = Path(engine.url.database or "")
+    state = file_state(engine)
+    if state == (journal, head):
         return
+    check_revision(db, state[1])  # before the journal mode is touched: the file is not ours to change
     with FileLock(lock_path):
         mode, revision = file_state(engine)  # another process may have done it while we waited
+        check_revision(db, revision)
         if mode != journal:
             raw = engine.raw_connection()  # outside any transaction, which the journal mode needs
             try:

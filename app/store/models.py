@@ -19,8 +19,10 @@ from sqlmodel import Field, Session, SQLModel, select
 LAUNCHED = ("pending", "running")  # handed to a backend and not finished: watched, cancelled by signal or scancel
 ACTIVE = ("queued", *LAUNCHED)
 FINISHED = ("succeeded", "failed", "cancelled", "lost")
+HOOK_OWED = ("pending", "started")  # an on-finish command not yet seen to end keeps a daemon up
 BLOCKED = "blocked"
 UNREADABLE = "unreadable"
+HEADLESS = "headless"  # Run.backend of a run started with `engine` by hand, found by ingest: no backend to retry on
 STATUSES = (*ACTIVE, *FINISHED, BLOCKED, UNREADABLE)  # every status a run can have
 
 
@@ -64,7 +66,7 @@ class Run(SQLModel, table=True):
     cancel_requested_at: float | None = None  # written by clients, acted on by the daemon
     slurm_job_id: str | None = None
     retry_of: str | None = None  # run_id of the run this one retries
-    hook: str | None = None  # on-finish command: "pending" until the daemon ran it, then "done"
+    hook: str | None = None  # on-finish command: "pending", "started" (spawned), "done" (it exited)
     # Bumped on every change, so pollers read only `rev > last seen`.
     rev: int = Field(default=0, index=True)
 

@@ -10,6 +10,8 @@ from textual.app import App
 from textual.binding import Binding
 from textual.message import Message
 
+from app.errors import UserError
+from app.store.db import DatabaseUnreadable
 from app.tui.commands import ActionsProvider
 from app.tui.data import RunRow, TuiData
 from app.tui.screens.runs import RunsScreen
@@ -47,6 +49,7 @@ class MoeTuiApp(App):
         self._store_generation = 0  # Store.generation last seen: a change means the file was rebuilt
         self._poll_lock = threading.Lock()
         self._frozen = False
+        self.fatal: str | None = None  # why the app ended early: shown by run_tui once the terminal is back
 
     def on_mount(self) -> None:
         self.sub_title = str(self.ws.root)
@@ -63,6 +66,10 @@ class MoeTuiApp(App):
             if first:
                 self._poll(ingest=False)  # what the database holds, shown before the first ingest pass
             self._poll(ingest=True)
+        except DatabaseUnreadable as e:
+            # Every screen reads the database: showing on would show an empty, wrong workspace.
+            self.fatal = str(e)
+            self.call_from_thread(self.exit, return_code=2)
         finally:
             self._poll_lock.release()
 
@@ -117,4 +124,9 @@ class MoeTuiApp(App):
 
 
 def run_tui(ws: Workspace, mouse: bool = True) -> None:
-    MoeTuiApp(ws).run(mouse=mouse)
+    """Run the app; a UserError (exit 2) if it ended for a reason a person must fix."""
+    ws.store  # opened before the terminal is taken over: a bad database is the CLI's one line
+    app = MoeTuiApp(ws)
+    app.run(mouse=mouse)
+    if app.fatal:
+        raise UserError(app.fatal)

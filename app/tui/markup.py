@@ -21,8 +21,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.content import Content
 
-# C0 controls but tab and newline, DEL, and C1 (0x9b alone starts a sequence on some terminals)
-_CONTROLS = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)], "\ufffd")
+from app.controls import CONTROLS
+
+_CONTROLS = dict.fromkeys(CONTROLS, "\ufffd")
 
 
 def shown(value: object) -> str:

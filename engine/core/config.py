@@ -7,6 +7,7 @@ so it finishes in seconds on a CPU.
 
 Resolution order, later wins: model defaults < preset < ``--config FILE``
 < ``--set key=value`` < explicit ``--field value`` options.
+A setting marked ``TRUST`` (``trust_pickle``) comes only from its own option.
 
 Torch-free: the manager imports this module to validate submissions.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
 import typing
 from collections.abc import Mapping
@@ -24,7 +26,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from engine.core.errors import ConfigError
+from engine.core.errors import ConfigError, not_utf8
 
 
 class JobConfig(BaseModel):
@@ -89,6 +91,53 @@ JOBS = _Registry()
 def register(cls: type[JobConfig]) -> type[JobConfig]:
     JOBS.add(cls)
     return cls
+
+
+class Trust:
+    """The mark of a setting that widens what a job trusts: ``trust_pickle: Annotated[bool, TRUST]``.
+
+    Trust is the person's to give, so it comes only from the setting's own option typed on the
+    command line: a ``--config`` file, ``--set``, a preset, a pipeline step or a queued run's
+    stored arguments would hand it to whoever wrote them (``innocent.yaml`` unpickling a folder).
+    """
+
+
+TRUST = Trust()
+
+
+def trust_options(cls: type[JobConfig]) -> dict[str, str]:
+    """Each setting of ``cls`` marked TRUST -> the option that gives it (``--trust-pickle``)."""
+    return {name: _option(name) for name, info in cls.model_fields.items() if TRUST in info.metadata}
+
+
+def split_trust(argv: list[str]) -> tuple[list[str], list[str]]:
+    """An engine argv (``[kind, ...]``) as (the argv without its trust options, those options).
+
+    For the manager, whose stored or file-given arguments must not carry trust (a retry, a pipeline).
+    """
+    if not argv or argv[0] not in JOBS:  # no job, no trust options (parse_argv refuses it)
+        return list(argv), []
+    cls = JOBS[argv[0]]
+    options = {opt: cls.model_fields[name].annotation is bool for name, opt in trust_options(cls).items()}
+    rest, given = [argv[0]], []
+    tokens = iter(argv[1:])
+    for tok in tokens:
+        opt = tok.partition("=")[0]
+        if opt not in options:
+            rest.append(tok)
+            continue
+        given.append(tok)
+        if tok == opt and not options[opt]:
+            given.extend(itertools.islice(tokens, 1))  # its value
+    return rest, given
+
+
+def _refuse_trust(cls: type[JobConfig], source: str, keys) -> None:
+    options = trust_options(cls)
+    for key in keys:
+        if key in options:
+            raise ConfigError(f"{source} sets {key}, which widens what the job trusts; trust is given only by "
+                              f"typing {options[key]} on the command line: remove it there and pass {options[key]}")
 
 
 def goal_for(key: str, goals: dict[str, str] | None = None) -> str:
@@ -203,7 +252,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML or JSON mapping of config fields."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is {not_utf8(e)}; name a YAML or JSON file") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
     try:
@@ -238,14 +289,18 @@ def resolve(
         if preset not in cls.presets:
             known = ", ".join(sorted(cls.presets)) or "none"
             raise ConfigError(f"unknown preset '{preset}' for {kind}; known presets: {known}")
+        _refuse_trust(cls, f"preset '{preset}'", cls.presets[preset])
         values.update(cls.presets[preset])
     if config_file:
-        values.update(load_config_file(config_file))
+        from_file = load_config_file(config_file)
+        _refuse_trust(cls, f"config file {config_file}", from_file)
+        values.update(from_file)
     for item in sets:
         key, sep, raw = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {item!r}")
+        _refuse_trust(cls, f"--set {item}", [key])
         values[key] = coerce_text(cls, key, raw)
     for key, raw in (fields or {}).items():
         values[key] = coerce_text(cls, key, raw)

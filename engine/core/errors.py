@@ -11,6 +11,13 @@ class JobError(Exception):
     """
 
 
+class NoSpace(JobError):
+    """A write failed for want of disk space (ENOSPC, a quota, or a library that hid it)."""
+
+    def __init__(self, path):
+        super().__init__(f"no space left on device ({path}); free space on that filesystem, then retry the run")
+
+
 class Cancelled(Exception):
     """Raised at a safe point after SIGTERM/SIGINT asked the job to stop."""
 
@@ -18,4 +25,10 @@ class Cancelled(Exception):
 
 class ConfigError(ValueError):
     """Bad job arguments; the message is one line that says what to change."""
+
+
+def not_utf8(e: UnicodeDecodeError) -> str:
+    """What is wrong with a text file a person gave that holds other bytes (often a binary named by
+    mistake), for their one-line error: where the first bad byte is, not Python's codec message."""
+    return f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
 

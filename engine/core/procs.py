@@ -13,6 +13,9 @@ EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 128 + signal.SIGTERM
+# sysexits' EX_TEMPFAIL: the disk filled up, so the job's own final status may be missing; the
+# launcher's exit_code is then the one record of why.
+EXIT_NO_SPACE = 75
 
 
 # Process identity: a pid alone is reused by the kernel, pid + start time is not.
@@ -92,6 +95,8 @@ def describe_exit(code: int) -> str:
         return f"killed by {name}{hint}"
     if code > 128 and code - 128 in signal.Signals._value2member_map_:
         return f"killed by {signal.Signals(code - 128).name}"
+    if code == EXIT_NO_SPACE:
+        return f"ran out of disk space (no space left on device, exit code {code})"
     return f"exited with code {code}"
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import Cancelled, JobError
+from engine.core.errors import Cancelled, JobError, NoSpace
 from engine.core.events import (
     SCHEMA_VERSION,
     RecordError,
@@ -25,10 +25,11 @@ from engine.core.procs import (
     EXIT_BAD_INPUT,
     EXIT_CANCELLED,
     EXIT_CRASH,
+    EXIT_NO_SPACE,
     EXIT_OK,
     ProcessIdentity,
 )
-from engine.core.rundir import RunDir, write_record
+from engine.core.rundir import NO_SPACE_ERRNOS, RunDir, write_record
 
 
 def git_state(path: Path) -> dict:
@@ -81,8 +82,13 @@ class EventLog:
             event = validate_event(raw).model_dump(exclude_unset=True)
         except RecordError as e:  # the job's own bug, not bad input: a crash, with its traceback
             raise TypeError(f"{self.path.name}: {type} event: {e}") from None
-        os.write(self._fd, (json.dumps(event, allow_nan=True) + "\n").encode())
-        os.fsync(self._fd)  # per event (an epoch), cheap; survives a node crash
+        try:
+            os.write(self._fd, (json.dumps(event, allow_nan=True) + "\n").encode())
+            os.fsync(self._fd)  # per event (an epoch), cheap; survives a node crash
+        except OSError as e:
+            if e.errno in NO_SPACE_ERRNOS:
+                raise NoSpace(self.path) from None
+            raise
         return event
 
     def close(self) -> None:
@@ -170,6 +176,16 @@ class RunRecorder:
 
     # -- lifecycle ----------------------------------------------------------
     def __enter__(self) -> "RunRecorder":
+        try:
+            return self._start()
+        except BaseException:
+            # No run started: give the streams back, so the caller's one line reaches a person.
+            self._restore_output()
+            if self._events:
+                self._events.close()
+            raise
+
+    def _start(self) -> "RunRecorder":
         rd = self.run_dir
         if rd.run_json.exists():
             raise JobError(f"{rd.path} already holds a run (run.json exists); start a new run instead")
@@ -211,6 +227,10 @@ class RunRecorder:
             state, self.exit_code, error = "succeeded", EXIT_OK, None
         elif isinstance(exc, Cancelled):
             state, self.exit_code, error = "cancelled", EXIT_CANCELLED, str(exc) or "cancelled"
+        elif isinstance(exc, NoSpace):
+            state, self.exit_code, error = "failed", EXIT_NO_SPACE, str(exc)
+        elif isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:  # a write outside atomic_write
+            state, self.exit_code, error = "failed", EXIT_NO_SPACE, str(NoSpace(exc.filename or self.run_dir.path))
         elif isinstance(exc, JobError):
             state, self.exit_code, error = "failed", EXIT_BAD_INPUT, str(exc)
         elif isinstance(exc, KeyboardInterrupt):
@@ -223,12 +243,19 @@ class RunRecorder:
             at = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
             state, self.exit_code = "failed", EXIT_CRASH
             error = f"{exc_type.__name__}: {exc}{at}; traceback in {self.run_dir.stdout_log}"
-        if error:
-            print(f"{state}: {error}", file=sys.stderr)
-        if self._events:
-            self._events.emit("end", state=state)
-            self._events.close()
-        self._set_status(state=state, ended_at=time.time(), exit_code=self.exit_code, error=_one_line(error))
+        try:
+            if error:
+                print(f"{state}: {error}", file=sys.stderr)
+            if self._events:
+                self._events.emit("end", state=state)
+                self._events.close()
+            self._set_status(state=state, ended_at=time.time(), exit_code=self.exit_code, error=_one_line(error))
+        except (NoSpace, OSError) as e:
+            if not isinstance(e, NoSpace) and e.errno not in NO_SPACE_ERRNOS:
+                raise
+            # The final status could not be written: the exit code is the record that
+            # remains (the launcher writes it once it can), and the manager reads it as this.
+            self.exit_code = EXIT_NO_SPACE
         self._restore_output()
         return exc is not None and (exc_type is KeyboardInterrupt or issubclass(exc_type, Exception))
 
@@ -303,7 +330,10 @@ class RunRecorder:
             sys.stdout, sys.stderr = self._saved_streams
             self._saved_streams = None
         if self._log:
-            self._log.close()
+            try:
+                self._log.close()
+            except OSError:  # a full disk: the last buffered lines are lost, the exit code is not
+                pass
             self._log = None
 
 

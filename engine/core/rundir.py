@@ -20,6 +20,8 @@ Torch-free and stdlib-only: the manager imports this module to read runs.
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
 import re
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from engine.core.errors import JobError
+from engine.core.errors import JobError, NoSpace
 from engine.core.events import (
     LaunchRecord,
     RunRecord,
@@ -40,6 +42,7 @@ from engine.core.events import (
     parse_record,
     validate_record,
 )
+from engine.core.procs import process_start_ticks
 
 RUN_JSON = "run.json"
 EVENTS = "events.jsonl"
@@ -53,6 +56,9 @@ ARTIFACTS = "artifacts"
 
 RUNS_DIRNAME = "runs"
 WORKSPACE_ENV = "MOE_TUI_WORKSPACE"
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+LOW_SPACE_BYTES = 1 << 20  # below this much free, a library's failed write is taken for a full disk
 
 _RUN_ID_RE = re.compile(r"^[0-9]{6}-[0-9]{6}-[0-9a-f]{4}$")
 
@@ -87,6 +93,36 @@ def is_run_id(name: str) -> bool:
 # Atomic files
 
 
+def _node_kind(mode: int) -> str | None:
+    """What a file that is neither a regular file nor a directory is, in words; None otherwise."""
+    for test, kind in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "device"), (stat.S_ISBLK, "device"),
+                       (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return None
+
+
+def ensure_inside(path: str | os.PathLike, root: str | os.PathLike) -> None:
+    """Refuse ``path`` as a place to write unless writing it stays inside ``root``.
+
+    A link on the way (``path`` itself or a folder above it) that resolves out of
+    ``root``, or a FIFO, device or socket at ``path``, is a JobError naming it:
+    opening it for append, or a folder beneath it for a checkpoint, would write
+    somewhere nobody named. A link replaced by ``atomic_write`` is harmless, but
+    the same name is appended to elsewhere, so the rule is one for every write.
+    """
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise JobError(f"{path} is a link that leads out of {root} (to {real}); "
+                       "moe-tui never writes through one: remove the link")
+    try:
+        kind = _node_kind(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if kind:
+        raise JobError(f"{path} is a {kind}, not a file; moe-tui never writes over one: remove it")
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO], Any]) -> None:
     """Replace ``path`` so that readers see the old content or the new, never a mix.
 
@@ -94,10 +130,24 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
     (``torch.save``, ``PIL.Image.save``). The bytes go to a temporary file beside
     ``path`` (same filesystem, so the rename is atomic), are flushed to disk, and
     renamed over ``path``; if anything fails, the temporary file is removed.
+    For files this tool names: a link at ``path`` is replaced, never followed, and
+    a FIFO or device there is refused (renaming over /dev/null replaces the device
+    node itself). A path a person named goes through ``write_named``.
     """
     path = Path(path)
+    try:
+        kind = _node_kind(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        kind = None
+    if kind:
+        raise JobError(f"{path} is a {kind}, not a file; moe-tui never writes over one: remove it")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as e:
+        if e.errno in NO_SPACE_ERRNOS:  # no inode left
+            raise NoSpace(path) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(data):
@@ -107,9 +157,58 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = out_of_space(tmp.parent, e)  # asked while the partial file still holds its blocks
         tmp.unlink(missing_ok=True)
+        if full:
+            raise NoSpace(path) from None
         raise
+    remove_stale_temporaries(path)
+
+
+def out_of_space(folder: Path, error: BaseException) -> bool:
+    """Whether a failed write failed for want of space: ENOSPC or EDQUOT itself, or a library
+    that turned it into its own error (torch.save: "unexpected pos ...") while the
+    filesystem has almost nothing free."""
+    if isinstance(error, OSError):
+        return error.errno in NO_SPACE_ERRNOS
+    if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit
+        return False
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < LOW_SPACE_BYTES
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove ``.NAME.PID.*.tmp`` files of ``path`` that a killed writer left (SIGKILL during a
+    checkpoint save); a live writer's are kept, since it is still writing them."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = leftover.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and process_start_ticks(int(pid)) is None:
+            leftover.unlink(missing_ok=True)
+
+
+def write_named(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO], Any]) -> None:
+    """Write a file a person named (``moe-tui export --out PATH``) as they would expect.
+
+    A symlink is followed and its target replaced atomically (the link stays); a
+    target that exists and is not a regular file (/dev/null, /dev/stdout, a FIFO)
+    is written in place, since a rename would replace the node, not feed it.
+    """
+    try:
+        kind = _node_kind(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        kind = None
+    if kind is None:
+        atomic_write(os.path.realpath(path), data)
+        return
+    with open(path, "wb") as f:  # follows the link /dev/stdout is; O_TRUNC does nothing to a device or FIFO
+        if callable(data):
+            data(f)
+        else:
+            f.write(data.encode() if isinstance(data, str) else data)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -220,6 +319,29 @@ class RunDir:
                 return cls(runs_root / rid)
             time.sleep(0.001)
         raise JobError(f"could not create a fresh run directory under {runs_root}")
+
+    def check_writable(self, runs_root: Path | None = None, only: Path | None = None) -> None:
+        """JobError naming the first thing that would make a write to this run leave it.
+
+        Every entry under the run directory (not following links) must stay inside it
+        (``ensure_inside``): a ``stdout.log`` or ``checkpoints/`` linked elsewhere
+        would have the job append or save there. ``runs_root``, the manager's
+        ``runs/``: the run directory must then be a real directory in it, since a
+        link would point the manager at another run or outside the workspace. A
+        person's own ``engine ... --run-dir DIR`` may name a link: that is what they named.
+        ``only``: check that one file of the run instead of every entry.
+        """
+        if runs_root is not None:
+            if self.path.is_symlink():
+                raise JobError(f"{self.path} is a link, not a run directory moe-tui made; "
+                               "moe-tui never writes through one: remove the link")
+            ensure_inside(self.path, runs_root)
+        if only is not None:
+            ensure_inside(only, self.path)
+            return
+        for folder, dirs, files in os.walk(self.path):
+            for name in (*dirs, *files):
+                ensure_inside(Path(folder, name), self.path)
 
     def read_run(self) -> dict | None:
         return read_record(self.run_json, RunRecord)

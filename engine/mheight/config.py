@@ -6,11 +6,11 @@ build launch forms and validate submissions.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from engine.core.config import JobConfig, register
+from engine.core.config import TRUST, JobConfig, register
 from engine.fast.switch import HELP as CPU_KERNELS_HELP
 from engine.fast.switch import CpuKernels
 
@@ -78,7 +78,8 @@ class MHeightImportConfig(JobConfig):
     help: ClassVar[str] = "m-height data: import pickled pandas DataFrames (n, k, m, result, P) into shards."
 
     source: str = Field(..., description="folder of pickled DataFrames (*.pkl, *.pickle), searched recursively")
-    trust_pickle: bool = Field(False, description="required: unpickling runs code from the file, so only import files you trust")
+    # TRUST: only --trust-pickle typed on the command line sets it (not --config, --set or a pipeline)
+    trust_pickle: Annotated[bool, TRUST] = Field(False, description="required: unpickling runs code from the file, so only import files you trust; only this option typed on the command line gives it")
     shard_size: int = Field(4096, ge=1, description="codes per shard file")
 
     def run_name(self) -> str:

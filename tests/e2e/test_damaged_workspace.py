@@ -120,3 +120,108 @@ def test_the_daemon_says_one_line_per_bad_item_and_starts_a_run_queued_after_the
     assert warnings_about(out.stderr, bad) == []
     listed = moe(ws, "ls").stdout
     assert all(run_id in listed for run_id in ids)
+
+
+# --------------------------------------------------------------------------- #
+# A damaged experiments.db: one line that says `moe-tui reindex`, and reindex keeps the old file.
+
+def _damage_db(db, how: str) -> None:
+    import sqlite3
+
+    if how == "newer":  # a newer moe-tui's migration ran on it
+        con = sqlite3.connect(db)
+        con.execute("UPDATE alembic_version SET version_num = '0099'")
+        con.commit()
+        con.close()
+        return
+    data = db.read_bytes()
+    if how == "garbage":
+        db.write_bytes(b"\x00\x8d garbage, not SQLite" * 50)
+    elif how == "truncated":
+        db.write_bytes(data[:8192])
+    else:  # "run table": the file opens, and the first query of the runs fails
+        con = sqlite3.connect(db)
+        (root,) = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'run'").fetchone()
+        page = con.execute("PRAGMA page_size").fetchone()[0]
+        con.close()
+        db.write_bytes(data[:page * (root - 1)] + b"\xde\xad" * (page // 2) + data[page * root:])
+
+
+@pytest.fixture
+def indexed_ws(damaged_ws):
+    """The damaged workspace with its database built (and its WAL folded in), no daemon."""
+    ws, ids, bad = damaged_ws
+    assert moe(ws, "ls").returncode == 0
+    for suffix in ("-wal", "-shm"):
+        assert not (ws / f"experiments.db{suffix}").exists(), "the last connection folded the WAL in"
+    return ws, ids
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "run table", "newer"])
+def test_a_damaged_database_is_one_line_and_reindex_sets_it_aside(indexed_ws, how):
+    ws, ids = indexed_ws
+    db = ws / "experiments.db"
+    _damage_db(db, how)
+    damaged = db.read_bytes()
+    want = ("was written by a newer moe-tui (schema revision 0099; this one knows up to " if how == "newer"
+            else "is unreadable (")
+    for args in (["ls"], ["show", ids[0]], []):  # [] opens the TUI: the same line, before the screen is taken
+        out = moe(ws, *args, timeout=60)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        (line,) = out.stderr.strip().splitlines()
+        assert line.startswith(f"error: {db} {want}") and "moe-tui reindex" in line, line
+
+    out = moe(ws, "reindex")
+    assert out.returncode == 0, out.stderr
+    (aside,) = [p for p in ws.iterdir() if p.name.startswith("experiments.db.") and not p.name.endswith(".lock")]
+    assert aside.name.startswith("experiments.db.newer-" if how == "newer" else "experiments.db.broken-")
+    assert aside.read_bytes() == damaged, "the old file is kept as it was, never deleted"
+    moved = [line for line in out.stderr.splitlines() if line.startswith("moved the old experiments.db")]
+    assert len(moved) == 1 and f"aside to {aside.name}" in moved[0]
+    assert f"reindexed {len(ids)} runs" in out.stdout
+    listed = moe(ws, "ls")
+    assert listed.returncode == 0 and all(run_id in listed.stdout for run_id in ids)
+    assert moe(ws, "reindex").stderr.count("moved the old") == 0, "a good database is replaced, not set aside"
+
+
+async def test_the_tui_exits_with_the_one_line_when_the_database_is_damaged_under_it(indexed_ws):
+    """The file opens (its header is fine) and the runs' page is not: the first poll meets it."""
+    from app.store.db import DatabaseUnreadable
+    from app.tui.app import MoeTuiApp, run_tui
+    from app.errors import UserError
+    from tests.tui_support import settle
+
+    ws_root, _ = indexed_ws
+    _damage_db(ws_root / "experiments.db", "run table")
+    w = Workspace.open(ws_root)
+    app = MoeTuiApp(w, poll_s=0.2)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+    assert app.return_code == 2
+    assert app.fatal and app.fatal.startswith(f"{ws_root / 'experiments.db'} is unreadable (") and "moe-tui reindex" in app.fatal
+    w.store.close()
+    assert issubclass(DatabaseUnreadable, UserError) and run_tui  # what `moe-tui` prints: error: <that line>, exit 2
+
+
+async def test_the_tui_lists_a_run_whose_config_is_a_list_as_unreadable(damaged_ws):
+    from textual.widgets import DataTable
+
+    from app.tui.app import MoeTuiApp
+    from tests.tui_support import settle
+
+    ws_root, ids, _ = damaged_ws
+    run_json = ws_root / "runs" / ids[0] / "run.json"
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "config": [1, 2]}))
+    w = Workspace.open(ws_root)
+    app = MoeTuiApp(w, poll_s=0.2)
+    async with app.run_test(size=(160, 30)) as pilot:
+        await settle(app, pilot)
+        table = app.screen.query_one(DataTable)
+        assert table.row_count == len(ids)
+        statuses = {str(table.get_cell_at((i, table.get_column_index("run_id")))):
+                    str(table.get_cell_at((i, table.get_column_index("status")))) for i in range(table.row_count)}
+        assert statuses[ids[0]].startswith("unreadab")
+        await pilot.press("enter")  # its run screen, with the cause
+        await settle(app, pilot)
+    assert app.return_code is None, "still running until the test left it"
+    w.store.close()

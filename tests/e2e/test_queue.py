@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -308,3 +309,59 @@ def test_the_tui_says_once_why_no_daemon_starts(ws_path, ws):
     data._last_ingest = 0.0  # the next pass at once
     assert data.refresh_files() == [], "the same cause is not repeated every second"
     assert daemon_info(ws) is None
+
+
+def test_an_on_finish_command_cut_off_by_a_dead_daemon_runs_again(ws_path, ws):
+    """At least once: a command the daemon started and never saw end is run by the next daemon."""
+    hook = ('echo "$MOE_TUI_RUN_ID start" >> hooks.txt; echo $$ > hook.pid; '
+            'while [ ! -e release ]; do sleep 0.1; done; echo "$MOE_TUI_RUN_ID end" >> hooks.txt')
+    (ws_path / "moe-tui.toml").write_text(f"[queue]\non_finish = '{hook}'\n")
+    run = queued_id(moe(ws_path, "submit", "--", *QUICK))
+    hooks, pid_file = ws_path / "hooks.txt", ws_path / "hook.pid"
+    wait_for(lambda: hooks.exists() and pid_file.exists() and pid_file.read_text().strip(), timeout=90,
+             what="the on-finish command to start")
+    assert runs_by_id(ws)[run].hook == "started", "marked done before the command ended"
+    # The daemon and its command die together, as with a reboot or the OOM killer.
+    os.kill(json.loads((ws_path / ".moe-tui" / "daemon.pid").read_text())["pid"], signal.SIGKILL)
+    os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+    (ws_path / "release").touch()
+    assert moe(ws_path, "ls").returncode == 0  # any command brings a daemon back: a command is owed
+    wait_for(lambda: runs_by_id(ws)[run].hook == "done", timeout=60, what="the command to be run again to its end")
+    assert hooks.read_text().splitlines() == [f"{run} start", f"{run} start", f"{run} end"]
+
+
+def test_a_run_read_lost_while_its_job_lives_settles_when_its_files_change(ws_path, ws):
+    """The daemon died between starting the launcher and recording it: the run reads lost, but the
+    job runs on; when its files change, the ingester settles it again instead of keeping "lost"."""
+    from app.backends.local import job_command
+    from app.queue.daemon import stop_daemon
+    from engine.core.procs import ProcessIdentity
+    from engine.core.rundir import RunDir, atomic_write_json
+
+    assert moe(ws_path, "pause").returncode == 0
+    run = queued_id(moe(ws_path, "submit", "--", *QUICK))
+    stop_daemon(ws)
+    rd = RunDir(ws_path / "runs" / run)
+    # What the daemon wrote just before it died: "launching", in its own (now dead) name.
+    dead = subprocess.Popen(["true"])
+    ident = ProcessIdentity.of(dead.pid)
+    dead.wait()
+    atomic_write_json(rd.launch_json, {"v": 1, "backend": "local", "launched_at": time.time(), "state": "launching",
+                                       **ident.record("launcher_")})
+    with ws.store.write() as s:  # as the dead daemon's claim left the row
+        row = s.exec(select(Run).where(Run.run_id == run)).one()
+        row.status, row.started_at = "running", time.time()
+        s.add(row)
+    assert moe(ws_path, "ls").returncode == 0
+    assert runs_by_id(ws)[run].status == "lost"
+    # ... while the job it started runs, and writes its files.
+    with open(rd.stdout_log, "ab") as log:
+        job = subprocess.Popen([sys.executable, "-m", "app.backends.shim", str(rd.exit_code_file), "--",
+                                *job_command(json.loads(runs_by_id(ws)[run].argv), rd)],
+                               stdout=log, stderr=subprocess.STDOUT, cwd=ws_path,
+                               env={**os.environ, "MOE_TUI_WORKSPACE": str(ws_path)})
+    assert job.wait(timeout=150) == 0
+    wait_for(lambda: moe(ws_path, "ls").returncode == 0 and runs_by_id(ws)[run].status == "succeeded",
+             timeout=30, what="the run to settle succeeded")
+    r = runs_by_id(ws)[run]
+    assert r.error is None and r.exit_code == 0 and r.epoch == 4

@@ -13,7 +13,7 @@ import torch
 from engine.common.checkpoint import load_checkpoint
 from engine.core.config import parse_argv
 from engine.gating import train_gating
-from engine.core.procs import EXIT_CRASH, EXIT_OK
+from engine.core.procs import EXIT_NO_SPACE, EXIT_OK
 from engine.core.recorder import RunRecorder
 from engine.core.rundir import RunDir
 from tests.gating_synth import COUNTS, write_head_tail_experts, write_npz
@@ -79,9 +79,9 @@ def test_a_failing_report_fails_the_run_and_stops_training(tmp_path, monkeypatch
         rec.log_epoch = log
 
     rec = run_in_process(tmp_path, patch=disk_fills_at_epoch_3)
-    assert rec.exit_code == EXIT_CRASH
+    assert rec.exit_code == EXIT_NO_SPACE  # the cause says so, not a crash
     status = rec.run_dir.read_status()
-    assert status["state"] == "failed" and "No space left on device" in status["error"]
+    assert status["state"] == "failed" and status["error"].startswith("no space left on device (")
     epochs = [e["epoch"] for e in read_events(rec.run_dir.path) if e["type"] == "epoch"]
     assert epochs == [1, 2]
     assert len(trained) <= 4  # epoch 3's error surfaces when epoch 4's report is handed over

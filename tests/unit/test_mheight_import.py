@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from engine.mheight.shards import load_labels
 from tests.helpers import engine, run_dirs
@@ -55,3 +56,47 @@ def test_import_bad_row_names_file_and_row(tmp_path):
     out = engine(tmp_path / "ws", "mheight", "import", "--trust-pickle", str(folder))
     assert out.returncode == 2
     assert "bad.pkl row 0: P has shape (2,) but n=5, k=2 needs k x (n-k) = 2 x 3" in out.stderr
+
+
+class _WritesMarker:
+    """Unpickled, it creates the marker file: proof that a pickle was read (and its code run)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def hostile_folder(tmp_path):
+    """A folder holding one pickle that writes ``tmp_path/unpickled`` when read; (folder, marker)."""
+    import pickle
+
+    folder, marker = tmp_path / "users", tmp_path / "unpickled"
+    folder.mkdir()
+    (folder / "innocent.pkl").write_bytes(pickle.dumps(_WritesMarker(marker)))
+    return folder, marker
+
+
+@pytest.mark.parametrize("how", ["yaml", "json", "set", "set-dashed"])
+def test_trust_pickle_is_refused_from_a_config_file_or_set(tmp_path, how):
+    folder, marker = hostile_folder(tmp_path)
+    if how in ("yaml", "json"):
+        cfg = tmp_path / f"innocent.{how}"
+        cfg.write_text("trust_pickle: true\n" if how == "yaml" else '{"trust_pickle": true}')
+        args, source = ["--config", str(cfg)], f"config file {cfg}"
+    else:
+        item = "trust_pickle=true" if how == "set" else "trust-pickle=yes"
+        args, source = ["--set", item], f"--set {item}"
+    out = engine(tmp_path / "ws", "mheight", "import", str(folder), *args)
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"error: {source} sets trust_pickle") and "pass --trust-pickle" in line
+    assert not marker.exists() and not run_dirs(tmp_path / "ws")
+
+
+def test_the_typed_trust_pickle_flag_still_unpickles(tmp_path):
+    folder, marker = hostile_folder(tmp_path)
+    out = engine(tmp_path / "ws", "mheight", "import", "--trust-pickle", str(folder))
+    assert marker.exists(), out.stderr
+    assert out.returncode == 2 and "holds a TextIOWrapper, not a pandas DataFrame" in out.stderr
