@@ -73,6 +73,48 @@ def test_usage_errors_are_one_line(ws_path):
     assert "leave out --run-dir" in one_line_error(moe(ws_path, "submit", "--", "train-expert", "--run-dir", "/tmp/x"))
 
 
+BINARY = bytes(range(128, 256)) * 4  # what a person names by mistake: a checkpoint, an image
+
+
+def test_a_file_of_the_wrong_shape_is_one_line_naming_it(ws_path, tmp_path):
+    toml = ws_path / "moe-tui.toml"
+    for text, key in ((b"queue = 5\n", "queue"), (b'queue = "abc"\n', "queue")):
+        toml.write_bytes(text)
+        for args in (["daemon", "status"], ["submit", "--", "make-splits"]):
+            out = moe(ws_path, *args)
+            assert out.returncode == 2, out.stderr
+            assert one_line_error(out).startswith(f"error: {toml}: {key}: should be a table of settings"), args
+    toml.write_bytes(b"[queue]\ncpu_slots = 2  # caf\xe9 in Latin-1\n")
+    assert one_line_error(moe(ws_path, "daemon", "status")) == \
+        f"error: {toml} is not UTF-8 text (byte 0xe9 at offset 28); save it as UTF-8 or remove it"
+    toml.unlink()
+
+    binary = tmp_path / "steps.yaml"
+    binary.write_bytes(BINARY)
+    for args in (["pipeline", str(binary)], ["pipeline", "--print", str(binary)]):
+        out = moe(ws_path, *args)
+        assert out.returncode == 2
+        assert one_line_error(out) == f"error: pipeline file {binary} is not UTF-8 text (byte 0x80 at offset 0); name a YAML or JSON file"
+    for job in (["make-splits"], ["mheight", "train", "--data", str(tmp_path)]):
+        out = engine(ws_path, *job, "--config", str(binary))
+        assert out.returncode == 2
+        assert one_line_error(out) == f"error: config file {binary} is not UTF-8 text (byte 0x80 at offset 0); name a YAML or JSON file"
+    assert not (ws_path / "runs").exists() or not any((ws_path / "runs").iterdir()), "bad input starts nothing"
+
+
+def test_a_run_dir_that_holds_a_run_is_refused_and_left_as_it_was(ws_path, copy_run):
+    rd = copy_run(ws_path)
+    (rd / "status.json").unlink()  # a run killed before its first status: still another job's run
+    before = {p.name: p.read_bytes() for p in sorted(rd.iterdir()) if p.is_file()}
+    for job in (["mheight", "train", "--data", str(rd)], ["train-expert"], ["make-splits"]):
+        out = engine(ws_path, *job, "--run-dir", str(rd))
+        assert out.returncode == 2, out.stderr
+        assert "Traceback" not in out.stderr
+        (line,) = [ln for ln in out.stderr.splitlines() if ln.startswith("error: ")]
+        assert line == f"error: {rd} already holds a run (run.json exists); start a new run instead"
+    assert {p.name: p.read_bytes() for p in sorted(rd.iterdir()) if p.is_file()} == before, "not a byte of it written"
+
+
 def test_export_refuses_a_directory(ws_path, copy_run):
     copy_run(ws_path)
     assert "is a directory" in one_line_error(moe(ws_path, "export", "--out", str(ws_path)))

@@ -24,6 +24,25 @@ def test_print_shows_the_file_to_copy(ws_path):
     assert not (ws_path / "runs").exists() or not any((ws_path / "runs").iterdir())
 
 
+@pytest.mark.parametrize("bad, says", [
+    ({"backend": "bogus"}, "step 'b': unknown backend 'bogus'; choose one of: local, slurm"),
+    ({"gpus": 64}, "step 'b': the run asks for 64 GPU(s) but this machine has"),
+], ids=["backend", "gpus"])
+def test_one_bad_step_queues_nothing_and_is_named(ws_path, tmp_path, bad, says):
+    import json
+
+    from tests.helpers import QUICK
+
+    steps = {"a": {"args": QUICK, "gpus": 0}, "b": {"args": QUICK, "after": ["a"], **bad}}
+    spec = tmp_path / "p.json"
+    spec.write_text(json.dumps({"name": "chain", "steps": steps}))
+    out = moe(ws_path, "pipeline", str(spec), MOE_TUI_GPUS="0")
+    assert out.returncode == 2 and out.stdout == ""
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"error: {says}"), line
+    assert not (ws_path / "runs").exists() or not any((ws_path / "runs").iterdir()), "not even the good step before it"
+
+
 def test_demo_pipeline_survives_a_dead_expert_and_a_dead_daemon(ws_path, ws):
     """The demo pipeline runs both workloads to the end, through a failed expert (it blocks its
     recompute and gating runs) and a daemon SIGKILLed mid-pipeline: retrying the expert releases

@@ -365,3 +365,18 @@ def test_a_run_read_lost_while_its_job_lives_settles_when_its_files_change(ws_pa
              timeout=30, what="the run to settle succeeded")
     r = runs_by_id(ws)[run]
     assert r.error is None and r.exit_code == 0 and r.epoch == 4
+
+
+def test_retry_resume_of_a_headless_run_queues_it_on_the_local_backend(ws_path, ws, copy_run):
+    """A run started by hand with `engine` (the session's trained one) has no backend to retry on."""
+    old = copy_run(ws_path).name
+    assert moe(ws_path, "ls").returncode == 0 and runs_by_id(ws)[old].backend == "headless"
+    out = moe(ws_path, "retry", old, "--resume")
+    assert out.returncode == 0, out.stderr
+    new = next(r for r in runs_by_id(ws).values() if r.retry_of == old)
+    assert new.backend == "local" and f"--resume {ws_path / 'runs' / old}/checkpoints/last.pth" in new.command
+    # The daemon starts it locally; the engine reads the checkpoint and, the old run having trained
+    # all its epochs, says so (a run cut short would go on from its last epoch, as above).
+    assert moe(ws_path, "wait", new.run_id, "--timeout", "180").returncode == 1
+    ran = runs_by_id(ws)[new.run_id]
+    assert ran.status == "failed" and ran.exit_code == 2 and "already finished epoch 3; raise --epochs" in ran.error

@@ -208,6 +208,8 @@ BAD_FILES = {
     "run.json from the future": ("run.json", lambda rd: json.dumps({**json.loads(rd.run_json.read_text()), "v": 99}), "run.json: schema v99 is newer"),
     "truncated status": ("status.json", lambda rd: rd.status.read_text()[:25], "status.json: malformed JSON"),
     "empty run.json": ("run.json", lambda rd: "", "run.json: empty file"),
+    "run.json config a list": ("run.json", lambda rd: json.dumps({**json.loads(rd.run_json.read_text()), "config": [1, 2]}),
+                               "run.json: config: expected an object, got [1, 2]"),
     "v null": ("status.json", lambda rd: _status(rd, v=None), "status.json: v: expected an integer schema version, got None"),
     "exit_code not a number": ("exit_code", lambda rd: "zero\n", "exit_code: expected an integer, got 'zero'"),
 }

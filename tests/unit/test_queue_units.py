@@ -109,6 +109,20 @@ def test_settings_file_and_environment(tmp_path, monkeypatch):
         load_settings(tmp_path)
 
 
+@pytest.mark.parametrize("text, message", [
+    (b"queue = 5\n", "moe-tui.toml: queue: should be a table of settings, not a single value (input 5)"),
+    (b'queue = "abc"\n', "moe-tui.toml: queue: should be a table of settings, not a single value (input 'abc')"),
+    (b"slurm = [1]\n", "moe-tui.toml: slurm: should be a table of settings, not a single value (input [1])"),
+    (b"[queue]\ncpu_slots = 2 # \xff\xfe\n", "moe-tui.toml is not UTF-8 text (byte 0xff at offset 24); save it as UTF-8"),
+], ids=["queue a number", "queue a string", "slurm a list", "not UTF-8"])
+def test_a_settings_file_of_the_wrong_shape_is_one_line(tmp_path, monkeypatch, text, message):
+    monkeypatch.setenv("MOE_TUI_CPU_SLOTS", "2")  # an override has nowhere to go when [queue] is no table
+    (tmp_path / "moe-tui.toml").write_bytes(text)
+    with pytest.raises(UserError) as e:
+        load_settings(tmp_path)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
 def test_a_cancel_request_names_the_cause(tmp_path):
     import subprocess
 
