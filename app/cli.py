@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from app.controls import escaped
-from app.errors import DISK_FULL, UserError, disk_full
+from app.errors import UserError, disk_full, disk_full_message
 from engine.core.errors import JobError
 
 cli = typer.Typer(
@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not disk_full(e):
             raise
-        print(f"error: {DISK_FULL.format(where=getattr(e, 'orig', None) or e)}, then run the command again", file=sys.stderr)
+        print(f"error: {disk_full_message(e)}, then run the command again", file=sys.stderr)
         return 2
     return rv if isinstance(rv, int) else 0
 

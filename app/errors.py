@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from engine.core.errors import NoSpace
-from engine.core.rundir import NO_SPACE_ERRNOS
+from engine.core.errors import is_no_space
 
 
 class UserError(Exception):
@@ -17,7 +16,7 @@ def disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it wraps: SQLAlchemy keeps sqlite3's error in ``orig``) says the
     disk is full: a job's NoSpace, ENOSPC/EDQUOT, or SQLite's SQLITE_FULL."""
     for e in (exc, getattr(exc, "orig", None), exc.__cause__):
-        if isinstance(e, NoSpace) or (isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS):
+        if is_no_space(e):
             return True
         if isinstance(e, sqlite3.Error) and (getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
                                              or "database or disk is full" in str(e)):
@@ -25,4 +24,6 @@ def disk_full(exc: BaseException) -> bool:
     return False
 
 
-DISK_FULL = "the workspace's disk is full ({where}); free space on it"
+def disk_full_message(exc: BaseException) -> str:
+    """The one line for a ``disk_full`` error: SQLite's own words where it said it."""
+    return f"the workspace's disk is full ({getattr(exc, 'orig', None) or exc}); free space on it"

@@ -24,7 +24,7 @@ import time
 from sqlmodel import col, func, select
 
 from app.backends import local
-from app.errors import DISK_FULL, disk_full
+from app.errors import disk_full, disk_full_message
 from app.ingest import Ingester
 from app.lifecycle import CANCEL_FILE
 from app.locks import FileLock
@@ -132,7 +132,7 @@ class Daemon:
                     # go on where the pass stopped (every step is idempotent).
                     if full_since is None:
                         full_since = time.monotonic()
-                        log.error("%s; retrying every %.0fs", DISK_FULL.format(where=getattr(e, "orig", None) or e),
+                        log.error("%s; retrying every %.0fs", disk_full_message(e),
                                   FULL_DISK_RETRY_S)
                     self._sleep(FULL_DISK_RETRY_S)
                     idle_since = time.monotonic()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
 
 class JobError(Exception):
     """A failure with a one-line cause a person can act on (bad input, missing file).
@@ -16,6 +20,11 @@ class NoSpace(JobError):
 
     def __init__(self, path):
         super().__init__(f"no space left on device ({path}); free space on that filesystem, then retry the run")
+
+
+def is_no_space(e: BaseException | None) -> bool:
+    """A NoSpace, or an OSError that is one before anything said so (ENOSPC, EDQUOT)."""
+    return isinstance(e, NoSpace) or (isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS)
 
 
 class Cancelled(Exception):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import Cancelled, JobError, NoSpace
+from engine.core.errors import Cancelled, JobError, NoSpace, is_no_space
 from engine.core.events import (
     SCHEMA_VERSION,
     RecordError,
@@ -29,7 +29,7 @@ from engine.core.procs import (
     EXIT_OK,
     ProcessIdentity,
 )
-from engine.core.rundir import NO_SPACE_ERRNOS, RunDir, write_record
+from engine.core.rundir import RunDir, write_record
 
 
 def git_state(path: Path) -> dict:
@@ -86,7 +86,7 @@ class EventLog:
             os.write(self._fd, (json.dumps(event, allow_nan=True) + "\n").encode())
             os.fsync(self._fd)  # per event (an epoch), cheap; survives a node crash
         except OSError as e:
-            if e.errno in NO_SPACE_ERRNOS:
+            if is_no_space(e):
                 raise NoSpace(self.path) from None
             raise
         return event
@@ -227,10 +227,9 @@ class RunRecorder:
             state, self.exit_code, error = "succeeded", EXIT_OK, None
         elif isinstance(exc, Cancelled):
             state, self.exit_code, error = "cancelled", EXIT_CANCELLED, str(exc) or "cancelled"
-        elif isinstance(exc, NoSpace):
-            state, self.exit_code, error = "failed", EXIT_NO_SPACE, str(exc)
-        elif isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:  # a write outside atomic_write
-            state, self.exit_code, error = "failed", EXIT_NO_SPACE, str(NoSpace(exc.filename or self.run_dir.path))
+        elif is_no_space(exc):  # an OSError from a write outside atomic_write and EventLog names no cause yet
+            cause = exc if isinstance(exc, NoSpace) else NoSpace(exc.filename or self.run_dir.path)
+            state, self.exit_code, error = "failed", EXIT_NO_SPACE, str(cause)
         elif isinstance(exc, JobError):
             state, self.exit_code, error = "failed", EXIT_BAD_INPUT, str(exc)
         elif isinstance(exc, KeyboardInterrupt):
@@ -251,7 +250,7 @@ class RunRecorder:
                 self._events.close()
             self._set_status(state=state, ended_at=time.time(), exit_code=self.exit_code, error=_one_line(error))
         except (NoSpace, OSError) as e:
-            if not isinstance(e, NoSpace) and e.errno not in NO_SPACE_ERRNOS:
+            if not is_no_space(e):
                 raise
             # The final status could not be written: the exit code is the record that
             # remains (the launcher writes it once it can), and the manager reads it as this.

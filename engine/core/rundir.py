@@ -20,7 +20,6 @@ Torch-free and stdlib-only: the manager imports this module to read runs.
 
 from __future__ import annotations
 
-import errno
 import glob
 import json
 import os
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from engine.core.errors import JobError, NoSpace
+from engine.core.errors import JobError, NoSpace, is_no_space
 from engine.core.events import (
     LaunchRecord,
     RunRecord,
@@ -57,7 +56,6 @@ ARTIFACTS = "artifacts"
 RUNS_DIRNAME = "runs"
 WORKSPACE_ENV = "MOE_TUI_WORKSPACE"
 
-NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 LOW_SPACE_BYTES = 1 << 20  # below this much free, a library's failed write is taken for a full disk
 
 _RUN_ID_RE = re.compile(r"^[0-9]{6}-[0-9]{6}-[0-9a-f]{4}$")
@@ -102,6 +100,18 @@ def _node_kind(mode: int) -> str | None:
     return None
 
 
+def _refuse_node(path, mode: int) -> None:
+    if kind := _node_kind(mode):
+        raise JobError(f"{path} is a {kind}, not a file; moe-tui never writes over one: remove it")
+
+
+def _write_to(f: BinaryIO, data: bytes | str | Callable[[BinaryIO], Any]) -> None:
+    if callable(data):
+        data(f)
+    else:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
 def ensure_inside(path: str | os.PathLike, root: str | os.PathLike) -> None:
     """Refuse ``path`` as a place to write unless writing it stays inside ``root``.
 
@@ -116,11 +126,9 @@ def ensure_inside(path: str | os.PathLike, root: str | os.PathLike) -> None:
         raise JobError(f"{path} is a link that leads out of {root} (to {real}); "
                        "moe-tui never writes through one: remove the link")
     try:
-        kind = _node_kind(os.stat(path).st_mode)
+        _refuse_node(path, os.stat(path).st_mode)
     except (FileNotFoundError, NotADirectoryError):
-        return
-    if kind:
-        raise JobError(f"{path} is a {kind}, not a file; moe-tui never writes over one: remove it")
+        pass
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO], Any]) -> None:
@@ -136,24 +144,19 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
     """
     path = Path(path)
     try:
-        kind = _node_kind(os.lstat(path).st_mode)
+        _refuse_node(path, os.lstat(path).st_mode)
     except FileNotFoundError:
-        kind = None
-    if kind:
-        raise JobError(f"{path} is a {kind}, not a file; moe-tui never writes over one: remove it")
+        pass
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except OSError as e:
-        if e.errno in NO_SPACE_ERRNOS:  # no inode left
+        if is_no_space(e):  # no inode left
             raise NoSpace(path) from None
         raise
     try:
         with os.fdopen(fd, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data.encode() if isinstance(data, str) else data)
+            _write_to(f, data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -171,7 +174,7 @@ def out_of_space(folder: Path, error: BaseException) -> bool:
     that turned it into its own error (torch.save: "unexpected pos ...") while the
     filesystem has almost nothing free."""
     if isinstance(error, OSError):
-        return error.errno in NO_SPACE_ERRNOS
+        return is_no_space(error)
     if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit
         return False
     try:
@@ -205,10 +208,7 @@ def write_named(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO]
         atomic_write(os.path.realpath(path), data)
         return
     with open(path, "wb") as f:  # follows the link /dev/stdout is; O_TRUNC does nothing to a device or FIFO
-        if callable(data):
-            data(f)
-        else:
-            f.write(data.encode() if isinstance(data, str) else data)
+        _write_to(f, data)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
