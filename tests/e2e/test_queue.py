@@ -39,7 +39,10 @@ def runs_by_id(ws) -> dict[str, Run]:
 def test_two_cpu_slots_three_runs(ws_path, ws):
     """Two run at once, the third starts when one ends; the on-finish command sees each."""
     env = {"MOE_TUI_CPU_SLOTS": "2", "MOE_TUI_ON_FINISH": 'echo "$MOE_TUI_RUN_ID $MOE_TUI_RUN_STATUS" >> hooks.txt'}
+    # All three queued before any starts: a QUICK run (~3 s) could end before the next submit lands.
+    assert moe(ws_path, "pause").returncode == 0
     ids = [queued_id(moe(ws_path, "submit", "--name", f"r{i}", "--", *QUICK, "--seed", str(i), **env)) for i in range(3)]
+    assert moe(ws_path, "resume").returncode == 0
     assert moe(ws_path, "wait", *ids, "--timeout", "150").returncode == 0
     st = {i: status(ws_path, i) for i in ids}
     launched = {i: json.loads((ws_path / "runs" / i / "launch.json").read_text())["launched_at"] for i in ids}
